@@ -1,0 +1,171 @@
+"""AWS clients, the retry policy and the mapping of AWS errors onto the ``ReconcilerError`` tree.
+
+stamina owns retries; botocore's own are switched off (``total_max_attempts: 1`` means one attempt, no retry)
+so the two layers do not multiply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import aiohttp
+import stamina
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from reconciler.errors import PermanentError, ReconcilerError, TransientError
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+    from types_aiobotocore_dynamodbstreams import DynamoDBStreamsClient
+    from types_aiobotocore_s3 import S3Client
+
+T = TypeVar("T")
+
+# https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html (throttling and transient codes)
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "InternalError",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def is_retriable(exc: Exception) -> bool:
+    """The one retry predicate: our own ``retriable`` flag, AWS throttling and 5xx, and network trouble."""
+    if isinstance(exc, ReconcilerError):
+        return exc.retriable
+    if isinstance(exc, ClientError):
+        return error_code(exc) in THROTTLING_CODES or _status(exc) >= 500  # noqa: PLR2004 - 5xx
+    return isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | TimeoutError)
+
+
+def translate(exc: Exception) -> ReconcilerError:
+    """An AWS or network error, after retries, as a member of our tree."""
+    if isinstance(exc, ReconcilerError):
+        return exc
+    name = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+    if is_retriable(exc):
+        return TransientError(f"AWS call failed after retries: {name}")
+    return PermanentError(f"AWS refused the call: {name}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 6
+    timeout: float = 60.0
+    wait_initial: float = 0.2
+    wait_max: float = 10.0
+
+
+class Caller:
+    """Runs AWS calls under the retry policy and translates what still fails."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._retrying = stamina.AsyncRetryingCaller(
+            attempts=policy.attempts,
+            timeout=policy.timeout,
+            wait_initial=policy.wait_initial,
+            wait_max=policy.wait_max,
+        ).on(is_retriable)
+
+    async def __call__(self, fn: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
+        try:
+            return await self._retrying(fn, **kwargs)
+        except (
+            ClientError,
+            BotoConnectionError,
+            HTTPClientError,
+            aiohttp.ClientError,
+            TimeoutError,
+        ) as exc:
+            raise translate(exc) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class AwsSettings:
+    region: str
+    endpoint_url: str | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_pool_connections: int = 50
+    credentials: tuple[str, str] | None = None
+    """Explicit keys, for the embedded demo and tests only; production uses the default chain."""
+
+
+class AwsClients:
+    """The three clients the worker uses, opened and closed together (an async context manager)."""
+
+    s3: S3Client
+    dynamodb: DynamoDBClient
+    streams: DynamoDBStreamsClient
+
+    def __init__(self, settings: AwsSettings) -> None:
+        self._settings = settings
+        self._stack = contextlib.AsyncExitStack()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        session = get_session()
+        config = AioConfig(
+            retries={"total_max_attempts": 1},  # stamina owns retries
+            connect_timeout=self._settings.connect_timeout,
+            read_timeout=self._settings.read_timeout,
+            max_pool_connections=self._settings.max_pool_connections,
+        )
+        common: dict[str, Any] = {"region_name": self._settings.region, "config": config}
+        if self._settings.endpoint_url:
+            common["endpoint_url"] = self._settings.endpoint_url
+        if self._settings.credentials:
+            common["aws_access_key_id"], common["aws_secret_access_key"] = self._settings.credentials
+        self.s3 = await self._stack.enter_async_context(session.create_client("s3", **common))
+        self.dynamodb = await self._stack.enter_async_context(session.create_client("dynamodb", **common))
+        self.streams = await self._stack.enter_async_context(
+            session.create_client("dynamodbstreams", **common)
+        )
+        return self
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await asyncio.shield(self._stack.aclose())
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

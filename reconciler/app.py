@@ -1,0 +1,65 @@
+"""Wiring: settings and rules in, a ready-to-run ``Worker`` (with its AWS clients) out."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import socket
+from collections.abc import AsyncIterator
+
+from prometheus_client import CollectorRegistry
+
+from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.dynamodb import (
+    DynamoDBCheckpointStore,
+    DynamoDBDeadLetterStore,
+    DynamoDBItemStore,
+)
+from reconciler.adapters.s3 import S3ArtifactStore
+from reconciler.adapters.streams import DynamoDBStreamSource
+from reconciler.adapters.tables import create_worker_tables
+from reconciler.execution import Executor
+from reconciler.observability.metrics import Metrics
+from reconciler.processing import RecordProcessor
+from reconciler.rules import Rules
+from reconciler.settings import Settings
+from reconciler.worker import Collaborators, Worker
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@contextlib.asynccontextmanager
+async def build_worker(
+    settings: Settings,
+    rules: Rules,
+    registry: CollectorRegistry | None = None,
+    retry: RetryPolicy | None = None,
+    aws: AwsSettings | None = None,
+) -> AsyncIterator[Worker]:
+    """Open the AWS clients, create the worker's tables if asked, and yield a wired ``Worker``."""
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    call = Caller(retry or RetryPolicy())
+    aws = aws or AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)
+    async with AwsClients(aws) as clients:
+        if settings.create_tables:
+            await create_worker_tables(
+                clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table
+            )
+        executor = Executor(
+            rules,
+            S3ArtifactStore(clients.s3, call),
+            DynamoDBItemStore(clients.dynamodb, call),
+            metrics,
+        )
+        dead_letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
+        processor = RecordProcessor(rules, executor, dead_letters, metrics, utcnow)
+        owner = settings.worker_id or socket.gethostname()
+        parts = Collaborators(
+            source=DynamoDBStreamSource(clients.dynamodb, clients.streams, call),
+            checkpoints=DynamoDBCheckpointStore(clients.dynamodb, call, settings.checkpoint_table, owner),
+            processor=processor,
+            metrics=metrics,
+        )
+        yield Worker(settings, rules, parts, clock=utcnow)

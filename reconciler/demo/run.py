@@ -1,0 +1,243 @@
+"""``reconciler demo``: the real worker against a speech-to-text layout on an in-process moto server.
+
+Plays DynamoDB's TTL service and a few customers, waits for the worker, then checks the promise: nothing
+linked to a deleted transcript remains, and nothing of a live transcript was touched. Exit status 0 only if
+both hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from reconciler.adapters.aws import AwsClients, AwsSettings
+from reconciler.app import build_worker
+from reconciler.demo.layout import UPLOADS, Layout, Transcript, expiry
+from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, moto_server, ttl_delete
+from reconciler.observability.logs import configure_logging
+from reconciler.observability.metrics import LAG_BUCKETS
+from reconciler.rules import load_rules
+from reconciler.settings import Settings
+
+Print = Callable[[str], None]
+WAIT_SECONDS = 45.0
+ARTIFACTS = "reconciler_artifacts_total"
+
+
+def rules_path() -> Path:
+    return Path(str(resources.files("reconciler.demo").joinpath("rules.toml")))
+
+
+@dataclass(frozen=True, slots=True)
+class Population:
+    ttl: list[Transcript]
+    expired: list[Transcript]
+    requested: list[Transcript]
+    live: list[Transcript]
+
+    @property
+    def deleted(self) -> list[Transcript]:
+        return [*self.ttl, *self.expired, *self.requested]
+
+
+def populate(count: int, now: dt.datetime, seed: int = 7) -> Population:
+    """TTL-expired transcripts (most), a few expired ones a replica deletes, customer deletions, live ones.
+
+    One customer-deleted transcript is tampered: its audio_url points at a live transcript's audio, which the
+    scope check must refuse.
+    """
+    rng = random.Random(seed)  # noqa: S311 - demo data, not crypto
+    accounts = [f"acct-{n:03d}" for n in range(4)]
+
+    def make(n: int, seconds: float) -> Transcript:
+        return Transcript(accounts[n % len(accounts)], f"tr-{n:05d}", expiry(now, seconds))
+
+    live_n, requested_n, expired_n = max(2, count // 6), max(2, count // 8), max(1, count // 10)
+    ttl_n = count - live_n - requested_n - expired_n
+    items = iter(range(count))
+    ttl = [make(next(items), -rng.uniform(60, 7200)) for _ in range(ttl_n)]
+    expired = [make(next(items), -rng.uniform(60, 3600)) for _ in range(expired_n)]
+    requested = [make(next(items), rng.uniform(86400, 30 * 86400)) for _ in range(requested_n)]
+    live = [make(next(items), rng.uniform(86400, 30 * 86400)) for _ in range(live_n)]
+    victim = live[0]
+    tampered = requested[-1]
+    requested[-1] = Transcript(
+        tampered.account_id,
+        tampered.transcript_id,
+        tampered.expires_at,
+        audio_url=f"s3://{UPLOADS}/{victim.account_id}/{victim.transcript_id}/audio.wav",
+    )
+    return Population(ttl, expired, requested, live)
+
+
+def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def quantile(registry: CollectorRegistry, name: str, q: float, **labels: str) -> float:
+    """``histogram_quantile`` over the worker's own histogram (linear within a bucket, as Prometheus does)."""
+    bounds = [*LAG_BUCKETS, math.inf]
+    counts = [_sample(registry, f"{name}_bucket", **labels, le=_le(b)) for b in bounds]
+    total = counts[-1]
+    if total == 0:
+        return math.nan
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * ((rank - below) / max(cumulative - below, 1e-9))
+        lower, below = bound, cumulative
+    return lower
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR") -> int:
+    configure_logging(json=False, level=log_level)
+    started = time.monotonic()
+
+    def out(line: str) -> None:
+        echo(f"[{time.monotonic() - started:5.1f}s] {line}" if line else "")
+
+    with moto_server() as endpoint:
+        out(f"moto server listening on {endpoint}")
+        aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
+        settings = Settings(
+            config=rules_path(),
+            endpoint_url=endpoint,
+            http_port=0,
+            create_tables=True,
+            worker_id="demo",
+            idle_poll_seconds=0.2,
+            max_idle_poll_seconds=0.5,
+            retry_backoff_seconds=0.5,
+            discovery_seconds=2.0,
+        )
+        registry = CollectorRegistry()
+        async with AwsClients(aws) as clients:
+            layout = Layout(clients.s3, clients.dynamodb)
+            await layout.create()
+            population = populate(count, dt.datetime.now(dt.UTC))
+            await layout.add([*population.deleted, *population.live], seed=BackendSeeder())
+            live_before = await layout.snapshot(population.live)
+            versions = sum(len(v) for v in live_before.values())
+            out(
+                f"created {count} transcripts with audio, transcript files (versioned), speech outputs and"
+                f" LLM requests; {versions} object versions belong to the {len(population.live)} live ones"
+            )
+            async with build_worker(settings, load_rules(settings.config), registry, aws=aws) as worker:
+                task = asyncio.create_task(worker.run())
+                await _delete(layout, population, out)
+                finished = await _wait(registry, len(population.deleted), out)
+                worker.handle_exit()
+                await task
+            remaining = 0
+            for t in population.deleted:
+                left = await layout.remaining(t)
+                if left:
+                    out(f"LEFT BEHIND: {left} artifacts of {t.account_id}/{t.transcript_id}")
+                remaining += left
+            touched = await _touched(layout, population, live_before)
+    _summary(registry, out, remaining, touched, time.monotonic() - started)
+    return 0 if finished and remaining == 0 and touched == 0 else 1
+
+
+async def _delete(layout: Layout, population: Population, out: Print) -> None:
+    for t in population.ttl:
+        ttl_delete("transcripts", {"transcript_id": {"S": t.transcript_id}})
+    out(
+        f"TTL service deleted {len(population.ttl)} expired transcripts"
+        " (userIdentity: dynamodb.amazonaws.com)"
+    )
+    for t in [*population.expired, *population.requested]:
+        await layout.dynamodb.delete_item(
+            TableName="transcripts", Key={"transcript_id": {"S": t.transcript_id}}
+        )
+    out(
+        f"a replica deleted {len(population.expired)} expired transcripts without the TTL identity;"
+        f" customers deleted {len(population.requested)} (one with a tampered audio_url)"
+    )
+
+
+async def _wait(registry: CollectorRegistry, expected: int, out: Print) -> bool:
+    deadline = time.monotonic() + WAIT_SECONDS
+    done = -1.0
+    while time.monotonic() < deadline:
+        now_done = sum(
+            _sample(registry, "reconciler_record_outcomes_total", table="transcripts", outcome=o)
+            for o in ("deleted", "dead_lettered")
+        )
+        if now_done != done:
+            done = now_done
+            out(f"worker: {int(done)}/{expected} deletions finished")
+        if done >= expected:
+            return True
+        await asyncio.sleep(0.25)
+    out(f"worker did not finish within {WAIT_SECONDS:.0f}s")
+    return False
+
+
+async def _touched(layout: Layout, population: Population, before: dict[str, set[tuple[str, str]]]) -> int:
+    after = await layout.snapshot(population.live)
+    changed = sum(len(before[k] ^ after[k]) for k in before)
+    # Every live transcript keeps its 3 speech outputs and its LLM requests, besides its objects.
+    for t in population.live:
+        item = await layout.dynamodb.get_item(
+            TableName="transcripts", Key={"transcript_id": {"S": t.transcript_id}}
+        )
+        changed += "Item" not in item
+    return changed
+
+
+def _summary(registry: CollectorRegistry, out: Print, remaining: int, touched: int, elapsed: float) -> None:
+    out("")
+    out("records by cause:")
+    for cause in ("ttl", "expired", "requested"):
+        n = _sample(
+            registry,
+            "reconciler_stream_records_total",
+            table="transcripts",
+            event="REMOVE",
+            cause=cause,
+        )
+        out(f"  {cause:<10} {int(n)}")
+    ignored = sum(
+        _sample(registry, "reconciler_stream_records_total", table="transcripts", event=e, cause="none")
+        for e in ("INSERT", "MODIFY")
+    )
+    out(f"  {'ignored':<10} {int(ignored)} (INSERT/MODIFY)")
+    out("artifacts deleted by kind:")
+    for kind in ("object_version", "delete_marker", "item"):
+        out(f"  {kind:<15} {int(_sample(registry, ARTIFACTS, kind=kind, outcome='deleted'))}")
+    unsafe = sum(
+        _sample(registry, "reconciler_unsafe_targets_total", table="transcripts", reason=r)
+        for r in ("out_of_scope", "not_an_s3_uri", "unsafe_identifier", "unusable_link_value")
+    )
+    out(f"unsafe targets refused (never executed, dead-lettered): {int(unsafe)}")
+    out("lag percentiles, seconds (estimated from histogram buckets):")
+    for cause in ("ttl", "expired", "requested"):
+        parts = []
+        for metric in ("deletion_lag", "ttl_service_lag", "pipeline_lag"):
+            name = f"reconciler_{metric}_seconds"
+            p50, p99 = (
+                quantile(registry, name, 0.5, cause=cause),
+                quantile(registry, name, 0.99, cause=cause),
+            )
+            if not math.isnan(p50):
+                parts.append(f"{metric} p50={p50:.1f} p99={p99:.1f}")
+        out(f"  {cause:<10} " + ("; ".join(parts) or "-"))
+    out(f"artifacts remaining for deleted items: {remaining}")
+    out(f"artifacts of live items touched: {touched}")
+    out(f"finished in {elapsed:.1f}s")

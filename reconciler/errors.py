@@ -1,0 +1,39 @@
+"""One error tree for the whole worker.
+
+Every error says whether trying again can help (``retriable``), so retry policy is declared once, by class,
+and the checkpoint logic can tell work to redo from work to dead-letter.
+"""
+
+from __future__ import annotations
+
+
+class ReconcilerError(Exception):
+    """Root of every error the worker raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(ReconcilerError):
+    """The rules file or the settings cannot describe a safe deployment."""
+
+
+class DecodeError(ReconcilerError):
+    """A stream record or attribute value is not valid DynamoDB JSON."""
+
+
+class TransientError(ReconcilerError):
+    """AWS throttled us, timed out or answered 5xx: the same call may succeed later."""
+
+    retriable = True
+
+
+class PermanentError(ReconcilerError):
+    """AWS refused for good (access denied, object lock, validation): retrying will not help."""
+
+
+class ExpiredIteratorError(ReconcilerError):
+    """A shard iterator is older than 15 minutes: not retried as is, the consumer gets a new one."""
+
+
+class TrimmedDataError(ReconcilerError):
+    """The stream no longer holds the records after the checkpoint (24-hour retention exceeded)."""

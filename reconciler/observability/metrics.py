@@ -1,0 +1,104 @@
+"""Every metric the worker exports, defined in one place on an injected registry.
+
+Labels stay low-cardinality: table, cause, kind, outcome, reason, error type and shard (shards are few per
+stream and their series are removed when a shard is done). Never keys or ids of items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Lag buckets from 1 second to 7 days. prometheus-client renders bounds as le="3600.0"; rules must match.
+LAG_BUCKETS = (
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+    28800.0, 43200.0, 86400.0, 172800.0, 345600.0, 604800.0,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.records = Counter(
+            "reconciler_stream_records_total",
+            "Stream records read, by source table, event name and deletion cause ('none' if not a deletion).",
+            ["table", "event", "cause"],
+            registry=registry,
+        )
+        self.outcomes = Counter(
+            "reconciler_record_outcomes_total",
+            "Final or retried outcomes of stream records: deleted, ignored, dead_lettered, retry.",
+            ["table", "outcome"],
+            registry=registry,
+        )
+        self.artifacts = Counter(
+            "reconciler_artifacts_total",
+            "Linked artifacts handled, by kind (object_version, delete_marker, item) and outcome"
+            " (deleted, absent, refused).",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.unsafe = Counter(
+            "reconciler_unsafe_targets_total",
+            "Targets refused by the scope check and never executed, by table and reason.",
+            ["table", "reason"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "reconciler_dead_letters_total",
+            "Dead letters written, by kind (undecodable, no_image, unsafe, failed).",
+            ["kind"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "reconciler_failures_total",
+            "Failed attempts to finish a record or poll a shard, by stage and error type.",
+            ["stage", "error"],
+            registry=registry,
+        )
+        self.deletion_lag = Histogram(
+            "reconciler_deletion_lag_seconds",
+            "Seconds from TTL expiry (or the request, for customer deletions) until every artifact was gone.",
+            ["cause"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.ttl_service_lag = Histogram(
+            "reconciler_ttl_service_lag_seconds",
+            "Seconds from TTL expiry until the REMOVE event (how late DynamoDB's TTL service deleted it).",
+            ["cause"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.pipeline_lag = Histogram(
+            "reconciler_pipeline_lag_seconds",
+            "Seconds from the REMOVE event until every artifact was gone (this worker's own lag).",
+            ["cause"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.iterator_age = Gauge(
+            "reconciler_iterator_age_seconds",
+            "Age of the newest record read from a shard when it was read.",
+            ["table", "shard"],
+            registry=registry,
+        )
+        self.last_poll = Gauge(
+            "reconciler_last_successful_poll_timestamp_seconds",
+            "Unix time of the last successful GetRecords call on a shard.",
+            ["table", "shard"],
+            registry=registry,
+        )
+        self.shards = Gauge(
+            "reconciler_shards_consuming",
+            "Shards this worker is consuming now.",
+            ["table"],
+            registry=registry,
+        )
+
+    def forget_shard(self, table: str, shard: str) -> None:
+        """Drop a finished shard's series so closed shards do not pile up."""
+        for gauge in (self.iterator_age, self.last_poll):
+            with contextlib.suppress(KeyError):
+                gauge.remove(table, shard)

@@ -1,0 +1,125 @@
+"""What the pipeline needs from the outside world, as small Protocols.
+
+aiobotocore implementations live in ``reconciler.adapters``; in-memory fakes for tests and the benchmark live
+in ``reconciler.testing``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from reconciler.core.dynamodb_json import Image
+from reconciler.core.plan import LinkQuery
+from reconciler.core.records import StreamViewType
+from reconciler.core.scope import S3Location
+
+SHARD_END = "SHARD_END"
+"""Checkpoint value of a closed shard that has been read to its end."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    """One version or delete marker of an S3 object ("null" on unversioned buckets)."""
+
+    key: str
+    version_id: str
+    is_delete_marker: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteReport:
+    """What a batch delete did: version ids gone, and per-version refusals (code) that are final."""
+
+    deleted: tuple[ObjectVersion, ...] = ()
+    refused: tuple[tuple[ObjectVersion, str], ...] = ()
+
+
+class ArtifactStore(Protocol):
+    def list_versions(self, location: S3Location, *, exact: bool) -> AsyncIterator[list[ObjectVersion]]:
+        """Pages of every version and delete marker under ``location`` (only its own key if ``exact``)."""
+        ...
+
+    async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
+        """Delete these versions for good; transient per-key errors are retried inside."""
+        ...
+
+
+class ItemStore(Protocol):
+    def find(self, query: LinkQuery, key_attributes: Sequence[str]) -> AsyncIterator[Image]:
+        """Full, current images of the items that ``query`` matches."""
+        ...
+
+    async def delete(self, table: str, keys: Sequence[Mapping[str, object]]) -> None:
+        """Delete these items; an item already gone counts as done."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    table: str
+    arn: str
+    view_type: StreamViewType | None
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    stream_arn: str
+    shard_id: str
+    parent_id: str | None
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsPage:
+    records: list[Mapping[str, object]]
+    next_iterator: str | None
+
+
+class StreamSource(Protocol):
+    async def describe(self, table: str) -> StreamInfo: ...
+
+    async def shards(self, stream_arn: str) -> list[Shard]: ...
+
+    async def iterator(self, shard: Shard, after: str | None) -> str:
+        """An iterator after the checkpoint ``after``, or at TRIM_HORIZON when there is none."""
+        ...
+
+    async def records(self, iterator: str, limit: int) -> RecordsPage: ...
+
+
+class CheckpointStore(Protocol):
+    async def get(self, stream_arn: str, shard_id: str) -> str | None: ...
+
+    async def put(self, stream_arn: str, shard_id: str, position: str) -> None:
+        """Record a sequence number (or ``SHARD_END``); never moves an existing checkpoint backwards."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Metadata only: identifiers, S3 URIs and reasons, never the content of an image."""
+
+    source_table: str
+    stream_arn: str
+    shard_id: str
+    sequence_number: str
+    event_id: str
+    kind: str
+    reason: str
+    created_at: dt.datetime
+    cause: str | None = None
+    item_table: str | None = None
+    item_key: Mapping[str, object] = field(default_factory=dict)
+    targets: tuple[str, ...] = ()
+
+    @property
+    def letter_id(self) -> str:
+        """Deterministic, so a redelivered record overwrites its letter instead of adding one."""
+        return f"{self.stream_arn}#{self.shard_id}#{self.sequence_number}#{self.kind}"
+
+
+class DeadLetterStore(Protocol):
+    async def put(self, letter: DeadLetter) -> None: ...

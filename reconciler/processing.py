@@ -1,0 +1,180 @@
+"""One stream record in, one typed outcome out: classify, plan, execute, dead-letter, observe."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from reconciler.core.classify import Cause, classify, ttl_expiry
+from reconciler.core.outcomes import DeadLettered, Deleted, Ignored, Outcome, Pending, Tally
+from reconciler.core.plan import key_hash, resolve
+from reconciler.core.records import StreamRecord, Undecodable
+from reconciler.errors import ReconcilerError
+from reconciler.execution import ExecutionResult, Executor
+from reconciler.observability.metrics import Metrics
+from reconciler.ports import DeadLetter, DeadLetterStore
+from reconciler.rules import Rules
+
+log = structlog.get_logger("reconciler.processing")
+
+Clock = Callable[[], dt.datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a record came from: the source table and its shard."""
+
+    table: str
+    stream_arn: str
+    shard_id: str
+
+
+class RecordProcessor:
+    def __init__(
+        self,
+        rules: Rules,
+        executor: Executor,
+        dead_letters: DeadLetterStore,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self._rules = rules
+        self._executor = executor
+        self._dead_letters = dead_letters
+        self._metrics = metrics
+        self._clock = clock
+
+    async def process(self, origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        outcome = await self._process(origin, record)
+        self._metrics.outcomes.labels(origin.table, _outcome_label(outcome)).inc()
+        return outcome
+
+    async def _process(self, origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        if isinstance(record, Undecodable):
+            self._metrics.records.labels(origin.table, "undecodable", "none").inc()
+            log.error("record.undecodable", sequence_number=record.sequence_number, reason=record.reason)
+            return await self._dead_letter(origin, record, "undecodable", record.reason)
+        table_rules = self._rules.tables[origin.table]
+        cause = classify(record, table_rules.ttl_attribute)
+        self._metrics.records.labels(origin.table, record.event_name.value, cause or "none").inc()
+        if cause is None:
+            return Ignored(record.sequence_number)
+        if record.old_image is None:
+            # KEYS_ONLY or NEW_IMAGE streams cannot tell us what was linked: an operator must look.
+            log.error("record.no_old_image", sequence_number=record.sequence_number)
+            return await self._dead_letter(
+                origin, record, "no_image", "REMOVE record carries no OldImage", cause
+            )
+        plan = resolve(origin.table, table_rules, record.old_image)
+        result = await self._executor.execute(plan)
+        for scoped in result.unsafe:
+            self._metrics.unsafe.labels(scoped.table, scoped.unsafe.reason.value).inc()
+            log.warning(
+                "deletion.unsafe_target",
+                table=scoped.table,
+                key_hash=key_hash(scoped.table, scoped.key),
+                target=scoped.unsafe.target,
+                reason=scoped.unsafe.reason.value,
+            )
+        context = {"key_hash": key_hash(origin.table, plan.key), "cause": cause.value}
+        if result.errors:
+            return await self._failed(origin, record, cause, result)
+        if result.unsafe:
+            letter = await self._dead_letter(
+                origin,
+                record,
+                "unsafe",
+                f"{len(result.unsafe)} targets refused by the scope check",
+                cause,
+                result,
+            )
+            if isinstance(letter, Pending):
+                return letter
+        completed = self._clock()
+        self._observe_lag(record, cause, table_rules.ttl_attribute, completed)
+        log.info(
+            "deletion.completed",
+            **context,
+            versions=result.tally.object_versions,
+            markers=result.tally.delete_markers,
+            items=result.tally.items,
+            unsafe=len(result.unsafe),
+        )
+        unsafe = tuple(s.unsafe for s in result.unsafe)
+        return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
+
+    async def _failed(
+        self, origin: Origin, record: StreamRecord, cause: Cause, result: ExecutionResult
+    ) -> Outcome:
+        for error in result.errors:
+            self._metrics.failures.labels("delete", type(error).__name__).inc()
+        summary = "; ".join(sorted({str(e) for e in result.errors}))
+        if result.retriable:
+            log.warning("deletion.retry", sequence_number=record.sequence_number, error=summary)
+            return Pending(record.sequence_number, summary)
+        log.error("deletion.failed", sequence_number=record.sequence_number, error=summary)
+        return await self._dead_letter(origin, record, "failed", summary, cause, result)
+
+    def _observe_lag(
+        self, record: StreamRecord, cause: Cause, ttl_attribute: str | None, done: dt.datetime
+    ) -> None:
+        expiry = ttl_expiry(record.old_image, ttl_attribute)
+        pipeline = (done - record.created_at).total_seconds()
+        self._metrics.pipeline_lag.labels(cause.value).observe(max(pipeline, 0.0))
+        if cause is Cause.REQUESTED or expiry is None:
+            self._metrics.deletion_lag.labels(cause.value).observe(max(pipeline, 0.0))
+            return
+        self._metrics.ttl_service_lag.labels(cause.value).observe(
+            max((record.created_at - expiry).total_seconds(), 0.0)
+        )
+        self._metrics.deletion_lag.labels(cause.value).observe(max((done - expiry).total_seconds(), 0.0))
+
+    async def _dead_letter(  # noqa: PLR0917 - the record's context, passed through
+        self,
+        origin: Origin,
+        record: StreamRecord | Undecodable,
+        kind: str,
+        reason: str,
+        cause: Cause | None = None,
+        result: ExecutionResult | None = None,
+    ) -> DeadLettered | Pending:
+        targets = tuple(
+            f"{s.unsafe.reason.value}: {s.unsafe.target}" for s in (result.unsafe if result else ())
+        )
+        letter = DeadLetter(
+            source_table=origin.table,
+            stream_arn=origin.stream_arn,
+            shard_id=origin.shard_id,
+            sequence_number=record.sequence_number,
+            event_id=record.event_id,
+            kind=kind,
+            reason=reason,
+            created_at=self._clock(),
+            cause=cause.value if cause else None,
+            item_table=origin.table,
+            item_key=dict(record.keys) if isinstance(record, StreamRecord) else {},
+            targets=targets,
+        )
+        try:
+            await self._dead_letters.put(letter)
+        except ReconcilerError as exc:
+            self._metrics.failures.labels("dead_letter", type(exc).__name__).inc()
+            log.error("dead_letter.write_failed", sequence_number=record.sequence_number, error=str(exc))
+            return Pending(record.sequence_number, f"dead letter not written: {exc}")
+        self._metrics.dead_letters.labels(kind).inc()
+        return DeadLettered(record.sequence_number, reason, cause, result.tally if result else Tally())
+
+
+def _outcome_label(outcome: Outcome) -> str:
+    match outcome:
+        case Deleted():
+            return "deleted"
+        case Ignored():
+            return "ignored"
+        case DeadLettered():
+            return "dead_lettered"
+        case Pending():
+            return "retry"

@@ -1,0 +1,38 @@
+"""Worker settings, built once in the CLI from flags and ``RECONCILER_*`` variables, then passed down.
+
+The AWS endpoint comes from the standard ``AWS_ENDPOINT_URL`` (read by botocore itself); credentials and
+region from the standard AWS chain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECONCILER_", frozen=True, extra="forbid")
+
+    config: Path = Field(description="The artifact rules file (TOML).")
+    region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
+    endpoint_url: str | None = Field(default=None, description="Overrides AWS_ENDPOINT_URL (demo and tests).")
+    http_host: str = Field(default="127.0.0.1", description="Bind address of /metrics, /healthz, /readyz.")
+    http_port: int = Field(default=9464, ge=0, le=65535)
+    checkpoint_table: str = "reconciler-checkpoints"
+    dead_letter_table: str = "reconciler-dead-letters"
+    create_tables: bool = Field(default=False, description="Create the worker's own tables if missing.")
+    worker_id: str = Field(
+        default="", description="Name of this replica in checkpoints (default: host name)."
+    )
+    batch_size: int = Field(default=1000, ge=1, le=1000, description="GetRecords Limit.")
+    concurrency: int = Field(default=32, ge=1, description="Records of one batch deleted at once.")
+    idle_poll_seconds: float = Field(default=1.0, gt=0, description="First wait after an empty GetRecords.")
+    max_idle_poll_seconds: float = Field(default=10.0, gt=0, description="Longest wait between empty polls.")
+    retry_backoff_seconds: float = Field(default=5.0, gt=0, description="Wait before redelivering a batch.")
+    discovery_seconds: float = Field(default=30.0, gt=0, description="How often new shards are looked for.")
+    shutdown_grace_seconds: float = Field(default=25.0, gt=0, description="Drain time after SIGTERM.")
+    liveness_seconds: float = Field(default=300.0, gt=0, description="Consumer silence that fails /healthz.")
+    log_json: bool | None = Field(default=None, description="JSON logs (default: when stderr is not a tty).")
+    log_level: str = "INFO"
