@@ -13,16 +13,18 @@ from reconciler.adapters.aws import error_code
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
+    from types_aiobotocore_dynamodb.type_defs import KeySchemaElementTypeDef
 
 
 async def create_table(client: DynamoDBClient, name: str, keys: tuple[str, ...]) -> bool:
     """Create an on-demand table with string keys (partition[, sort]); False if it already exists."""
+    schema: list[KeySchemaElementTypeDef] = [{"AttributeName": keys[0], "KeyType": "HASH"}]
+    schema += [{"AttributeName": k, "KeyType": "RANGE"} for k in keys[1:]]
     try:
         await client.create_table(
             TableName=name,
             BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": keys[0], "KeyType": "HASH"}]
-            + [{"AttributeName": k, "KeyType": "RANGE"} for k in keys[1:]],
+            KeySchema=schema,
             AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k in keys],
         )
     except ClientError as exc:

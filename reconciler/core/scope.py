@@ -69,7 +69,7 @@ def identifier_text(name: str, image: Image) -> str:
         text = value
     else:
         raise ScopeViolation(f"identifier {name!r} is missing or not a string or integer")
-    if not _SAFE_IDENTIFIER.fullmatch(text) or ".." in text:
+    if not _SAFE_IDENTIFIER.fullmatch(text) or ".." in text or text == ".":
         raise ScopeViolation(f"identifier {name!r} is not a safe path token")
     return text
 

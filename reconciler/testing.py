@@ -1,0 +1,225 @@
+"""In-memory fakes of every port, for unit tests and the benchmark. No AWS, no network.
+
+They keep the semantics the pipeline relies on: versions and delete markers, per-key refusals, items found by
+key or index, records delivered in order from a checkpoint, checkpoints that never move backwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from reconciler.core.dynamodb_json import Image, encode_key
+from reconciler.core.plan import LinkQuery
+from reconciler.core.records import StreamViewType
+from reconciler.core.scope import S3Location
+from reconciler.errors import TransientError
+from reconciler.ports import (
+    SHARD_END,
+    DeadLetter,
+    DeleteReport,
+    ObjectVersion,
+    RecordsPage,
+    Shard,
+    StreamInfo,
+)
+
+
+@dataclass
+class FakeArtifactStore:
+    """Buckets of object versions. ``refuse`` maps a key to an S3 error code (Object Lock's AccessDenied)."""
+
+    buckets: dict[str, list[ObjectVersion]] = field(default_factory=dict)
+    refuse: dict[str, str] = field(default_factory=dict)
+    fail_next_deletes: int = 0
+    page_size: int = 1000
+    calls: list[str] = field(default_factory=list)
+    _counter: int = 0
+
+    def put(self, bucket: str, key: str, versions: int = 1) -> None:
+        for _ in range(versions):
+            self._counter += 1
+            self.buckets.setdefault(bucket, []).append(ObjectVersion(key, f"v{self._counter}"))
+
+    def mark_deleted(self, bucket: str, key: str) -> None:
+        """A plain delete on a versioned bucket: adds a delete marker, keeps the data."""
+        self._counter += 1
+        self.buckets.setdefault(bucket, []).append(
+            ObjectVersion(key, f"m{self._counter}", is_delete_marker=True)
+        )
+
+    def keys(self, bucket: str) -> set[str]:
+        return {v.key for v in self.buckets.get(bucket, [])}
+
+    async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncIterator[list[ObjectVersion]]:
+        self.calls.append(f"list {location}")
+        matches = [
+            v
+            for v in sorted(self.buckets.get(location.bucket, []), key=lambda v: (v.key, v.version_id))
+            if (v.key == location.key if exact else v.key.startswith(location.key))
+        ]
+        for start in range(0, len(matches), self.page_size):
+            yield matches[start : start + self.page_size]
+
+    async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
+        self.calls.append(f"delete {bucket} {len(versions)}")
+        if self.fail_next_deletes:
+            self.fail_next_deletes -= 1
+            raise TransientError("SlowDown")
+        assert len(versions) <= 1000, "DeleteObjects takes at most 1,000 keys"  # noqa: S101, PLR2004
+        held = self.buckets.get(bucket, [])
+        refused = tuple((v, self.refuse[v.key]) for v in versions if v.key in self.refuse)
+        gone = [v for v in versions if v.key not in self.refuse]
+        self.buckets[bucket] = [v for v in held if v not in set(gone)]
+        return DeleteReport(deleted=tuple(gone), refused=refused)
+
+
+@dataclass
+class FakeItemStore:
+    """Tables of items; ``indexes`` maps (table, index) to the attribute the index is keyed on."""
+
+    tables: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+    keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    fail_deletes: bool = False
+
+    def put(self, table: str, item: Mapping[str, object]) -> None:
+        self.tables.setdefault(table, []).append(dict(item))
+
+    async def find(self, query: LinkQuery, key_attributes: Sequence[str]) -> AsyncIterator[Image]:  # noqa: ARG002
+        for item in list(self.tables.get(query.table, [])):
+            if item.get(query.attribute) == query.value:
+                yield dict(item)
+
+    async def delete(self, table: str, keys: Sequence[Mapping[str, object]]) -> None:
+        if self.fail_deletes:
+            raise TransientError("ProvisionedThroughputExceededException")
+        for key in keys:
+            self.tables[table] = [
+                i for i in self.tables.get(table, []) if any(i.get(k) != v for k, v in key.items())
+            ]
+
+
+@dataclass
+class FakeStreamSource:
+    """One stream per table; records per shard are raw ``GetRecords`` dicts in sequence order."""
+
+    view_type: StreamViewType = StreamViewType.NEW_AND_OLD_IMAGES
+    by_stream: dict[str, list[Shard]] = field(default_factory=dict)
+    records_by_shard: dict[str, list[Mapping[str, object]]] = field(default_factory=dict)
+    reads: int = 0
+
+    def arn(self, table: str) -> str:
+        return f"arn:aws:dynamodb:us-east-1:123456789012:table/{table}/stream/2026-01-01T00:00:00.000"
+
+    def add_shard(
+        self, table: str, shard_id: str, *, parent: str | None = None, closed: bool = False
+    ) -> Shard:
+        shard = Shard(self.arn(table), shard_id, parent, closed)
+        self.by_stream.setdefault(self.arn(table), []).append(shard)
+        self.records_by_shard.setdefault(shard_id, [])
+        return shard
+
+    def append(self, shard_id: str, record: Mapping[str, object]) -> None:
+        self.records_by_shard[shard_id].append(record)
+
+    async def describe(self, table: str) -> StreamInfo:
+        return StreamInfo(table, self.arn(table), self.view_type)
+
+    async def shards(self, stream_arn: str) -> list[Shard]:
+        return list(self.by_stream.get(stream_arn, []))
+
+    async def iterator(self, shard: Shard, after: str | None) -> str:
+        records = self.records_by_shard[shard.shard_id]
+        position = 0 if after is None else sum(int(_seq(r)) <= int(after) for r in records)
+        return f"{shard.shard_id}|{position}|{int(shard.closed)}"
+
+    async def records(self, iterator: str, limit: int) -> RecordsPage:
+        self.reads += 1
+        shard_id, position, closed = iterator.split("|")
+        records = self.records_by_shard[shard_id][int(position) : int(position) + limit]
+        end = int(position) + len(records)
+        done = closed == "1" and end >= len(self.records_by_shard[shard_id])
+        return RecordsPage(records, None if done else f"{shard_id}|{end}|{closed}")
+
+
+def _seq(record: Mapping[str, object]) -> str:
+    body = record["dynamodb"]
+    assert isinstance(body, Mapping)  # noqa: S101
+    return str(body["SequenceNumber"])
+
+
+@dataclass
+class FakeCheckpointStore:
+    positions: dict[tuple[str, str], str] = field(default_factory=dict)
+    history: list[str] = field(default_factory=list)
+
+    async def get(self, stream_arn: str, shard_id: str) -> str | None:
+        return self.positions.get((stream_arn, shard_id))
+
+    async def put(self, stream_arn: str, shard_id: str, position: str) -> None:
+        current = self.positions.get((stream_arn, shard_id))
+        if current == SHARD_END or (
+            current is not None and position != SHARD_END and int(position) < int(current)
+        ):
+            return
+        self.positions[(stream_arn, shard_id)] = position
+        self.history.append(position)
+
+
+@dataclass
+class FakeDeadLetterStore:
+    letters: dict[str, DeadLetter] = field(default_factory=dict)
+    fail: bool = False
+
+    async def put(self, letter: DeadLetter) -> None:
+        if self.fail:
+            raise TransientError("dead-letter table throttled")
+        self.letters[letter.letter_id] = letter
+
+
+class FixedClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+def stream_record(
+    sequence: int,
+    *,
+    event: str = "REMOVE",
+    old_image: Mapping[str, object] | None = None,
+    keys: Mapping[str, object] | None = None,
+    created_at: dt.datetime | None = None,
+    identity: str | None = None,
+    view_type: str = "NEW_AND_OLD_IMAGES",
+) -> dict[str, object]:
+    """A raw record as ``GetRecords`` returns it. ``identity``: "botocore", "lambda" or None."""
+    image = encode_key(old_image) if old_image is not None else None
+    body: dict[str, object] = {
+        "ApproximateCreationDateTime": created_at or dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        "SequenceNumber": f"{sequence:021d}",
+        "StreamViewType": view_type,
+        "Keys": encode_key(keys if keys is not None else dict(list((old_image or {}).items())[:1])),
+        "SizeBytes": 1,
+    }
+    if image is not None and event != "INSERT":
+        body["OldImage"] = image
+    record: dict[str, object] = {
+        "eventID": f"event-{sequence}",
+        "eventName": event,
+        "eventSource": "aws:dynamodb",
+        "dynamodb": body,
+    }
+    if identity == "botocore":
+        record["userIdentity"] = {"PrincipalId": "dynamodb.amazonaws.com", "Type": "Service"}
+    elif identity == "lambda":
+        record["userIdentity"] = {"principalId": "dynamodb.amazonaws.com", "type": "Service"}
+    return record

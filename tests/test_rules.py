@@ -1,0 +1,85 @@
+"""The rules file is validated before the worker starts, with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from reconciler.errors import ConfigError
+from reconciler.rules import Rules, load_rules
+
+
+def _rules(**table: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"key": ["id"], "scopes": ["s3://bkt/{account}/{id}/"]}
+    base.update(table)
+    return {"buckets": ["bkt"], "sources": ["t"], "tables": {"t": base}}
+
+
+def test_the_demo_rules_are_valid(rules: Rules) -> None:
+    assert rules.sources == ("transcripts",)
+    assert {link.table for link in rules.tables["transcripts"].links} == {"speech_outputs", "llm_requests"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"scopes": ["s3://bkt/fixed/"]}, "must end with '/' and contain a {placeholder}"),
+        ({"scopes": ["s3://bkt/{account}/{id}"]}, "must end with '/'"),
+        ({"scopes": ["s3://bkt/{account}{id}/"]}, "separated by literal text"),
+        ({"scopes": ["s3://{bucket}/{id}/"]}, "bucket of a template must be literal"),
+        ({"scopes": ["s3://bkt/{id!r}/"]}, "plain attribute name"),
+        ({"scopes": ["s3://bkt/{id.attr}/"]}, "plain attribute name"),
+        ({"scopes": ["https://bkt/{id}/"]}, "not an s3:// URI"),
+        ({"scopes": ["s3://other/{id}/"]}, "is not in buckets"),
+        ({"prefixes": ["s3://bkt/{account}/"]}, "does not start with any of the scopes"),
+        ({"links": [{"table": "missing", "attribute": "id", "value_from": "id"}]}, "has no rules"),
+        ({"unknown": 1}, "Extra inputs are not permitted"),
+    ],
+)
+def test_unsafe_or_inconsistent_rules_are_refused(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        Rules.model_validate(_rules(**change))
+
+
+def test_link_cycles_are_refused() -> None:
+    data = _rules(links=[{"table": "u", "attribute": "id", "value_from": "id"}])
+    data["tables"]["u"] = {
+        "key": ["id"],
+        "scopes": ["s3://bkt/{id}/"],
+        "links": [{"table": "t", "attribute": "id", "value_from": "id"}],
+    }
+    with pytest.raises(ValidationError, match="links form a cycle"):
+        Rules.model_validate(data)
+
+
+def test_a_source_needs_rules() -> None:
+    data = _rules()
+    data["sources"] = ["elsewhere"]
+    with pytest.raises(ValidationError, match="has no rules"):
+        Rules.model_validate(data)
+
+
+def test_load_rules_names_the_file_in_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "rules.toml"
+    broken.write_text("buckets = [")
+    with pytest.raises(ConfigError, match=r"rules.toml is not valid TOML"):
+        load_rules(broken)
+    broken.write_text(
+        'buckets = ["bkt"]\nsources = ["t"]\n[tables.t]\nkey = ["id"]\nscopes = ["s3://bkt/x/"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"rules.toml is not a valid rules file"):
+        load_rules(broken)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_rules(tmp_path / "absent.toml")
+
+
+def test_the_json_schema_documents_every_field() -> None:
+    schema = Rules.model_json_schema()
+    table = schema["$defs"]["TableRules"]["properties"]
+    assert set(table) == {"key", "ttl_attribute", "scopes", "object_attributes", "prefixes", "links"}
+    assert all("description" in field for field in table.values())
+    json.dumps(schema)  # serialisable as printed by `reconciler schema`
