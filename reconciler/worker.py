@@ -109,6 +109,11 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 await self._supervise(group)
                 await self._drain()
+        except ExceptionGroup as group:
+            config = group.subgroup(ConfigError)
+            if config is None:
+                raise
+            raise config.exceptions[0] from group  # a deployment mistake, reported plainly
         finally:
             await self.http.close()
         log.info(

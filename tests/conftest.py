@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import stamina
+from prometheus_client import CollectorRegistry
 
+from reconciler.execution import Executor
+from reconciler.observability.metrics import Metrics
+from reconciler.processing import RecordProcessor
 from reconciler.rules import Rules, load_rules
+from reconciler.testing import FakeArtifactStore, FakeDeadLetterStore, FakeItemStore, FixedClock
 
 DEMO_RULES = Path(__file__).parent.parent / "reconciler" / "demo" / "rules.toml"
 
@@ -23,3 +31,82 @@ def _instant_retries() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def rules() -> Rules:
     return load_rules(DEMO_RULES)
+
+
+@dataclass
+class World:
+    """The pipeline wired to in-memory fakes."""
+
+    rules: Rules
+    artifacts: FakeArtifactStore
+    items: FakeItemStore
+    dead_letters: FakeDeadLetterStore
+    registry: CollectorRegistry
+    metrics: Metrics
+    clock: FixedClock
+    executor: Executor
+    processor: RecordProcessor
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def add_transcript(self, account: str, transcript: str, *, versions: int = 2) -> None:
+        """A transcript's audio, files, speech outputs and LLM requests, as the demo lays them out."""
+        own = f"{account}/{transcript}"
+        self.artifacts.put("stt-uploads", f"{own}/audio.wav", versions)
+        for name in ("transcript.json", "captions.vtt"):
+            self.artifacts.put("stt-transcripts", f"{own}/{name}", versions)
+        for kind in ("translation", "speaker_identification"):
+            self.artifacts.put("stt-understanding", f"{own}/{kind}.json")
+            self.items.put(
+                "speech_outputs",
+                {
+                    "transcript_id": transcript,
+                    "output_type": kind,
+                    "account_id": account,
+                    "output_url": f"s3://stt-understanding/{own}/{kind}.json",
+                },
+            )
+        request = f"{transcript}-llm0"
+        self.artifacts.put("stt-llm-gateway", f"{account}/{request}/input.json")
+        self.items.put(
+            "llm_requests",
+            {
+                "request_id": request,
+                "transcript_id": transcript,
+                "account_id": account,
+                "input_url": f"s3://stt-llm-gateway/{account}/{request}/input.json",
+            },
+        )
+
+    def image(self, account: str, transcript: str, expires_at: int = 1_764_000_000) -> dict[str, object]:
+        return {
+            "transcript_id": transcript,
+            "account_id": account,
+            "expires_at": decimal.Decimal(expires_at),
+            "audio_url": f"s3://stt-uploads/{account}/{transcript}/audio.wav",
+        }
+
+    def held_by(self, account: str, transcript: str) -> int:
+        """Versions and items of one transcript still present."""
+        versions = sum(
+            1
+            for bucket in self.artifacts.buckets.values()
+            for v in bucket
+            if v.key.startswith((f"{account}/{transcript}/", f"{account}/{transcript}-llm"))
+        )
+        items = sum(
+            1 for table in self.items.tables.values() for item in table if item.get("transcript_id") == transcript
+        )
+        return versions + items
+
+
+@pytest.fixture
+def world(rules: Rules) -> World:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    artifacts, items, dead_letters = FakeArtifactStore(), FakeItemStore(), FakeDeadLetterStore()
+    clock = FixedClock(dt.datetime(2025, 11, 24, 16, 0, tzinfo=dt.UTC))
+    executor = Executor(rules, artifacts, items, metrics)
+    processor = RecordProcessor(rules, executor, dead_letters, metrics, clock)
+    return World(rules, artifacts, items, dead_letters, registry, metrics, clock, executor, processor)

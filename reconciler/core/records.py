@@ -114,7 +114,8 @@ def decode_record(raw: Mapping[str, object]) -> StreamRecord | Undecodable:
 
 def _decode(raw: Mapping[str, object], event_id: str, sequence_number: str) -> StreamRecord:
     body = raw["dynamodb"]
-    assert isinstance(body, Mapping)
+    if not isinstance(body, Mapping):  # pragma: no cover - sequence_of() already checked it
+        raise DecodeError("record has no dynamodb body")
     try:
         event_name = EventName(str(raw.get("eventName")))
     except ValueError as exc:

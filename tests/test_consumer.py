@@ -1,0 +1,134 @@
+"""A shard consumer checkpoints only finished work, redelivers the rest, and ends closed shards."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from conftest import DEMO_RULES, World
+
+from reconciler.consumer import ShardConsumer
+from reconciler.ports import SHARD_END, Shard
+from reconciler.processing import Origin
+from reconciler.settings import Settings
+from reconciler.testing import FakeCheckpointStore, FakeStreamSource, stream_record
+
+FAST = Settings(
+    config=DEMO_RULES,
+    idle_poll_seconds=0.01,
+    max_idle_poll_seconds=0.02,
+    retry_backoff_seconds=0.01,
+    batch_size=3,
+)
+
+
+def _consumer(world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore) -> ShardConsumer:
+    return ShardConsumer(
+        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
+        shard=shard,
+        source=source,
+        checkpoints=checkpoints,
+        processor=world.processor,
+        metrics=world.metrics,
+        settings=FAST,
+        clock=world.clock,
+    )
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def _removal(world: World, seq: int, transcript: str) -> dict[str, object]:
+    world.add_transcript("acct-1", transcript)
+    return stream_record(seq, old_image=world.image("acct-1", transcript), identity="botocore")
+
+
+async def test_records_are_deleted_and_the_checkpoint_follows(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    for n in range(1, 8):
+        source.append("shardId-1", _removal(world, n, f"tr-{n}"))
+    consumer = _consumer(world, source, shard, checkpoints)
+    task = asyncio.create_task(consumer.run())
+
+    await _until(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{7:021d}")
+    consumer.stop()
+    await task
+
+    assert all(world.held_by("acct-1", f"tr-{n}") == 0 for n in range(1, 8))
+    assert checkpoints.history == [f"{3:021d}", f"{6:021d}", f"{7:021d}"]  # one per batch of 3
+
+
+async def test_the_checkpoint_never_passes_a_pending_record_and_it_is_redelivered(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", stream_record(1, event="INSERT", old_image={"transcript_id": "x"}))
+    source.append("shardId-1", _removal(world, 2, "tr-2"))
+    source.append("shardId-1", stream_record(3, event="INSERT", old_image={"transcript_id": "y"}))
+    world.items.fail_deletes = True  # the linked items of tr-2 cannot be deleted for now
+    consumer = _consumer(world, source, shard, checkpoints)
+    task = asyncio.create_task(consumer.run())
+
+    await _until(lambda: source.reads >= 4)
+    assert checkpoints.positions[(shard.stream_arn, "shardId-1")] == f"{1:021d}"
+    assert world.sample("reconciler_record_outcomes_total", table="transcripts", outcome="retry") >= 2
+
+    world.items.fail_deletes = False
+    await _until(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{3:021d}")
+    consumer.stop()
+    await task
+    assert world.held_by("acct-1", "tr-2") == 0
+
+
+async def test_a_restarted_consumer_resumes_after_its_checkpoint(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    for n in range(1, 4):
+        source.append("shardId-1", _removal(world, n, f"tr-{n}"))
+    first = _consumer(world, source, shard, checkpoints)
+    task = asyncio.create_task(first.run())
+    await _until(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{3:021d}")
+    first.stop()
+    await task
+
+    source.append("shardId-1", _removal(world, 4, "tr-4"))
+    second = _consumer(world, source, shard, checkpoints)
+    task = asyncio.create_task(second.run())
+    await _until(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{4:021d}")
+    second.stop()
+    await task
+
+    removals = world.sample("reconciler_stream_records_total", table="transcripts", event="REMOVE", cause="ttl")
+    assert removals == 4  # records 1-3 were not read again
+    assert world.held_by("acct-1", "tr-4") == 0
+
+
+async def test_a_closed_shard_read_to_its_end_is_checkpointed_as_shard_end(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1", closed=True)
+    source.append("shardId-1", _removal(world, 1, "tr-1"))
+    consumer = _consumer(world, source, shard, checkpoints)
+
+    await asyncio.wait_for(consumer.run(), timeout=5)
+
+    assert consumer.finished
+    assert checkpoints.history == [f"{1:021d}", SHARD_END]
+
+
+@pytest.mark.parametrize("stop_during", ["idle", "backoff"])
+async def test_stop_returns_promptly(world: World, stop_during: str) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    if stop_during == "backoff":
+        world.items.fail_deletes = True
+        source.append("shardId-1", _removal(world, 1, "tr-1"))
+    consumer = _consumer(world, source, shard, checkpoints)
+    task = asyncio.create_task(consumer.run())
+    await _until(lambda: source.reads >= 2)
+    consumer.stop()
+    await asyncio.wait_for(task, timeout=1)
+    assert world.sample("reconciler_shards_consuming", table="transcripts") == 0

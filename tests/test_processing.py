@@ -1,0 +1,153 @@
+"""One record in, one typed outcome out: deletions cascade, failures retry or dead-letter, lag is observed."""
+
+from __future__ import annotations
+
+from conftest import World
+
+from reconciler.core.classify import Cause
+from reconciler.core.outcomes import DeadLettered, Deleted, Ignored, Pending
+from reconciler.core.records import StreamRecord, Undecodable, decode_record
+from reconciler.processing import Origin
+from reconciler.testing import stream_record
+
+ORIGIN = Origin("transcripts", "arn:aws:dynamodb:us-east-1:1:table/transcripts/stream/x", "shardId-0001")
+
+
+def _record(world: World, seq: int, image: dict[str, object], **kwargs: object) -> StreamRecord | Undecodable:
+    raw = stream_record(seq, old_image=image, keys={"transcript_id": image["transcript_id"]}, **kwargs)  # type: ignore[arg-type]
+    return decode_record(raw)
+
+
+async def test_a_ttl_removal_deletes_every_version_and_every_linked_item(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1", versions=3)
+    world.add_transcript("acct-1", "tr-2")
+    world.artifacts.mark_deleted("stt-transcripts", "acct-1/tr-1/transcript.json")  # a marker is not deletion
+    before_other = world.held_by("acct-1", "tr-2")
+    record = _record(world, 1, world.image("acct-1", "tr-1"), identity="botocore", created_at=world.clock.now)
+
+    outcome = await world.processor.process(ORIGIN, record)
+
+    assert isinstance(outcome, Deleted)
+    assert outcome.cause is Cause.TTL
+    assert world.held_by("acct-1", "tr-1") == 0
+    assert world.held_by("acct-1", "tr-2") == before_other
+    # 3 audio + 2x3 files + 2 outputs + 1 LLM input versions, the marker, and 3 linked items.
+    assert outcome.tally.object_versions == 12
+    assert outcome.tally.delete_markers == 1
+    assert outcome.tally.items == 3
+    assert world.sample("reconciler_artifacts_total", kind="item", outcome="deleted") == 3
+
+
+async def test_lag_is_measured_from_ttl_expiry_for_ttl_and_from_the_event_for_requests(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.add_transcript("acct-1", "tr-2")
+    expiry = int(world.clock.now.timestamp()) - 3600
+    ttl = _record(world, 1, world.image("acct-1", "tr-1", expiry), identity="botocore", created_at=world.clock.now)
+    future = int(world.clock.now.timestamp()) + 86400
+    request = _record(world, 2, world.image("acct-1", "tr-2", future), created_at=world.clock.now)
+    world.clock.advance(2)
+
+    assert isinstance(await world.processor.process(ORIGIN, ttl), Deleted)
+    assert isinstance(await world.processor.process(ORIGIN, request), Deleted)
+
+    lag = "reconciler_deletion_lag_seconds"
+    assert world.sample(f"{lag}_sum", cause="ttl") == 3602
+    assert world.sample(f"{lag}_sum", cause="requested") == 2
+    assert world.sample("reconciler_ttl_service_lag_seconds_sum", cause="ttl") == 3600
+    assert world.sample("reconciler_ttl_service_lag_seconds_count", cause="requested") == 0
+    assert world.sample("reconciler_pipeline_lag_seconds_sum", cause="ttl") == 2
+
+
+async def test_insert_and_modify_are_ignored_and_counted(world: World) -> None:
+    record = decode_record(stream_record(1, event="INSERT", old_image={"transcript_id": "t"}))
+    assert isinstance(await world.processor.process(ORIGIN, record), Ignored)
+    assert world.sample("reconciler_stream_records_total", table="transcripts", event="INSERT", cause="none") == 1
+
+
+async def test_an_out_of_scope_uri_is_never_executed_but_counted_and_dead_lettered(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.add_transcript("acct-2", "victim")
+    image = {**world.image("acct-1", "tr-1"), "audio_url": "s3://stt-uploads/acct-2/victim/audio.wav"}
+
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, image))
+
+    assert isinstance(outcome, Deleted)
+    assert [u.target for u in outcome.unsafe] == ["s3://stt-uploads/acct-2/victim/audio.wav"]
+    assert "acct-2/victim/audio.wav" in world.artifacts.keys("stt-uploads")
+    assert world.sample("reconciler_unsafe_targets_total", table="transcripts", reason="out_of_scope") == 1
+    (letter,) = world.dead_letters.letters.values()
+    assert letter.kind == "unsafe"
+    assert letter.item_key == {"transcript_id": "tr-1"}
+    assert letter.targets == ("out_of_scope: s3://stt-uploads/acct-2/victim/audio.wav",)
+
+
+async def test_a_linked_item_with_an_unsafe_target_is_kept_as_the_pointer(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.items.tables["llm_requests"][0]["input_url"] = "s3://stt-llm-gateway/acct-9/other/input.json"
+
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
+    assert isinstance(outcome, Deleted)
+    assert [r["request_id"] for r in world.items.tables["llm_requests"]] == ["tr-1-llm0"]
+    assert world.items.tables["speech_outputs"] == []
+
+
+async def test_object_lock_refusals_are_final_and_dead_lettered(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.artifacts.refuse["acct-1/tr-1/audio.wav"] = "AccessDenied"
+
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
+    assert isinstance(outcome, DeadLettered)
+    assert "AccessDenied" in outcome.reason
+    assert world.artifacts.keys("stt-transcripts") == set()  # everything else still went
+    assert world.sample("reconciler_artifacts_total", kind="object_version", outcome="refused") == 2
+
+
+async def test_throttling_that_outlasts_the_retries_leaves_the_record_pending(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.items.fail_deletes = True
+
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
+    assert isinstance(outcome, Pending)
+    assert world.dead_letters.letters == {}
+    assert len(world.items.tables["speech_outputs"]) == 2  # still there: the pointer to redo the work
+
+
+async def test_an_undecodable_record_is_dead_lettered_with_metadata_only(world: World) -> None:
+    raw = stream_record(5, old_image={"transcript_id": "t", "secret": "do not log"})
+    raw["dynamodb"]["OldImage"]["secret"] = {"Z": "bad"}  # type: ignore[index]
+
+    outcome = await world.processor.process(ORIGIN, decode_record(raw))
+
+    assert isinstance(outcome, DeadLettered)
+    (letter,) = world.dead_letters.letters.values()
+    assert letter.kind == "undecodable"
+    assert "do not log" not in repr(letter)
+
+
+async def test_a_remove_without_old_image_is_dead_lettered(world: World) -> None:
+    raw = stream_record(5, old_image={"transcript_id": "t"}, view_type="KEYS_ONLY")
+    del raw["dynamodb"]["OldImage"]  # type: ignore[attr-defined]
+    outcome = await world.processor.process(ORIGIN, decode_record(raw))
+    assert isinstance(outcome, DeadLettered)
+    assert next(iter(world.dead_letters.letters.values())).kind == "no_image"
+
+
+async def test_a_dead_letter_that_cannot_be_written_keeps_the_record_pending(world: World) -> None:
+    world.dead_letters.fail = True
+    raw = stream_record(5, old_image={"transcript_id": "t"})
+    raw["eventName"] = "UPSERT"
+    assert isinstance(await world.processor.process(ORIGIN, decode_record(raw)), Pending)
+
+
+async def test_redelivery_is_idempotent(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    record = _record(world, 1, world.image("acct-1", "tr-1"))
+    first = await world.processor.process(ORIGIN, record)
+    again = await world.processor.process(ORIGIN, record)
+    assert isinstance(first, Deleted)
+    assert isinstance(again, Deleted)
+    assert again.tally.object_versions == 0
+    assert again.tally.absent == 2  # the audio object and the transcript prefix were already gone

@@ -1,0 +1,132 @@
+"""The supervisor starts shards in lineage order, serves its probes and shuts down in two phases."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+from conftest import DEMO_RULES, World
+
+from reconciler.core.records import StreamViewType
+from reconciler.errors import ConfigError
+from reconciler.ports import SHARD_END
+from reconciler.settings import Settings
+from reconciler.testing import FakeCheckpointStore, FakeStreamSource, stream_record
+from reconciler.worker import Collaborators, Worker
+
+SETTINGS = Settings(
+    config=DEMO_RULES,
+    http_port=0,
+    idle_poll_seconds=0.01,
+    max_idle_poll_seconds=0.02,
+    retry_backoff_seconds=0.01,
+    discovery_seconds=0.05,
+    shutdown_grace_seconds=2,
+)
+
+
+def _worker(world: World, source: FakeStreamSource, checkpoints: FakeCheckpointStore) -> Worker:
+    parts = Collaborators(source, checkpoints, world.processor, world.metrics)
+    return Worker(SETTINGS, world.rules, parts, clock=world.clock)
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:  # noqa: S310
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def test_children_start_only_after_their_parent_is_read_to_its_end(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    parent = source.add_shard("transcripts", "shardId-parent", closed=True)
+    child = source.add_shard("transcripts", "shardId-child", parent="shardId-parent")
+    world.add_transcript("acct-1", "tr-1")
+    world.add_transcript("acct-1", "tr-2")
+    source.append("shardId-parent", stream_record(1, old_image=world.image("acct-1", "tr-1")))
+    source.append("shardId-child", stream_record(2, old_image=world.image("acct-1", "tr-2")))
+    worker = _worker(world, source, checkpoints)
+    task = asyncio.create_task(worker.run())
+
+    await _until(lambda: checkpoints.positions.get((child.stream_arn, "shardId-child")) == f"{2:021d}")
+    assert checkpoints.positions[(parent.stream_arn, "shardId-parent")] == SHARD_END
+    assert checkpoints.history.index(SHARD_END) < checkpoints.history.index(f"{2:021d}")
+    worker.handle_exit()
+    await asyncio.wait_for(task, timeout=5)
+
+
+async def test_probes_answer_on_the_http_port_and_readiness_drops_on_shutdown(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source.add_shard("transcripts", "shardId-1")
+    worker = _worker(world, source, checkpoints)
+    task = asyncio.create_task(worker.run())
+    await _until(lambda: worker.readiness()[0])
+    assert worker.http is not None
+    port = worker.http.port
+    assert port is not None
+
+    assert await asyncio.to_thread(_get, port, "/healthz") == (200, "ok\n")
+    status, body = await asyncio.to_thread(_get, port, "/readyz")
+    assert (status, body) == (200, "consuming 1 shards\n")
+    status, body = await asyncio.to_thread(_get, port, "/metrics")
+    assert status == 200
+    assert 'reconciler_shards_consuming{table="transcripts"} 1.0' in body
+
+    worker.handle_exit()
+    assert worker.readiness() == (False, "shutting down")
+    await asyncio.wait_for(task, timeout=5)
+
+
+async def test_liveness_fails_when_a_consumer_goes_silent(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source.add_shard("transcripts", "shardId-1")
+    worker = _worker(world, source, checkpoints)
+    task = asyncio.create_task(worker.run())
+    await _until(lambda: worker.readiness()[0])
+    world.clock.advance(SETTINGS.liveness_seconds + 1)  # nothing ran for longer than allowed
+    ok, detail = worker.liveness()
+    assert not ok
+    assert "stale" in detail or "silent" in detail
+    worker.handle_exit()
+    await asyncio.wait_for(task, timeout=5)
+
+
+async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source.add_shard("transcripts", "shardId-1")
+    world.add_transcript("acct-1", "tr-1")
+    source.append("shardId-1", stream_record(1, old_image=world.image("acct-1", "tr-1")))
+    hang = asyncio.Event()
+
+    async def stuck(*_: object) -> None:
+        await hang.wait()
+
+    world.items.delete = stuck  # type: ignore[method-assign]
+    worker = _worker(world, source, checkpoints)
+    task = asyncio.create_task(worker.run())
+    await _until(lambda: source.reads >= 1)
+    await asyncio.sleep(0.05)
+
+    worker.handle_exit()  # phase one: drain would wait for the stuck deletion
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    worker.handle_exit()  # phase two: cancel now
+    await asyncio.wait_for(task, timeout=1)
+    assert checkpoints.positions == {}  # unfinished work was not checkpointed
+
+
+async def test_a_stream_without_old_images_is_a_config_error(world: World) -> None:
+    source = FakeStreamSource(view_type=StreamViewType.KEYS_ONLY)
+    source.add_shard("transcripts", "shardId-1")
+    worker = _worker(world, source, FakeCheckpointStore())
+    with pytest.raises(ConfigError, match="OLD_IMAGE"):
+        await asyncio.wait_for(worker.run(), timeout=5)
