@@ -6,8 +6,9 @@ key or index, records delivered in order from a checkpoint, checkpoints that nev
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from reconciler.core.dynamodb_json import Image, encode_key
@@ -223,3 +224,10 @@ def stream_record(
     elif identity == "lambda":
         record["userIdentity"] = {"principalId": "dynamodb.amazonaws.com", "type": "Service"}
     return record
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 10.0, interval: float = 0.005) -> None:
+    """Wait until ``condition()`` holds; TimeoutError after ``seconds``. Conditions read metrics or fakes."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - polling state that offers no event to wait on
+            await asyncio.sleep(interval)

@@ -96,7 +96,10 @@ class World:
             if v.key.startswith((f"{account}/{transcript}/", f"{account}/{transcript}-llm"))
         )
         items = sum(
-            1 for table in self.items.tables.values() for item in table if item.get("transcript_id") == transcript
+            1
+            for table in self.items.tables.values()
+            for item in table
+            if item.get("transcript_id") == transcript
         )
         return versions + items
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 from conftest import DEMO_RULES, World
@@ -12,7 +11,7 @@ from reconciler.consumer import ShardConsumer
 from reconciler.ports import SHARD_END, Shard
 from reconciler.processing import Origin
 from reconciler.settings import Settings
-from reconciler.testing import FakeCheckpointStore, FakeStreamSource, stream_record
+from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
 
 FAST = Settings(
     config=DEMO_RULES,
@@ -23,7 +22,9 @@ FAST = Settings(
 )
 
 
-def _consumer(world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore) -> ShardConsumer:
+def _consumer(
+    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore
+) -> ShardConsumer:
     return ShardConsumer(
         origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
         shard=shard,
@@ -34,12 +35,6 @@ def _consumer(world: World, source: FakeStreamSource, shard: Shard, checkpoints:
         settings=FAST,
         clock=world.clock,
     )
-
-
-async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 def _removal(world: World, seq: int, transcript: str) -> dict[str, object]:
@@ -55,7 +50,7 @@ async def test_records_are_deleted_and_the_checkpoint_follows(world: World) -> N
     consumer = _consumer(world, source, shard, checkpoints)
     task = asyncio.create_task(consumer.run())
 
-    await _until(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{7:021d}")
+    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{7:021d}")
     consumer.stop()
     await task
 
@@ -73,12 +68,12 @@ async def test_the_checkpoint_never_passes_a_pending_record_and_it_is_redelivere
     consumer = _consumer(world, source, shard, checkpoints)
     task = asyncio.create_task(consumer.run())
 
-    await _until(lambda: source.reads >= 4)
+    await eventually(lambda: source.reads >= 4)
     assert checkpoints.positions[(shard.stream_arn, "shardId-1")] == f"{1:021d}"
     assert world.sample("reconciler_record_outcomes_total", table="transcripts", outcome="retry") >= 2
 
     world.items.fail_deletes = False
-    await _until(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{3:021d}")
+    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{3:021d}")
     consumer.stop()
     await task
     assert world.held_by("acct-1", "tr-2") == 0
@@ -91,18 +86,20 @@ async def test_a_restarted_consumer_resumes_after_its_checkpoint(world: World) -
         source.append("shardId-1", _removal(world, n, f"tr-{n}"))
     first = _consumer(world, source, shard, checkpoints)
     task = asyncio.create_task(first.run())
-    await _until(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{3:021d}")
+    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{3:021d}")
     first.stop()
     await task
 
     source.append("shardId-1", _removal(world, 4, "tr-4"))
     second = _consumer(world, source, shard, checkpoints)
     task = asyncio.create_task(second.run())
-    await _until(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{4:021d}")
+    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{4:021d}")
     second.stop()
     await task
 
-    removals = world.sample("reconciler_stream_records_total", table="transcripts", event="REMOVE", cause="ttl")
+    removals = world.sample(
+        "reconciler_stream_records_total", table="transcripts", event="REMOVE", cause="ttl"
+    )
     assert removals == 4  # records 1-3 were not read again
     assert world.held_by("acct-1", "tr-4") == 0
 
@@ -128,7 +125,7 @@ async def test_stop_returns_promptly(world: World, stop_during: str) -> None:
         source.append("shardId-1", _removal(world, 1, "tr-1"))
     consumer = _consumer(world, source, shard, checkpoints)
     task = asyncio.create_task(consumer.run())
-    await _until(lambda: source.reads >= 2)
+    await eventually(lambda: source.reads >= 2)
     consumer.stop()
     await asyncio.wait_for(task, timeout=1)
     assert world.sample("reconciler_shards_consuming", table="transcripts") == 0

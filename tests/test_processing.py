@@ -42,7 +42,9 @@ async def test_lag_is_measured_from_ttl_expiry_for_ttl_and_from_the_event_for_re
     world.add_transcript("acct-1", "tr-1")
     world.add_transcript("acct-1", "tr-2")
     expiry = int(world.clock.now.timestamp()) - 3600
-    ttl = _record(world, 1, world.image("acct-1", "tr-1", expiry), identity="botocore", created_at=world.clock.now)
+    ttl = _record(
+        world, 1, world.image("acct-1", "tr-1", expiry), identity="botocore", created_at=world.clock.now
+    )
     future = int(world.clock.now.timestamp()) + 86400
     request = _record(world, 2, world.image("acct-1", "tr-2", future), created_at=world.clock.now)
     world.clock.advance(2)
@@ -61,7 +63,10 @@ async def test_lag_is_measured_from_ttl_expiry_for_ttl_and_from_the_event_for_re
 async def test_insert_and_modify_are_ignored_and_counted(world: World) -> None:
     record = decode_record(stream_record(1, event="INSERT", old_image={"transcript_id": "t"}))
     assert isinstance(await world.processor.process(ORIGIN, record), Ignored)
-    assert world.sample("reconciler_stream_records_total", table="transcripts", event="INSERT", cause="none") == 1
+    assert (
+        world.sample("reconciler_stream_records_total", table="transcripts", event="INSERT", cause="none")
+        == 1
+    )
 
 
 async def test_an_out_of_scope_uri_is_never_executed_but_counted_and_dead_lettered(world: World) -> None:

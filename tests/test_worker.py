@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 
 import pytest
 from conftest import DEMO_RULES, World
@@ -13,7 +13,7 @@ from reconciler.core.records import StreamViewType
 from reconciler.errors import ConfigError
 from reconciler.ports import SHARD_END
 from reconciler.settings import Settings
-from reconciler.testing import FakeCheckpointStore, FakeStreamSource, stream_record
+from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
 from reconciler.worker import Collaborators, Worker
 
 SETTINGS = Settings(
@@ -32,15 +32,9 @@ def _worker(world: World, source: FakeStreamSource, checkpoints: FakeCheckpointS
     return Worker(SETTINGS, world.rules, parts, clock=world.clock)
 
 
-async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
 def _get(port: int, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
@@ -57,7 +51,7 @@ async def test_children_start_only_after_their_parent_is_read_to_its_end(world: 
     worker = _worker(world, source, checkpoints)
     task = asyncio.create_task(worker.run())
 
-    await _until(lambda: checkpoints.positions.get((child.stream_arn, "shardId-child")) == f"{2:021d}")
+    await eventually(lambda: checkpoints.positions.get((child.stream_arn, "shardId-child")) == f"{2:021d}")
     assert checkpoints.positions[(parent.stream_arn, "shardId-parent")] == SHARD_END
     assert checkpoints.history.index(SHARD_END) < checkpoints.history.index(f"{2:021d}")
     worker.handle_exit()
@@ -69,7 +63,7 @@ async def test_probes_answer_on_the_http_port_and_readiness_drops_on_shutdown(wo
     source.add_shard("transcripts", "shardId-1")
     worker = _worker(world, source, checkpoints)
     task = asyncio.create_task(worker.run())
-    await _until(lambda: worker.readiness()[0])
+    await eventually(lambda: worker.readiness()[0])
     assert worker.http is not None
     port = worker.http.port
     assert port is not None
@@ -91,7 +85,7 @@ async def test_liveness_fails_when_a_consumer_goes_silent(world: World) -> None:
     source.add_shard("transcripts", "shardId-1")
     worker = _worker(world, source, checkpoints)
     task = asyncio.create_task(worker.run())
-    await _until(lambda: worker.readiness()[0])
+    await eventually(lambda: worker.readiness()[0])
     world.clock.advance(SETTINGS.liveness_seconds + 1)  # nothing ran for longer than allowed
     ok, detail = worker.liveness()
     assert not ok
@@ -107,13 +101,13 @@ async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
     source.append("shardId-1", stream_record(1, old_image=world.image("acct-1", "tr-1")))
     hang = asyncio.Event()
 
-    async def stuck(*_: object) -> None:
+    async def stuck(table: str, keys: Sequence[Mapping[str, object]]) -> None:
         await hang.wait()
 
     world.items.delete = stuck  # type: ignore[method-assign]
     worker = _worker(world, source, checkpoints)
     task = asyncio.create_task(worker.run())
-    await _until(lambda: source.reads >= 1)
+    await eventually(lambda: source.reads >= 1)
     await asyncio.sleep(0.05)
 
     worker.handle_exit()  # phase one: drain would wait for the stuck deletion

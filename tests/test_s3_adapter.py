@@ -1,0 +1,95 @@
+"""The S3 adapter reads DeleteObjects' per-key Errors from a 200 answer and batches at 1,000 keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from reconciler.adapters.aws import Caller, RetryPolicy
+from reconciler.adapters.s3 import S3ArtifactStore
+from reconciler.core.scope import S3Location
+from reconciler.errors import TransientError
+from reconciler.ports import ObjectVersion
+
+
+class StubS3:
+    """Answers DeleteObjects with scripted per-key errors; records what was asked."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        self.scripted = list(errors)  # errors for the first call only
+        self.requests: list[list[dict[str, str]]] = []
+
+    async def delete_objects(self, *, Bucket: str, Delete: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
+        objects = Delete["Objects"]
+        self.requests.append(objects)
+        errors, self.scripted = self.scripted, []
+        failed = {(e["Key"], e["VersionId"]) for e in errors}
+        deleted = [o for o in objects if (o["Key"], o["VersionId"]) not in failed]
+        # Unversioned buckets answer without a VersionId for "null".
+        deleted = [{"Key": o["Key"]} if o["VersionId"] == "null" else o for o in deleted]
+        return {"Deleted": deleted, "Errors": errors, "ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    async def list_object_versions(self, **params: Any) -> dict[str, Any]:
+        pages = {
+            None: {
+                "Versions": [{"Key": "a/x", "VersionId": "1"}, {"Key": "a/xy", "VersionId": "2"}],
+                "DeleteMarkers": [{"Key": "a/x", "VersionId": "3"}],
+                "IsTruncated": True,
+                "NextKeyMarker": "a/xy",
+                "NextVersionIdMarker": "2",
+            },
+            "a/xy": {"Versions": [{"Key": "a/z", "VersionId": "null"}], "IsTruncated": False},
+        }
+        return pages[params.get("KeyMarker")]
+
+
+def _store(stub: StubS3) -> S3ArtifactStore:
+    return S3ArtifactStore(stub, Caller(RetryPolicy(attempts=3)))  # type: ignore[arg-type]
+
+
+async def test_per_key_errors_are_sorted_into_gone_refused_and_retried() -> None:
+    versions = [ObjectVersion(f"k{n}", f"v{n}") for n in range(4)]
+    stub = StubS3(
+        [
+            {"Key": "k0", "VersionId": "v0", "Code": "NoSuchVersion", "Message": "gone"},
+            {"Key": "k1", "VersionId": "v1", "Code": "AccessDenied", "Message": "object lock"},
+            {"Key": "k2", "VersionId": "v2", "Code": "SlowDown", "Message": "slow down"},
+        ]
+    )
+    report = await _store(stub).delete_versions("bkt", versions)
+
+    assert set(report.deleted) == {versions[0], versions[2], versions[3]}
+    assert report.refused == ((versions[1], "AccessDenied"),)
+    assert [[o["Key"] for o in r] for r in stub.requests] == [["k0", "k1", "k2", "k3"], ["k2"]]
+
+
+async def test_keys_that_stay_throttled_raise_a_transient_error() -> None:
+    class AlwaysSlow(StubS3):
+        async def delete_objects(self, *, Bucket: str, Delete: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
+            self.requests.append(Delete["Objects"])
+            errors = [
+                {"Key": o["Key"], "VersionId": o["VersionId"], "Code": "SlowDown"} for o in Delete["Objects"]
+            ]
+            return {"Errors": errors}
+
+    stub = AlwaysSlow([])
+    with pytest.raises(TransientError):
+        await _store(stub).delete_versions("bkt", [ObjectVersion("k", "v")])
+    assert len(stub.requests) == 3  # the retry policy's attempts
+
+
+async def test_deletes_are_batched_at_one_thousand_keys() -> None:
+    stub = StubS3([])
+    versions = [ObjectVersion(f"k{n}", "null") for n in range(2345)]
+    report = await _store(stub).delete_versions("bkt", versions)
+    assert [len(r) for r in stub.requests] == [1000, 1000, 345]
+    assert len(report.deleted) == 2345
+
+
+async def test_listing_pages_through_markers_and_keeps_only_the_exact_key() -> None:
+    store = _store(StubS3([]))
+    exact = [v async for page in store.list_versions(S3Location("bkt", "a/x"), exact=True) for v in page]
+    assert exact == [ObjectVersion("a/x", "1"), ObjectVersion("a/x", "3", is_delete_marker=True)]
+    prefix = [v async for page in store.list_versions(S3Location("bkt", "a/"), exact=False) for v in page]
+    assert [v.key for v in prefix] == ["a/x", "a/xy", "a/x", "a/z"]
