@@ -23,7 +23,10 @@ EXIT_UNSAFE = 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reconciler", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="reconciler",
+        description="Delete everything linked to a DynamoDB item when its TTL expires or its owner asks.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

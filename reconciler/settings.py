@@ -8,15 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECONCILER_", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="RECONCILER_", frozen=True, extra="forbid", populate_by_name=True
+    )
 
     config: Path = Field(description="The artifact rules file (TOML).")
-    region: str = Field(default="us-east-1", validation_alias="AWS_REGION")
+    region: str = Field(
+        default="us-east-1",
+        validation_alias=AliasChoices("RECONCILER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
     endpoint_url: str | None = Field(default=None, description="Overrides AWS_ENDPOINT_URL (demo and tests).")
     http_host: str = Field(default="127.0.0.1", description="Bind address of /metrics, /healthz, /readyz.")
     http_port: int = Field(default=9464, ge=0, le=65535)

@@ -5,6 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
@@ -206,3 +213,46 @@ async def test_a_restarted_worker_resumes_from_its_checkpoint_without_missing_a_
     assert shard is not None
     last = shard.items[-1].record["dynamodb"]["SequenceNumber"]
     assert [i["checkpoint"]["S"] for i in stored["Items"]] == [last]
+
+
+async def test_reconciler_run_serves_probes_and_stops_on_sigterm(endpoint: str, layout: Layout) -> None:
+    """The console script, configured by the standard AWS variables and RECONCILER_*, logs JSON events."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": CREDENTIALS[0],
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS[1],
+        "AWS_DEFAULT_REGION": REGION,
+        "RECONCILER_HTTP_PORT": "0",
+        "RECONCILER_CREATE_TABLES": "true",
+        "RECONCILER_LOG_JSON": "true",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "reconciler", "run", "--config", str(DEMO_RULES),
+        env=env, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    events: list[dict[str, object]] = []
+    async with asyncio.timeout(60):
+        while not any(e["event"] == "shard.started" for e in events):
+            events.append(json.loads(await process.stderr.readline()))
+    port = next(e["http_port"] for e in events if e["event"] == "worker.started")
+
+    status = await asyncio.to_thread(_status, f"http://127.0.0.1:{port}/readyz")
+    process.send_signal(signal.SIGTERM)
+    rest = (await asyncio.wait_for(process.stderr.read(), timeout=60)).decode().splitlines()
+    assert await process.wait() == 0
+    assert status == 200
+    assert [json.loads(line)["event"] for line in rest][-1] == "worker.stopped"
+
+
+def _status(url: str) -> int:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+                return int(response.status)
+        except urllib.error.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
