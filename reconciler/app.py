@@ -7,7 +7,7 @@ import datetime as dt
 import socket
 from collections.abc import AsyncIterator
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
 from reconciler.adapters.dynamodb import (
@@ -39,7 +39,8 @@ async def build_worker(
     aws: AwsSettings | None = None,
 ) -> AsyncIterator[Worker]:
     """Open the AWS clients, create the worker's tables if asked, and yield a wired ``Worker``."""
-    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    # The process-wide registry by default, so process metrics and stamina's retry counter are exported too.
+    metrics = Metrics(registry if registry is not None else REGISTRY)
     call = Caller(retry or RetryPolicy())
     aws = aws or AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)
     async with AwsClients(aws) as clients:

@@ -16,7 +16,7 @@ import structlog
 
 from reconciler.core.outcomes import Outcome, checkpoint_after, is_final
 from reconciler.core.records import StreamRecord, Undecodable, decode_record
-from reconciler.errors import DecodeError, ExpiredIteratorError, ReconcilerError, TrimmedDataError
+from reconciler.errors import ExpiredIteratorError, ReconcilerError, TrimmedDataError
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import SHARD_END, CheckpointStore, Shard, StreamSource
 from reconciler.processing import Origin, RecordProcessor
@@ -62,9 +62,15 @@ class ShardConsumer:
             while not self._stop.is_set() and not self.finished:
                 try:
                     await self._consume()
-                except (ReconcilerError, DecodeError) as exc:
+                except ReconcilerError as exc:
                     self._metrics.failures.labels("poll", type(exc).__name__).inc()
                     log.warning("shard.error", error=str(exc), error_type=type(exc).__name__)
+                    await self._sleep(self._settings.retry_backoff_seconds)
+                except (
+                    Exception
+                ) as exc:  # a bug must not stop every shard: back off, resume from the checkpoint
+                    self._metrics.failures.labels("poll", type(exc).__name__).inc()
+                    log.exception("shard.crashed", error_type=type(exc).__name__)
                     await self._sleep(self._settings.retry_backoff_seconds)
         finally:
             self._metrics.shards.labels(self.origin.table).dec()

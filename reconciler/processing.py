@@ -142,7 +142,9 @@ class RecordProcessor:
         result: ExecutionResult | None = None,
     ) -> DeadLettered | Pending:
         targets = tuple(
-            f"{s.unsafe.reason.value}: {s.unsafe.target}" for s in (result.unsafe if result else ())
+            f"{s.unsafe.reason.value}: {s.unsafe.target}"
+            + ("" if s.table == origin.table else f" (linked {s.table} {key_hash(s.table, s.key)})")
+            for s in (result.unsafe if result else ())
         )
         letter = DeadLetter(
             source_table=origin.table,

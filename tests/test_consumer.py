@@ -8,6 +8,8 @@ import pytest
 from conftest import DEMO_RULES, World
 
 from reconciler.consumer import ShardConsumer
+from reconciler.core.outcomes import Outcome
+from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.ports import SHARD_END, Shard
 from reconciler.processing import Origin
 from reconciler.settings import Settings
@@ -129,3 +131,27 @@ async def test_stop_returns_promptly(world: World, stop_during: str) -> None:
     consumer.stop()
     await asyncio.wait_for(task, timeout=1)
     assert world.sample("reconciler_shards_consuming", table="transcripts") == 0
+
+
+async def test_an_unexpected_error_backs_off_and_redelivers_instead_of_crashing(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _removal(world, 1, "tr-1"))
+    real = world.processor.process
+    calls = 0
+
+    async def flaky(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await real(origin, record)
+
+    world.processor.process = flaky  # type: ignore[method-assign]
+    consumer = _consumer(world, source, shard, checkpoints)
+    task = asyncio.create_task(consumer.run())
+    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{1:021d}")
+    consumer.stop()
+    await task
+    assert world.sample("reconciler_failures_total", stage="poll", error="RuntimeError") == 1
+    assert world.held_by("acct-1", "tr-1") == 0
