@@ -16,6 +16,7 @@ from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
 from reconciler.processing import RecordProcessor
 from reconciler.rules import Rules, load_rules
+from reconciler.settings import Settings
 from reconciler.testing import FakeArtifactStore, FakeDeadLetterStore, FakeItemStore, FixedClock
 
 DEMO_RULES = Path(__file__).parent.parent / "reconciler" / "demo" / "rules.toml"
@@ -26,6 +27,20 @@ def _instant_retries() -> Iterator[None]:
     """Retries still happen (3 attempts) but without sleeping."""
     with stamina.set_testing(True, attempts=3):
         yield
+
+
+def fast_settings(**overrides: object) -> Settings:
+    """Settings for workers on fakes: quick polls and backoffs, any free port."""
+    fast: dict[str, object] = {
+        "config": DEMO_RULES,
+        "http_port": 0,
+        "idle_poll_seconds": 0.01,
+        "max_idle_poll_seconds": 0.02,
+        "retry_backoff_seconds": 0.01,
+        "discovery_seconds": 0.05,
+        "shutdown_grace_seconds": 2,
+    }
+    return Settings.model_validate(fast | overrides)
 
 
 @pytest.fixture(scope="session")

@@ -5,23 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import DEMO_RULES, World
+from conftest import World, fast_settings
 
 from reconciler.consumer import ShardConsumer
 from reconciler.core.outcomes import Outcome
 from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.ports import SHARD_END, Shard
 from reconciler.processing import Origin
-from reconciler.settings import Settings
 from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
 
-FAST = Settings(
-    config=DEMO_RULES,
-    idle_poll_seconds=0.01,
-    max_idle_poll_seconds=0.02,
-    retry_backoff_seconds=0.01,
-    batch_size=3,
-)
+FAST = fast_settings(batch_size=3)
 
 
 def _consumer(

@@ -31,6 +31,7 @@ from reconciler.demo.moto_server import (
     reset,
     ttl_delete,
 )
+from reconciler.demo.run import local_settings
 from reconciler.rules import Rules
 from reconciler.settings import Settings
 from reconciler.testing import eventually
@@ -57,16 +58,8 @@ async def layout(endpoint: str) -> AsyncIterator[Layout]:
 
 
 def _settings(endpoint: str) -> Settings:
-    return Settings(
-        config=DEMO_RULES,
-        endpoint_url=endpoint,
-        http_port=0,
-        create_tables=True,
-        worker_id="test",
-        idle_poll_seconds=0.05,
-        max_idle_poll_seconds=0.2,
-        retry_backoff_seconds=0.1,
-        discovery_seconds=1,
+    return local_settings(
+        endpoint, idle_poll_seconds=0.05, max_idle_poll_seconds=0.2, retry_backoff_seconds=0.1
     )
 
 

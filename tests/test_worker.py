@@ -7,24 +7,15 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 
 import pytest
-from conftest import DEMO_RULES, World
+from conftest import World, fast_settings
 
 from reconciler.core.records import StreamViewType
 from reconciler.errors import ConfigError
 from reconciler.ports import SHARD_END
-from reconciler.settings import Settings
 from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
 from reconciler.worker import Collaborators, Worker
 
-SETTINGS = Settings(
-    config=DEMO_RULES,
-    http_port=0,
-    idle_poll_seconds=0.01,
-    max_idle_poll_seconds=0.02,
-    retry_backoff_seconds=0.01,
-    discovery_seconds=0.05,
-    shutdown_grace_seconds=2,
-)
+SETTINGS = fast_settings()
 
 
 def _worker(world: World, source: FakeStreamSource, checkpoints: FakeCheckpointStore) -> Worker:

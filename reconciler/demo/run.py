@@ -37,6 +37,22 @@ def rules_path() -> Path:
     return Path(str(resources.files("reconciler.demo").joinpath("rules.toml")))
 
 
+def local_settings(endpoint: str, **overrides: object) -> Settings:
+    """Settings for a worker on a local moto server: any free port, its own tables, quick polling."""
+    fast: dict[str, object] = {
+        "config": rules_path(),
+        "endpoint_url": endpoint,
+        "http_port": 0,
+        "create_tables": True,
+        "worker_id": "local",
+        "idle_poll_seconds": 0.2,
+        "max_idle_poll_seconds": 0.5,
+        "retry_backoff_seconds": 0.5,
+        "discovery_seconds": 2.0,
+    }
+    return Settings.model_validate(fast | overrides)
+
+
 @dataclass(frozen=True, slots=True)
 class Population:
     ttl: list[Transcript]
@@ -114,17 +130,7 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
     with moto_server() as endpoint:
         out(f"moto server listening on {endpoint}")
         aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
-        settings = Settings(
-            config=rules_path(),
-            endpoint_url=endpoint,
-            http_port=0,
-            create_tables=True,
-            worker_id="demo",
-            idle_poll_seconds=0.2,
-            max_idle_poll_seconds=0.5,
-            retry_backoff_seconds=0.5,
-            discovery_seconds=2.0,
-        )
+        settings = local_settings(endpoint)
         registry = CollectorRegistry()
         async with AwsClients(aws) as clients:
             layout = Layout(clients.s3, clients.dynamodb)
