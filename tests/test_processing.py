@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog.testing
 from conftest import World
 
 from reconciler.core.classify import Cause
@@ -156,3 +157,25 @@ async def test_redelivery_is_idempotent(world: World) -> None:
     assert isinstance(again, Deleted)
     assert again.tally.object_versions == 0
     assert again.tally.absent == 2  # the audio object and the transcript prefix were already gone
+
+
+async def test_logs_never_carry_item_content(world: World) -> None:
+    """Events carry identifiers, key hashes and S3 URIs; never other attributes of the image."""
+    world.add_transcript("acct-1", "tr-1")
+    world.add_transcript("acct-1", "tr-2")
+    image = {
+        **world.image("acct-1", "tr-1"),
+        "audio_url": "s3://stt-uploads/acct-9/other/audio.wav",  # refused, so logged as a target
+        "customer_note": "PRIVATE-CONTENT",
+    }
+    with structlog.testing.capture_logs() as events:
+        await world.processor.process(ORIGIN, _record(world, 1, image))
+        world.items.fail_deletes = True
+        await world.processor.process(ORIGIN, _record(world, 2, {**image, "transcript_id": "tr-2"}))
+
+    names = [e["event"] for e in events]
+    assert "deletion.unsafe_target" in names
+    assert "deletion.completed" in names
+    assert "deletion.retry" in names
+    assert all("PRIVATE-CONTENT" not in repr(e) for e in events)
+    assert all("customer_note" not in repr(e) for e in events)
