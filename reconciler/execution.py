@@ -6,11 +6,13 @@ failure half-way leaves the pointer in place and the redelivered record finds th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
+from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import Tally
 from reconciler.core.plan import DeletionPlan, LinkQuery, Unsafe, key_hash, resolve
 from reconciler.core.scope import S3Location, ScopeViolation, check_in_scope
@@ -66,22 +68,23 @@ class Executor:
         return result
 
     async def _purge(self, location: S3Location, scopes: Sequence[S3Location], *, exact: bool) -> Tally:
-        """Delete every version and delete marker under ``location`` (or of its exact key)."""
+        """Delete every version and delete marker under ``location`` (or of its exact key).
+
+        After each deleted page the listing starts again from the beginning: the next page's markers would
+        name a version that no longer exists, and S3 does not promise to resume after one. The loop ends when
+        a listing finds nothing left but refused versions.
+        """
         tally = Tally()
         refused: dict[ObjectVersion, str] = {}
-        found = False
-        async for page in self._artifacts.list_versions(location, exact=exact):
-            for version in page:  # defence in depth: a listing never widens the plan's scope
-                try:
-                    check_in_scope(S3Location(location.bucket, version.key), scopes)
-                except ScopeViolation as exc:
-                    raise PermanentError(f"listing returned a key outside scope: {exc}") from exc
-            found = found or bool(page)
-            report = await self._artifacts.delete_versions(location.bucket, page)
+        while True:
+            todo = await self._next_page(location, scopes, set(refused), exact=exact)
+            if not todo:
+                break
+            report = await self._artifacts.delete_versions(location.bucket, todo)
             markers = sum(v.is_delete_marker for v in report.deleted)
             tally += Tally(object_versions=len(report.deleted) - markers, delete_markers=markers)
             refused.update(report.refused)
-        if not found:
+        if tally == Tally() and not refused:
             tally += Tally(absent=1)
         self._count(tally, refused=len(refused))
         if refused:
@@ -89,28 +92,59 @@ class Executor:
             raise PermanentError(f"S3 refused {len(refused)} versions under {location}: {', '.join(codes)}")
         return tally
 
+    async def _next_page(
+        self, location: S3Location, scopes: Sequence[S3Location], skip: set[ObjectVersion], *, exact: bool
+    ) -> list[ObjectVersion]:
+        """The first page of versions still to delete, listing from the start."""
+        async with contextlib.aclosing(self._artifacts.list_versions(location, exact=exact)) as pages:
+            async for page in pages:
+                todo = [v for v in page if v not in skip]
+                for version in todo:  # defence in depth: a listing never widens the plan's scope
+                    try:
+                        check_in_scope(S3Location(location.bucket, version.key), scopes)
+                    except ScopeViolation as exc:
+                        raise PermanentError(f"listing returned a key outside scope: {exc}") from exc
+                if todo:
+                    return todo
+        return []
+
     async def _delete_linked(self, query: LinkQuery, result: ExecutionResult) -> None:
         rules = self._rules.tables[query.table]
         try:
             async for image in self._items.find(query, rules.key):
-                plan = resolve(query.table, rules, image)
-                nested = await self.execute(plan)
-                result.tally += nested.tally
-                result.unsafe.extend(nested.unsafe)
-                result.errors.extend(nested.errors)
-                if nested.errors or not plan.is_safe:
-                    # Keep the linked item: it is the pointer to what is left or refused.
-                    log.warning(
-                        "deletion.linked_item_kept",
-                        table=query.table,
-                        key_hash=key_hash(query.table, plan.key),
-                    )
-                    continue
-                await self._items.delete(query.table, [plan.key])
-                result.tally += Tally(items=1)
-                self._metrics.artifacts.labels("item", "deleted").inc()
+                await self._delete_one_linked(query, image, result)
         except ReconcilerError as exc:
             result.errors.append(exc)
+
+    async def _delete_one_linked(self, query: LinkQuery, image: Image, result: ExecutionResult) -> None:
+        """Artifacts first, then the item, only while it still links to the deleted one."""
+        rules = self._rules.tables[query.table]
+        plan = resolve(query.table, rules, image)
+        if not self._merge(result, await self.execute(plan)) or not plan.is_safe:
+            # Keep the linked item: it is the pointer to what is left or refused.
+            log.warning(
+                "deletion.linked_item_kept", table=query.table, key_hash=key_hash(query.table, plan.key)
+            )
+            return
+        old = await self._items.delete_linked(query, plan.key)
+        if old is None:
+            return  # gone already, or no longer linked to this item: not ours to delete
+        result.tally += Tally(items=1)
+        self._metrics.artifacts.labels("item", "deleted").inc()
+        if old != image:
+            # It changed between our read and the delete: what it pointed at by then must go as well.
+            log.warning(
+                "deletion.linked_item_changed", table=query.table, key_hash=key_hash(query.table, plan.key)
+            )
+            self._merge(result, await self.execute(resolve(query.table, rules, old)))
+
+    @staticmethod
+    def _merge(result: ExecutionResult, nested: ExecutionResult) -> bool:
+        """Fold ``nested`` into ``result``; True if it finished without errors."""
+        result.tally += nested.tally
+        result.unsafe.extend(nested.unsafe)
+        result.errors.extend(nested.errors)
+        return not nested.errors
 
     def _count(self, tally: Tally, *, refused: int) -> None:
         artifacts = self._metrics.artifacts

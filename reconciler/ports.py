@@ -7,7 +7,7 @@ in ``reconciler.testing``.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,7 +38,9 @@ class DeleteReport:
 
 
 class ArtifactStore(Protocol):
-    def list_versions(self, location: S3Location, *, exact: bool) -> AsyncIterator[list[ObjectVersion]]:
+    def list_versions(
+        self, location: S3Location, *, exact: bool
+    ) -> AsyncGenerator[list[ObjectVersion], None]:
         """Pages of every version and delete marker under ``location`` (only its own key if ``exact``)."""
         ...
 
@@ -49,11 +51,12 @@ class ArtifactStore(Protocol):
 
 class ItemStore(Protocol):
     def find(self, query: LinkQuery, key_attributes: Sequence[str]) -> AsyncIterator[Image]:
-        """Full, current images of the items that ``query`` matches."""
+        """Full, current (strongly consistent) images of the items that ``query`` matches now."""
         ...
 
-    async def delete(self, table: str, keys: Sequence[Mapping[str, object]]) -> None:
-        """Delete these items; an item already gone counts as done."""
+    async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
+        """Delete the item at ``key`` only if it still matches ``query``; its image as deleted, or None
+        if it was gone already or no longer matches."""
         ...
 
 

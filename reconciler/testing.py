@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from reconciler.core.dynamodb_json import Image, encode_key
@@ -53,7 +53,9 @@ class FakeArtifactStore:
     def keys(self, bucket: str) -> set[str]:
         return {v.key for v in self.buckets.get(bucket, [])}
 
-    async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncIterator[list[ObjectVersion]]:
+    async def list_versions(
+        self, location: S3Location, *, exact: bool
+    ) -> AsyncGenerator[list[ObjectVersion], None]:
         self.calls.append(f"list {location}")
         matches = [
             v
@@ -92,13 +94,17 @@ class FakeItemStore:
             if item.get(query.attribute) == query.value:
                 yield dict(item)
 
-    async def delete(self, table: str, keys: Sequence[Mapping[str, object]]) -> None:
+    async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         if self.fail_deletes:
             raise TransientError("ProvisionedThroughputExceededException")
-        for key in keys:
-            self.tables[table] = [
-                i for i in self.tables.get(table, []) if any(i.get(k) != v for k, v in key.items())
-            ]
+        rows = self.tables.get(query.table, [])
+        for row in rows:
+            if all(row.get(k) == v for k, v in key.items()):
+                if row.get(query.attribute) != query.value:
+                    return None
+                rows.remove(row)
+                return dict(row)
+        return None
 
 
 @dataclass

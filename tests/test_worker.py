@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import pytest
 from conftest import World, fast_settings
 
+from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.errors import ConfigError
 from reconciler.ports import SHARD_END
@@ -92,10 +93,10 @@ async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
     source.append("shardId-1", stream_record(1, old_image=world.image("acct-1", "tr-1")))
     hang = asyncio.Event()
 
-    async def stuck(table: str, keys: Sequence[Mapping[str, object]]) -> None:
+    async def stuck(query: LinkQuery, key: Mapping[str, object]) -> None:
         await hang.wait()
 
-    world.items.delete = stuck  # type: ignore[method-assign]
+    world.items.delete_linked = stuck  # type: ignore[method-assign]
     worker = _worker(world, source, checkpoints)
     task = asyncio.create_task(worker.run())
     await eventually(lambda: source.reads >= 1)

@@ -1,7 +1,8 @@
-"""DynamoDB: linked items (Query, GetItem, BatchWriteItem), checkpoints and dead letters.
+"""DynamoDB: linked items (Query, GetItem, conditional DeleteItem), checkpoints and dead letters.
 
-``BatchWriteItem`` takes at most 25 requests and may hand some back as ``UnprocessedItems``; those are retried
-with backoff, never dropped. https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchWriteItem.html
+A linked item is deleted with ``DeleteItem`` conditioned on it still being linked, returning ``ALL_OLD``, so a
+re-linked item is never deleted and a changed one is seen.
+https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_DeleteItem.html
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from botocore.exceptions import ClientError
 from reconciler.adapters.aws import Caller, error_code
 from reconciler.core.dynamodb_json import Image, decode_image, encode_key, encode_value
 from reconciler.core.plan import LinkQuery
-from reconciler.errors import TransientError
+from reconciler.errors import PermanentError
 from reconciler.ports import DeadLetter
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
 
-MAX_BATCH_WRITE = 25
 _SEQUENCE_WIDTH = 40  # sequence numbers have 21-40 digits; zero-padded they compare as text
 
 
@@ -46,10 +46,13 @@ class DynamoDBItemStore:
             for raw in page.get("Items", []):
                 image: Image = decode_image(raw)
                 if query.index:
-                    # GSIs are eventually consistent and may project only keys: read the item itself.
-                    key = {name: image[name] for name in key_attributes}
+                    # GSIs are eventually consistent and may project only keys: read the item itself,
+                    # and skip it unless it still matches (a stale index entry is not a link).
+                    key = {name: image[name] for name in key_attributes if name in image}
+                    if len(key) != len(key_attributes):
+                        raise PermanentError(f"index {query.index} of {query.table} does not project the key")
                     current = await self.get(query.table, key)
-                    if current is None:
+                    if current is None or current.get(query.attribute) != query.value:
                         continue
                     image = current
                 yield image
@@ -64,22 +67,27 @@ class DynamoDBItemStore:
         item = response.get("Item")
         return decode_image(item) if item else None
 
-    async def delete(self, table: str, keys: Sequence[Mapping[str, object]]) -> None:
-        for start in range(0, len(keys), MAX_BATCH_WRITE):
-            pending: dict[str, Any] = {
-                table: [
-                    {"DeleteRequest": {"Key": encode_key(k)}} for k in keys[start : start + MAX_BATCH_WRITE]
-                ]
-            }
-            await self._call(self._write, pending=pending)
+    async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
+        """A conditional ``DeleteItem`` returning ``ALL_OLD``: an item re-linked meanwhile is left alone."""
+        return await self._call(
+            self._delete_if,
+            TableName=query.table,
+            Key=encode_key(key),
+            ConditionExpression="#k = :v",
+            ExpressionAttributeNames={"#k": query.attribute},
+            ExpressionAttributeValues={":v": encode_value(query.value)},
+            ReturnValues="ALL_OLD",
+        )
 
-    async def _write(self, *, pending: dict[str, Any]) -> None:
-        response = await self._client.batch_write_item(RequestItems=pending)
-        unprocessed = response.get("UnprocessedItems") or {}
-        pending.clear()
-        pending.update(unprocessed)
-        if pending:
-            raise TransientError("BatchWriteItem returned unprocessed items")
+    async def _delete_if(self, **kwargs: Any) -> Image | None:
+        try:
+            response = await self._client.delete_item(**kwargs)
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return None  # gone, or no longer linked: not ours
+            raise
+        old = response.get("Attributes")
+        return decode_image(old) if old else None
 
 
 def _padded(sequence_number: str) -> str:

@@ -7,7 +7,7 @@ into gone, retry, or refused. https://docs.aws.amazon.com/AmazonS3/latest/API/AP
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.adapters.aws import THROTTLING_CODES, Caller
@@ -28,7 +28,9 @@ class S3ArtifactStore:
         self._client = client
         self._call = call
 
-    async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncIterator[list[ObjectVersion]]:
+    async def list_versions(
+        self, location: S3Location, *, exact: bool
+    ) -> AsyncGenerator[list[ObjectVersion], None]:
         params: dict[str, Any] = {
             "Bucket": location.bucket,
             "Prefix": location.key,
