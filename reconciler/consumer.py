@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
-from reconciler.core.outcomes import Outcome, checkpoint_after, is_final
+from reconciler.core.outcomes import Outcome, Pending, checkpoint_after, is_final
 from reconciler.core.records import StreamRecord, Undecodable, decode_record
-from reconciler.errors import ExpiredIteratorError, ReconcilerError, TrimmedDataError
+from reconciler.errors import DecodeError, ExpiredIteratorError, ReconcilerError, TrimmedDataError
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import SHARD_END, CheckpointStore, Shard, StreamSource
 from reconciler.processing import Origin, RecordProcessor
@@ -118,26 +118,54 @@ class ShardConsumer:
             self.finished = True
 
     async def _handle(self, raw: Sequence[Mapping[str, object]]) -> bool:
-        """Process one batch and checkpoint it; False if some record must be delivered again."""
-        records = [decode_record(r) for r in raw]
-        records.sort(key=lambda r: r.sequence)
+        """Process one batch in chunks, checkpointing after each; False if the shard must be re-read.
+
+        Chunks of ``concurrency`` records keep the checkpoint close behind the work (a slow batch is not
+        redone from its start) and keep liveness fresh; the first chunk with unfinished work ends the batch.
+        """
+        records = self._decode(raw)
+        self._observe_age(records)
+        size = self._settings.concurrency
+        for start in range(0, len(records), size):
+            outcomes = await asyncio.gather(*(self._one(r) for r in records[start : start + size]))
+            self.last_activity = self._clock()
+            position = checkpoint_after(outcomes)
+            if position is not None:
+                await self._checkpoints.put(self.shard.stream_arn, self.shard.shard_id, position)
+            if not all(is_final(o) for o in outcomes):
+                return False
+            if self._stop.is_set():
+                return start + size >= len(records)
+        return len(records) == len(raw)
+
+    def _decode(self, raw: Sequence[Mapping[str, object]]) -> list[StreamRecord | Undecodable]:
+        """Decode in stream order, up to the first record that cannot even be placed by sequence number."""
+        records: list[StreamRecord | Undecodable] = []
+        for item in raw:
+            try:
+                records.append(decode_record(item))
+            except DecodeError as exc:
+                # Without a sequence number it cannot be dead-lettered at a position or checkpointed past:
+                # the shard stops here, loudly, rather than skip it.
+                self._metrics.failures.labels("decode", "DecodeError").inc()
+                log.error("record.unplaceable", reason=str(exc), after=len(records))
+                break
+        return records
+
+    def _observe_age(self, records: Sequence[StreamRecord | Undecodable]) -> None:
         times = [r.created_at for r in records if isinstance(r, StreamRecord)]
         if times:
-            newest = max(times)
-            age = (self._clock() - newest).total_seconds()
+            age = (self._clock() - max(times)).total_seconds()
             self._metrics.iterator_age.labels(self.origin.table, self.shard.shard_id).set(max(age, 0.0))
-        limit = asyncio.Semaphore(self._settings.concurrency)
 
-        async def one(record: StreamRecord | Undecodable) -> Outcome:
-            async with limit:
-                return await self._processor.process(self.origin, record)
-
-        outcomes = await asyncio.gather(*(one(r) for r in records))
-        position = checkpoint_after(outcomes)
-        if position is not None:
-            await self._checkpoints.put(self.shard.stream_arn, self.shard.shard_id, position)
-        log.debug("batch.done", records=len(records), checkpoint=position)
-        return all(is_final(o) for o in outcomes)
+    async def _one(self, record: StreamRecord | Undecodable) -> Outcome:
+        """One record's outcome; an unexpected error is a retriable outcome, never a lost batch."""
+        try:
+            return await self._processor.process(self.origin, record)
+        except Exception as exc:
+            self._metrics.failures.labels("process", type(exc).__name__).inc()
+            log.exception("record.crashed", sequence_number=record.sequence_number)
+            return Pending(record.sequence_number, f"unexpected {type(exc).__name__}")
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

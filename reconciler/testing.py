@@ -138,7 +138,12 @@ class FakeStreamSource:
 
     async def iterator(self, shard: Shard, after: str | None) -> str:
         records = self.records_by_shard[shard.shard_id]
-        position = 0 if after is None else sum(int(_seq(r)) <= int(after) for r in records)
+        position = 0
+        for record in records if after is not None else []:
+            sequence = _seq(record)
+            if not sequence.isdigit() or int(sequence) > int(after or 0):
+                break
+            position += 1
         return f"{shard.shard_id}|{position}|{int(shard.closed)}"
 
     async def records(self, iterator: str, limit: int) -> RecordsPage:

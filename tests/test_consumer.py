@@ -146,5 +146,47 @@ async def test_an_unexpected_error_backs_off_and_redelivers_instead_of_crashing(
     await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{1:021d}")
     consumer.stop()
     await task
-    assert world.sample("reconciler_failures_total", stage="poll", error="RuntimeError") == 1
+    assert world.sample("reconciler_failures_total", stage="process", error="RuntimeError") == 1
     assert world.held_by("acct-1", "tr-1") == 0
+
+
+async def test_the_checkpoint_follows_each_chunk_of_a_batch(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    for n in range(1, 6):
+        source.append("shardId-1", _removal(world, n, f"tr-{n}"))
+    consumer = ShardConsumer(
+        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
+        shard=shard,
+        source=source,
+        checkpoints=checkpoints,
+        processor=world.processor,
+        metrics=world.metrics,
+        settings=fast_settings(concurrency=2),
+        clock=world.clock,
+    )
+    task = asyncio.create_task(consumer.run())
+    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{5:021d}")
+    consumer.stop()
+    await task
+    # One batch of 5 records in chunks of 2.
+    assert checkpoints.history == [f"{2:021d}", f"{4:021d}", f"{5:021d}"]
+
+
+async def test_a_record_that_cannot_be_placed_stops_the_shard_there_without_skipping_it(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _removal(world, 1, "tr-1"))
+    broken = _removal(world, 2, "tr-2")
+    broken["dynamodb"]["SequenceNumber"] = "not-a-number"  # type: ignore[index]
+    source.append("shardId-1", broken)
+    source.append("shardId-1", _removal(world, 3, "tr-3"))
+    consumer = _consumer(world, source, shard, checkpoints)
+    task = asyncio.create_task(consumer.run())
+    await eventually(
+        lambda: world.sample("reconciler_failures_total", stage="decode", error="DecodeError") >= 2
+    )
+    consumer.stop()
+    await task
+    assert checkpoints.positions[(shard.stream_arn, "shardId-1")] == f"{1:021d}"
+    assert world.held_by("acct-1", "tr-3") > 0  # nothing after the unplaceable record was touched
