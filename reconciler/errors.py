@@ -27,6 +27,14 @@ class TransientError(ReconcilerError):
     retriable = True
 
 
+class AccessError(ReconcilerError):
+    """AWS denied a whole request or could not find its resource (expired credentials, a missing IAM grant,
+    a table not deployed yet). A deployment problem, not a property of the record: the record waits and is
+    delivered again instead of being dead-lettered."""
+
+    retriable = True
+
+
 class PermanentError(ReconcilerError):
     """AWS refused for good (access denied, object lock, validation): retrying will not help."""
 

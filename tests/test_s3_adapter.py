@@ -1,15 +1,17 @@
-"""The S3 adapter reads DeleteObjects' per-key Errors from a 200 answer and batches at 1,000 keys."""
+"""The S3 adapter reads DeleteObjects' per-key Errors from a 200 answer and batches at 1,000 keys;
+AWS errors map onto the error tree."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
-from reconciler.adapters.aws import Caller, RetryPolicy
+from reconciler.adapters.aws import Caller, RetryPolicy, translate
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.core.scope import S3Location
-from reconciler.errors import TransientError
+from reconciler.errors import AccessError, PermanentError, TransientError
 from reconciler.ports import ObjectVersion
 
 
@@ -93,3 +95,22 @@ async def test_listing_pages_through_markers_and_keeps_only_the_exact_key() -> N
     assert exact == [ObjectVersion("a/x", "1"), ObjectVersion("a/x", "3", is_delete_marker=True)]
     prefix = [v async for page in store.list_versions(S3Location("bkt", "a/"), exact=False) for v in page]
     assert [v.key for v in prefix] == ["a/x", "a/xy", "a/x", "a/z"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        ("SlowDown", 503, TransientError),
+        ("InternalError", 500, TransientError),
+        ("ExpiredToken", 400, AccessError),
+        ("AccessDenied", 403, AccessError),
+        ("ResourceNotFoundException", 400, AccessError),
+        ("ValidationException", 400, PermanentError),
+    ],
+)
+def test_aws_errors_map_onto_the_error_tree(code: str, status: int, expected: type[Exception]) -> None:
+    response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    error = ClientError(response, "Op")
+    translated = translate(error)
+    assert type(translated) is expected
+    assert translated.retriable is (expected is not PermanentError)

@@ -20,7 +20,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from reconciler.errors import PermanentError, ReconcilerError, TransientError
+from reconciler.errors import AccessError, PermanentError, ReconcilerError, TransientError
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -55,6 +55,30 @@ THROTTLING_CODES = frozenset(
 )
 
 
+# Whole-request refusals that say something about the deployment, not about the record.
+ACCESS_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "AllAccessDisabled",
+        "AuthFailure",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidAccessKeyId",
+        "InvalidClientTokenId",
+        "InvalidToken",
+        "MissingAuthenticationToken",
+        "MissingAuthenticationTokenException",
+        "NoSuchBucket",
+        "RequestExpired",
+        "ResourceNotFoundException",
+        "SignatureDoesNotMatch",
+        "TokenRefreshRequired",
+        "UnrecognizedClientException",
+    }
+)
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -77,6 +101,8 @@ def translate(exc: Exception) -> ReconcilerError:
     if isinstance(exc, ReconcilerError):
         return exc
     name = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+    if name in ACCESS_CODES:
+        return AccessError(f"AWS refused the request: {name} (check credentials, IAM and deployed resources)")
     if is_retriable(exc):
         return TransientError(f"AWS call failed after retries: {name}")
     return PermanentError(f"AWS refused the call: {name}")
