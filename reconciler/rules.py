@@ -79,6 +79,16 @@ class TableRules(_Frozen):
         return prefixes
 
     @model_validator(mode="after")
+    def _scopes_name_the_item(self) -> Self:
+        # A scope without the partition key is shared by many items: a tampered URI could reach a sibling.
+        for template in self.scope_templates():
+            if self.key[0] not in template.fields:
+                raise ValueError(
+                    f"scope {template.source!r} must contain the partition key {{{self.key[0]}}}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _prefixes_lie_in_a_scope(self) -> Self:
         for prefix in self.prefixes:
             if not any(prefix.startswith(scope) for scope in self.scopes):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import decimal
 import re
-import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from reconciler.core.dynamodb_json import Image
 
 # Plain tokens only: UUIDs, account ids, dates. No '/', no wildcard, no whitespace or control characters.
 _SAFE_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:@+=,-]{1,256}")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 S3_SCHEME = "s3://"
 
@@ -89,19 +89,23 @@ class Template:
             raise ScopeViolation("the bucket of a template must be literal")
         location = S3Location.parse(source)
         parts: list[tuple[str, str | None]] = []
-        previous_was_field = False
-        for literal, field, spec, conversion in string.Formatter().parse(location.key):
-            if literal:
-                previous_was_field = False
-            if field is None:
-                parts.append((literal, None))
+        literal = ""
+        segments = location.key.split("/")
+        for index, segment in enumerate(segments):
+            separator = "/" if index < len(segments) - 1 else ""
+            if "{" not in segment and "}" not in segment:
+                literal += segment + separator
                 continue
-            if spec or conversion or not field.isidentifier():
-                raise ScopeViolation(f"placeholder {{{field}}} must be a plain attribute name")
-            if previous_was_field:
-                raise ScopeViolation("placeholders must be separated by literal text")
-            parts.append((literal, field))
-            previous_was_field = True
+            # A placeholder is a whole path segment: "{a}-{b}/" could render the same key for two items.
+            match = _PLACEHOLDER.fullmatch(segment)
+            if match is None:
+                raise ScopeViolation(
+                    f"{segment!r}: a {{placeholder}} must be a whole path segment, like /{{id}}/"
+                )
+            parts.append((literal, match.group(1)))
+            literal = separator
+        if literal:
+            parts.append((literal, None))
         return cls(source=source, bucket=location.bucket, parts=tuple(parts))
 
     @property
