@@ -48,14 +48,22 @@ async def build_worker(
             await create_worker_tables(
                 clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table
             )
+        items = DynamoDBItemStore(clients.dynamodb, call)
         executor = Executor(
             rules,
             S3ArtifactStore(clients.s3, call),
-            DynamoDBItemStore(clients.dynamodb, call),
+            items,
             metrics,
         )
         dead_letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
-        processor = RecordProcessor(rules, executor, dead_letters, metrics, utcnow)
+        processor = RecordProcessor(
+            rules=rules,
+            executor=executor,
+            dead_letters=dead_letters,
+            metrics=metrics,
+            clock=utcnow,
+            items=items,
+        )
         owner = settings.worker_id or socket.gethostname()
         parts = Collaborators(
             source=DynamoDBStreamSource(clients.dynamodb, clients.streams, call),

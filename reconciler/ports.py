@@ -54,6 +54,10 @@ class ItemStore(Protocol):
         """Full, current (strongly consistent) images of the items that ``query`` matches now."""
         ...
 
+    async def get(self, table: str, key: Mapping[str, object]) -> Image | None:
+        """The item's current image (strongly consistent), or None."""
+        ...
+
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         """Delete the item at ``key`` only if it still matches ``query``; its image as deleted, or None
         if it was gone already or no longer matches."""

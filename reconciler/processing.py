@@ -9,13 +9,14 @@ from dataclasses import dataclass
 import structlog
 
 from reconciler.core.classify import Cause, classify, ttl_expiry
+from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import DeadLettered, Deleted, Ignored, Outcome, Pending, Tally
 from reconciler.core.plan import key_hash, resolve
 from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.errors import ReconcilerError
 from reconciler.execution import ExecutionResult, Executor
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import DeadLetter, DeadLetterStore
+from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore
 from reconciler.rules import Rules
 
 log = structlog.get_logger("reconciler.processing")
@@ -35,14 +36,17 @@ class Origin:
 class RecordProcessor:
     def __init__(
         self,
+        *,
         rules: Rules,
         executor: Executor,
         dead_letters: DeadLetterStore,
         metrics: Metrics,
         clock: Clock,
+        items: ItemStore,
     ) -> None:
         self._rules = rules
         self._executor = executor
+        self._items = items
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._clock = clock
@@ -68,8 +72,45 @@ class RecordProcessor:
             return await self._dead_letter(
                 origin, record, "no_image", "REMOVE record carries no OldImage", cause
             )
-        plan = resolve(origin.table, table_rules, record.old_image)
+        return await self._delete(origin, record, cause, record.old_image)
+
+    async def _delete(self, origin: Origin, record: StreamRecord, cause: Cause, image: Image) -> Outcome:
+        table_rules = self._rules.tables[origin.table]
+        plan = resolve(origin.table, table_rules, image)
+        try:
+            recreated = await self._items.get(origin.table, plan.key) is not None
+        except ReconcilerError as exc:
+            return Pending(record.sequence_number, f"cannot check the item: {exc}")
+        if recreated:
+            # The same key was written again: its artifacts share the scope, so deleting would take them.
+            log.error("deletion.item_recreated", key_hash=key_hash(origin.table, plan.key))
+            return await self._dead_letter(origin, record, "recreated", "the item exists again", cause)
         result = await self._executor.execute(plan)
+        self._report_unsafe(result)
+        if result.errors:
+            return await self._failed(origin, record, cause, result)
+        if not plan.scopes:  # an unsafe identifier: nothing could be planned, so nothing was deleted
+            return await self._dead_letter(origin, record, "unsafe", "unsafe identifier", cause, result)
+        if result.unsafe:
+            reason = f"{len(result.unsafe)} targets refused by the scope check"
+            letter = await self._dead_letter(origin, record, "unsafe", reason, cause, result)
+            if isinstance(letter, Pending):
+                return letter
+        completed = self._clock()
+        self._observe_lag(record, cause, table_rules.ttl_attribute, completed)
+        log.info(
+            "deletion.completed",
+            key_hash=key_hash(origin.table, plan.key),
+            cause=cause.value,
+            versions=result.tally.object_versions,
+            markers=result.tally.delete_markers,
+            items=result.tally.items,
+            unsafe=len(result.unsafe),
+        )
+        unsafe = tuple(s.unsafe for s in result.unsafe)
+        return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
+
+    def _report_unsafe(self, result: ExecutionResult) -> None:
         for scoped in result.unsafe:
             self._metrics.unsafe.labels(scoped.table, scoped.unsafe.reason.value).inc()
             log.warning(
@@ -79,32 +120,6 @@ class RecordProcessor:
                 target=scoped.unsafe.target,
                 reason=scoped.unsafe.reason.value,
             )
-        context = {"key_hash": key_hash(origin.table, plan.key), "cause": cause.value}
-        if result.errors:
-            return await self._failed(origin, record, cause, result)
-        if result.unsafe:
-            letter = await self._dead_letter(
-                origin,
-                record,
-                "unsafe",
-                f"{len(result.unsafe)} targets refused by the scope check",
-                cause,
-                result,
-            )
-            if isinstance(letter, Pending):
-                return letter
-        completed = self._clock()
-        self._observe_lag(record, cause, table_rules.ttl_attribute, completed)
-        log.info(
-            "deletion.completed",
-            **context,
-            versions=result.tally.object_versions,
-            markers=result.tally.delete_markers,
-            items=result.tally.items,
-            unsafe=len(result.unsafe),
-        )
-        unsafe = tuple(s.unsafe for s in result.unsafe)
-        return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
 
     async def _failed(
         self, origin: Origin, record: StreamRecord, cause: Cause, result: ExecutionResult

@@ -94,6 +94,10 @@ class FakeItemStore:
             if item.get(query.attribute) == query.value:
                 yield dict(item)
 
+    async def get(self, table: str, key: Mapping[str, object]) -> Image | None:
+        rows = self.tables.get(table, [])
+        return next((dict(r) for r in rows if all(r.get(k) == v for k, v in key.items())), None)
+
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         if self.fail_deletes:
             raise TransientError("ProvisionedThroughputExceededException")

@@ -126,5 +126,7 @@ def world(rules: Rules) -> World:
     artifacts, items, dead_letters = FakeArtifactStore(), FakeItemStore(), FakeDeadLetterStore()
     clock = FixedClock(dt.datetime(2025, 11, 24, 16, 0, tzinfo=dt.UTC))
     executor = Executor(rules, artifacts, items, metrics)
-    processor = RecordProcessor(rules, executor, dead_letters, metrics, clock)
+    processor = RecordProcessor(
+        rules=rules, executor=executor, dead_letters=dead_letters, metrics=metrics, clock=clock, items=items
+    )
     return World(rules, artifacts, items, dead_letters, registry, metrics, clock, executor, processor)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import structlog.testing
 from conftest import World
 
 from reconciler.core.classify import Cause
+from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import DeadLettered, Deleted, Ignored, Pending
+from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamRecord, Undecodable, decode_record
 from reconciler.processing import Origin
 from reconciler.testing import stream_record
@@ -179,3 +183,41 @@ async def test_logs_never_carry_item_content(world: World) -> None:
     assert "deletion.retry" in names
     assert all("PRIVATE-CONTENT" not in repr(e) for e in events)
     assert all("customer_note" not in repr(e) for e in events)
+
+
+async def test_an_unsafe_identifier_is_dead_lettered_not_reported_as_deleted(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "../tr-1")))
+    assert isinstance(outcome, DeadLettered)
+    assert world.held_by("acct-1", "tr-1") > 0
+    assert world.sample("reconciler_deletion_lag_seconds_count", cause="requested") == 0
+    assert (
+        world.sample("reconciler_unsafe_targets_total", table="transcripts", reason="unsafe_identifier") == 1
+    )
+
+
+async def test_a_removal_of_an_item_that_exists_again_is_dead_lettered_untouched(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.items.put("transcripts", world.image("acct-1", "tr-1"))  # written again after the REMOVE
+    before = world.held_by("acct-1", "tr-1")
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+    assert isinstance(outcome, DeadLettered)
+    assert next(iter(world.dead_letters.letters.values())).kind == "recreated"
+    assert world.held_by("acct-1", "tr-1") == before
+
+
+async def test_a_linked_item_changed_before_its_delete_has_its_new_targets_deleted_too(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.artifacts.put("stt-llm-gateway", "acct-1/tr-1-llm0/late-output.json")
+    real = world.items.delete_linked
+
+    async def changed_meanwhile(query: LinkQuery, key: Mapping[str, object]) -> Image | None:
+        old = await real(query, key)
+        if old is not None and old.get("request_id") == "tr-1-llm0":
+            return {**old, "output_url": "s3://stt-llm-gateway/acct-1/tr-1-llm0/late-output.json"}
+        return old
+
+    world.items.delete_linked = changed_meanwhile  # type: ignore[method-assign]
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+    assert isinstance(outcome, Deleted)
+    assert world.held_by("acct-1", "tr-1") == 0
