@@ -60,53 +60,59 @@ class Executor:
             *((p, False) for p in plan.prefixes),
         ]:
             try:
-                result.tally += await self._purge(location, plan.scopes, exact=exact)
+                await self._purge(location, plan.scopes, result, exact=exact)
             except ReconcilerError as exc:
                 result.errors.append(exc)
         for query in plan.links:
             await self._delete_linked(query, result)
         return result
 
-    async def _purge(self, location: S3Location, scopes: Sequence[S3Location], *, exact: bool) -> Tally:
+    async def _purge(
+        self, location: S3Location, scopes: Sequence[S3Location], result: ExecutionResult, *, exact: bool
+    ) -> None:
         """Delete every version and delete marker under ``location`` (or of its exact key).
 
         After each deleted page the listing starts again from the beginning: the next page's markers would
-        name a version that no longer exists, and S3 does not promise to resume after one. The loop ends when
-        a listing finds nothing left but refused versions.
+        name a version that no longer exists, and S3 does not promise to resume after one. The loop ends after
+        a page that was the listing's last, or when a listing finds nothing left but refused versions.
         """
         tally = Tally()
         refused: dict[ObjectVersion, str] = {}
-        while True:
-            todo = await self._next_page(location, scopes, set(refused), exact=exact)
+        more = True
+        while more:
+            todo, more = await self._next_page(location, scopes, set(refused), exact=exact)
             if not todo:
                 break
             report = await self._artifacts.delete_versions(location.bucket, todo)
             markers = sum(v.is_delete_marker for v in report.deleted)
-            tally += Tally(object_versions=len(report.deleted) - markers, delete_markers=markers)
+            done = Tally(object_versions=len(report.deleted) - markers, delete_markers=markers)
+            self._count(done)
+            tally += done
+            result.tally += done
             refused.update(report.refused)
         if tally == Tally() and not refused:
-            tally += Tally(absent=1)
-        self._count(tally, refused=len(refused))
+            result.tally += Tally(absent=1)
+            self._metrics.artifacts.labels("object", "absent").inc()
         if refused:
+            self._metrics.artifacts.labels("object_version", "refused").inc(len(refused))
             codes = sorted(set(refused.values()))
             raise PermanentError(f"S3 refused {len(refused)} versions under {location}: {', '.join(codes)}")
-        return tally
 
     async def _next_page(
         self, location: S3Location, scopes: Sequence[S3Location], skip: set[ObjectVersion], *, exact: bool
-    ) -> list[ObjectVersion]:
-        """The first page of versions still to delete, listing from the start."""
+    ) -> tuple[list[ObjectVersion], bool]:
+        """The first page of versions still to delete, listing from the start, and whether more follow."""
         async with contextlib.aclosing(self._artifacts.list_versions(location, exact=exact)) as pages:
             async for page in pages:
-                todo = [v for v in page if v not in skip]
+                todo = [v for v in page.versions if v not in skip]
                 for version in todo:  # defence in depth: a listing never widens the plan's scope
                     try:
                         check_in_scope(S3Location(location.bucket, version.key), scopes)
                     except ScopeViolation as exc:
                         raise PermanentError(f"listing returned a key outside scope: {exc}") from exc
                 if todo:
-                    return todo
-        return []
+                    return todo, page.more
+        return [], False
 
     async def _delete_linked(self, query: LinkQuery, result: ExecutionResult) -> None:
         rules = self._rules.tables[query.table]
@@ -146,10 +152,6 @@ class Executor:
         result.errors.extend(nested.errors)
         return not nested.errors
 
-    def _count(self, tally: Tally, *, refused: int) -> None:
-        artifacts = self._metrics.artifacts
-        artifacts.labels("object_version", "deleted").inc(tally.object_versions)
-        artifacts.labels("delete_marker", "deleted").inc(tally.delete_markers)
-        artifacts.labels("object", "absent").inc(tally.absent)
-        if refused:
-            artifacts.labels("object_version", "refused").inc(refused)
+    def _count(self, tally: Tally) -> None:
+        self._metrics.artifacts.labels("object_version", "deleted").inc(tally.object_versions)
+        self._metrics.artifacts.labels("delete_marker", "deleted").inc(tally.delete_markers)

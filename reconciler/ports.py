@@ -30,6 +30,14 @@ class ObjectVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class VersionPage:
+    """One page of a version listing; ``more`` if the listing goes on after it."""
+
+    versions: list[ObjectVersion]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteReport:
     """What a batch delete did: version ids gone, and per-version refusals (code) that are final."""
 
@@ -38,9 +46,7 @@ class DeleteReport:
 
 
 class ArtifactStore(Protocol):
-    def list_versions(
-        self, location: S3Location, *, exact: bool
-    ) -> AsyncGenerator[list[ObjectVersion], None]:
+    def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
         """Pages of every version and delete marker under ``location`` (only its own key if ``exact``)."""
         ...
 

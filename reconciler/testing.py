@@ -24,6 +24,7 @@ from reconciler.ports import (
     RecordsPage,
     Shard,
     StreamInfo,
+    VersionPage,
 )
 
 
@@ -53,17 +54,15 @@ class FakeArtifactStore:
     def keys(self, bucket: str) -> set[str]:
         return {v.key for v in self.buckets.get(bucket, [])}
 
-    async def list_versions(
-        self, location: S3Location, *, exact: bool
-    ) -> AsyncGenerator[list[ObjectVersion], None]:
+    async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
         self.calls.append(f"list {location}")
         matches = [
             v
             for v in sorted(self.buckets.get(location.bucket, []), key=lambda v: (v.key, v.version_id))
             if (v.key == location.key if exact else v.key.startswith(location.key))
         ]
-        for start in range(0, len(matches), self.page_size):
-            yield matches[start : start + self.page_size]
+        for start in range(0, max(len(matches), 1), self.page_size):
+            yield VersionPage(matches[start : start + self.page_size], start + self.page_size < len(matches))
 
     async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
         self.calls.append(f"delete {bucket} {len(versions)}")

@@ -19,8 +19,12 @@ from conftest import DEMO_RULES
 from moto.dynamodb.models import dynamodb_backends
 from prometheus_client import CollectorRegistry
 
-from reconciler.adapters.aws import AwsClients, AwsSettings, RetryPolicy
+from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.dynamodb import DynamoDBItemStore
+from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.app import build_worker
+from reconciler.core.plan import DeletionPlan
+from reconciler.core.scope import S3Location
 from reconciler.demo.layout import UPLOADS, Layout, Transcript, expiry
 from reconciler.demo.moto_server import (
     ACCOUNT_ID,
@@ -32,6 +36,8 @@ from reconciler.demo.moto_server import (
     ttl_delete,
 )
 from reconciler.demo.run import local_settings
+from reconciler.execution import Executor
+from reconciler.observability.metrics import Metrics
 from reconciler.rules import Rules
 from reconciler.settings import Settings
 from reconciler.testing import eventually
@@ -249,3 +255,26 @@ def _status(url: str) -> int:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+async def test_a_prefix_holding_more_than_one_page_of_versions_is_emptied(
+    endpoint: str, layout: Layout, rules: Rules
+) -> None:
+    """ListObjectVersions pages hold at most 1,000 entries; deleting must not stop after the first."""
+    seed = BackendSeeder()
+    for n in range(650):
+        for version in range(2):
+            seed.put_object("stt-transcripts", f"acct-1/big/part-{n:04d}", f"v{version}".encode())
+    seed.put_object("stt-transcripts", "acct-1/bigger/untouched", b"x")
+    call = Caller(RetryPolicy(attempts=3))
+    registry = CollectorRegistry()
+    items = DynamoDBItemStore(layout.dynamodb, call)
+    executor = Executor(rules, S3ArtifactStore(layout.s3, call), items, Metrics(registry))
+    scope = S3Location("stt-transcripts", "acct-1/big/")
+
+    result = await executor.execute(DeletionPlan("transcripts", {}, (scope,), (), (scope,), (), ()))
+
+    assert result.errors == []
+    assert result.tally.object_versions == 1300
+    assert await layout.versions("stt-transcripts", "acct-1/big/") == set()
+    assert len(await layout.versions("stt-transcripts", "acct-1/bigger/")) == 1

@@ -91,9 +91,13 @@ async def test_deletes_are_batched_at_one_thousand_keys() -> None:
 
 async def test_listing_pages_through_markers_and_keeps_only_the_exact_key() -> None:
     store = _store(StubS3([]))
-    exact = [v async for page in store.list_versions(S3Location("bkt", "a/x"), exact=True) for v in page]
+    exact = [
+        v async for page in store.list_versions(S3Location("bkt", "a/x"), exact=True) for v in page.versions
+    ]
     assert exact == [ObjectVersion("a/x", "1"), ObjectVersion("a/x", "3", is_delete_marker=True)]
-    prefix = [v async for page in store.list_versions(S3Location("bkt", "a/"), exact=False) for v in page]
+    pages = [page async for page in store.list_versions(S3Location("bkt", "a/"), exact=False)]
+    assert [page.more for page in pages] == [True, False]
+    prefix = [v for page in pages for v in page.versions]
     assert [v.key for v in prefix] == ["a/x", "a/xy", "a/x", "a/z"]
 
 

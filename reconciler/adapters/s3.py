@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.adapters.aws import THROTTLING_CODES, Caller
 from reconciler.core.scope import S3Location
 from reconciler.errors import TransientError
-from reconciler.ports import DeleteReport, ObjectVersion
+from reconciler.ports import DeleteReport, ObjectVersion, VersionPage
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -28,9 +28,7 @@ class S3ArtifactStore:
         self._client = client
         self._call = call
 
-    async def list_versions(
-        self, location: S3Location, *, exact: bool
-    ) -> AsyncGenerator[list[ObjectVersion], None]:
+    async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
         params: dict[str, Any] = {
             "Bucket": location.bucket,
             "Prefix": location.key,
@@ -47,9 +45,9 @@ class S3ArtifactStore:
             ]
             if exact:
                 versions = [v for v in versions if v.key == location.key]
-            if versions:
-                yield versions
-            if not page.get("IsTruncated"):
+            more = bool(page.get("IsTruncated"))
+            yield VersionPage(versions, more)
+            if not more:
                 return
             params["KeyMarker"] = page["NextKeyMarker"]
             params["VersionIdMarker"] = page["NextVersionIdMarker"]

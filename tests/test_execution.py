@@ -1,0 +1,62 @@
+"""Purging a location deletes every version across pages, and stops on what S3 refuses."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import World
+
+from reconciler.core.plan import DeletionPlan
+from reconciler.core.scope import S3Location
+from reconciler.ports import ObjectVersion
+
+SCOPE = S3Location("stt-transcripts", "acct-1/tr-1/")
+
+
+def _plan(*prefixes: S3Location, objects: tuple[S3Location, ...] = ()) -> DeletionPlan:
+    return DeletionPlan("transcripts", {"transcript_id": "tr-1"}, (SCOPE,), objects, prefixes, (), ())
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 1000])
+async def test_every_version_under_a_prefix_goes_whatever_the_page_size(world: World, page_size: int) -> None:
+    world.artifacts.page_size = page_size
+    for n in range(4):
+        world.artifacts.put("stt-transcripts", f"acct-1/tr-1/file-{n}", versions=3)
+        world.artifacts.mark_deleted("stt-transcripts", f"acct-1/tr-1/file-{n}")
+    world.artifacts.put("stt-transcripts", "acct-1/tr-10/other", versions=2)  # a sibling that shares a prefix
+
+    result = await world.executor.execute(_plan(SCOPE))
+
+    assert result.errors == []
+    assert (result.tally.object_versions, result.tally.delete_markers) == (12, 4)
+    assert world.artifacts.keys("stt-transcripts") == {"acct-1/tr-10/other"}
+
+
+async def test_refused_versions_are_skipped_on_relisting_and_reported(world: World) -> None:
+    world.artifacts.page_size = 2
+    for n in range(7):
+        world.artifacts.put("stt-transcripts", f"acct-1/tr-1/f{n}")
+    for n in (0, 1, 2):
+        world.artifacts.refuse[f"acct-1/tr-1/f{n}"] = "AccessDenied"
+
+    result = await world.executor.execute(_plan(SCOPE))
+
+    assert [type(e).__name__ for e in result.errors] == ["PermanentError"]
+    assert "AccessDenied" in str(result.errors[0])
+    assert world.artifacts.keys("stt-transcripts") == {f"acct-1/tr-1/f{n}" for n in (0, 1, 2)}
+    assert result.tally.object_versions == 4
+
+
+async def test_an_exact_object_keeps_its_neighbours(world: World) -> None:
+    world.artifacts.put("stt-transcripts", "acct-1/tr-1/a.json", versions=2)
+    world.artifacts.put("stt-transcripts", "acct-1/tr-1/a.json.bak")
+    result = await world.executor.execute(
+        _plan(objects=(S3Location("stt-transcripts", "acct-1/tr-1/a.json"),))
+    )
+    assert result.tally.object_versions == 2
+    assert world.artifacts.buckets["stt-transcripts"] == [ObjectVersion("acct-1/tr-1/a.json.bak", "v3")]
+
+
+async def test_a_location_with_nothing_left_counts_as_absent(world: World) -> None:
+    result = await world.executor.execute(_plan(SCOPE))
+    assert result.tally.absent == 1
+    assert world.sample("reconciler_artifacts_total", kind="object", outcome="absent") == 1
