@@ -88,6 +88,7 @@ class ShardConsumer:
             # Records after the checkpoint are gone (24 h retention): the sweeper must find what they linked.
             log.error("shard.trimmed", checkpoint=checkpoint)
             self._metrics.failures.labels("poll", "TrimmedDataError").inc()
+            await self._processor.record_gap(self.origin, checkpoint)
             iterator = await self._source.iterator(self.shard, None)
         idle = self._settings.idle_poll_seconds
         while iterator is not None and not self._stop.is_set():

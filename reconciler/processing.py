@@ -110,6 +110,21 @@ class RecordProcessor:
         unsafe = tuple(s.unsafe for s in result.unsafe)
         return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
 
+    async def record_gap(self, origin: Origin, after: str | None) -> None:
+        """Records after ``after`` were trimmed unread: leave a durable mark for the sweeper and operators."""
+        letter = DeadLetter(
+            source_table=origin.table,
+            stream_arn=origin.stream_arn,
+            shard_id=origin.shard_id,
+            sequence_number=after or "0",
+            event_id="",
+            kind="trimmed",
+            reason="stream records after this sequence number expired (24 h) before they were read",
+            created_at=self._clock(),
+        )
+        await self._dead_letters.put(letter)
+        self._metrics.dead_letters.labels("trimmed").inc()
+
     def _report_unsafe(self, result: ExecutionResult) -> None:
         for scoped in result.unsafe:
             self._metrics.unsafe.labels(scoped.table, scoped.unsafe.reason.value).inc()

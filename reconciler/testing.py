@@ -15,7 +15,7 @@ from reconciler.core.dynamodb_json import Image, encode_key
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
-from reconciler.errors import TransientError
+from reconciler.errors import TransientError, TrimmedDataError
 from reconciler.ports import (
     SHARD_END,
     DeadLetter,
@@ -117,6 +117,7 @@ class FakeStreamSource:
     view_type: StreamViewType = StreamViewType.NEW_AND_OLD_IMAGES
     by_stream: dict[str, list[Shard]] = field(default_factory=dict)
     records_by_shard: dict[str, list[Mapping[str, object]]] = field(default_factory=dict)
+    trimmed: set[str] = field(default_factory=set)  # shards that lost records before the first one held
     reads: int = 0
 
     def arn(self, table: str) -> str:
@@ -141,6 +142,9 @@ class FakeStreamSource:
 
     async def iterator(self, shard: Shard, after: str | None) -> str:
         records = self.records_by_shard[shard.shard_id]
+        oldest = int(_seq(records[0])) if records else 0
+        if after is not None and shard.shard_id in self.trimmed and int(after) + 1 < oldest:
+            raise TrimmedDataError("records after the checkpoint were trimmed")
         position = 0
         for record in records if after is not None else []:
             sequence = _seq(record)

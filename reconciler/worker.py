@@ -19,7 +19,7 @@ from reconciler.consumer import ShardConsumer
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.observability.http import HttpServer
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import SHARD_END, CheckpointStore, Shard, StreamInfo, StreamSource
+from reconciler.ports import SHARD_END, CheckpointStore, Shard, StreamSource
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.rules import Rules
 from reconciler.settings import Settings
@@ -52,7 +52,6 @@ class Worker:
         self._force = False
         self._consumers: dict[tuple[str, str], ShardConsumer] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._streams: dict[str, StreamInfo] = {}
         self._heartbeat = clock()
         self._reachable = False
         self.http: HttpServer | None = None
@@ -142,12 +141,11 @@ class Worker:
 
     async def _discover(self, group: asyncio.TaskGroup) -> None:
         for table in self._rules.sources:
-            info = self._streams.get(table) or await self._parts.source.describe(table)
+            info = await self._parts.source.describe(table)  # each time: a re-enabled stream has a new ARN
             if info.view_type is None or not info.view_type.has_old_image:
                 raise ConfigError(
                     f"table {table!r} streams {info.view_type}; OLD_IMAGE or NEW_AND_OLD_IMAGES is needed"
                 )
-            self._streams[table] = info
             shards = await self._parts.source.shards(info.arn)
             for shard in await self._ready(shards):
                 self._start(group, table, shard)
@@ -173,6 +171,8 @@ class Worker:
         return ready
 
     def _start(self, group: asyncio.TaskGroup, table: str, shard: Shard) -> None:
+        if self._stopping.is_set():
+            return  # a signal arrived while discovery was awaiting: claim nothing new
         consumer = ShardConsumer(
             origin=Origin(table, shard.stream_arn, shard.shard_id),
             shard=shard,

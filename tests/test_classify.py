@@ -51,6 +51,14 @@ def test_expired_means_ttl_at_or_before_the_event_time() -> None:
     ]
 
 
+def test_an_expiry_older_than_five_years_is_not_ttl_so_the_removal_is_a_request() -> None:
+    at = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    ancient = int((at - dt.timedelta(days=6 * 365)).timestamp())
+    record = decode_record(stream_record(1, old_image={"id": "x", "ttl": ancient}, created_at=at))
+    assert isinstance(record, StreamRecord)
+    assert classify(record, "ttl") is Cause.REQUESTED
+
+
 def test_botocore_datetimes_and_lambda_epochs_decode_to_the_same_instant() -> None:
     at = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
     from_botocore = decode_record(stream_record(1, old_image={"id": "x"}, created_at=at))

@@ -190,3 +190,19 @@ async def test_a_record_that_cannot_be_placed_stops_the_shard_there_without_skip
     await task
     assert checkpoints.positions[(shard.stream_arn, "shardId-1")] == f"{1:021d}"
     assert world.held_by("acct-1", "tr-3") > 0  # nothing after the unplaceable record was touched
+
+
+async def test_a_trimmed_gap_is_dead_lettered_and_reading_resumes_at_the_trim_horizon(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    checkpoints.positions[(shard.stream_arn, "shardId-1")] = f"{1:021d}"
+    source.trimmed.add("shardId-1")
+    source.append("shardId-1", _removal(world, 7, "tr-7"))  # the oldest record still held
+    consumer = _consumer(world, source, shard, checkpoints)
+    task = asyncio.create_task(consumer.run())
+    await eventually(lambda: checkpoints.positions[(shard.stream_arn, "shardId-1")] == f"{7:021d}")
+    consumer.stop()
+    await task
+    (letter,) = world.dead_letters.letters.values()
+    assert (letter.kind, letter.sequence_number) == ("trimmed", f"{1:021d}")
+    assert world.held_by("acct-1", "tr-7") == 0

@@ -9,9 +9,10 @@ from enum import StrEnum
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.records import EventName, StreamRecord
 
-# TTL ignores expiry times more than five years in the past; a larger number is not an epoch in seconds.
+# TTL does not delete items whose expiry is more than five years in the past, so such a REMOVE is a request.
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/time-to-live-ttl-before-you-start.html
-_MAX_EPOCH_SECONDS = decimal.Decimal(253402300799)  # 9999-12-31T23:59:59Z
+_TTL_HORIZON = dt.timedelta(days=5 * 365)
+_MAX_EPOCH_SECONDS = decimal.Decimal(253402300799)  # 9999-12-31T23:59:59Z: a larger number is not seconds
 
 
 class Cause(StrEnum):
@@ -44,6 +45,6 @@ def classify(record: StreamRecord, ttl_attribute: str | None) -> Cause | None:
     if record.by_ttl_service:
         return Cause.TTL
     expiry = ttl_expiry(record.old_image, ttl_attribute)
-    if expiry is not None and expiry <= record.created_at:
+    if expiry is not None and record.created_at - _TTL_HORIZON <= expiry <= record.created_at:
         return Cause.EXPIRED
     return Cause.REQUESTED
