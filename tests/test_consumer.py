@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from conftest import World, fast_settings
@@ -32,6 +33,20 @@ def _consumer(
     )
 
 
+async def _run_until(consumer: ShardConsumer, condition: Callable[[], bool]) -> None:
+    """Run ``consumer`` until ``condition`` holds, then stop it and wait for it to return."""
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(condition)
+    finally:
+        consumer.stop()
+        await task
+
+
+def _at(checkpoints: FakeCheckpointStore, shard: Shard, sequence: int) -> Callable[[], bool]:
+    return lambda: checkpoints.positions.get((shard.stream_arn, shard.shard_id)) == f"{sequence:021d}"
+
+
 def _removal(world: World, seq: int, transcript: str) -> dict[str, object]:
     world.add_transcript("acct-1", transcript)
     return stream_record(seq, old_image=world.image("acct-1", transcript), identity="botocore")
@@ -43,11 +58,7 @@ async def test_records_are_deleted_and_the_checkpoint_follows(world: World) -> N
     for n in range(1, 8):
         source.append("shardId-1", _removal(world, n, f"tr-{n}"))
     consumer = _consumer(world, source, shard, checkpoints)
-    task = asyncio.create_task(consumer.run())
-
-    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{7:021d}")
-    consumer.stop()
-    await task
+    await _run_until(consumer, _at(checkpoints, shard, 7))
 
     assert all(world.held_by("acct-1", f"tr-{n}") == 0 for n in range(1, 8))
     assert checkpoints.history == [f"{3:021d}", f"{6:021d}", f"{7:021d}"]  # one per batch of 3
@@ -68,7 +79,7 @@ async def test_the_checkpoint_never_passes_a_pending_record_and_it_is_redelivere
     assert world.sample("reconciler_record_outcomes_total", table="transcripts", outcome="retry") >= 2
 
     world.items.fail_deletes = False
-    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{3:021d}")
+    await eventually(_at(checkpoints, shard, 3))
     consumer.stop()
     await task
     assert world.held_by("acct-1", "tr-2") == 0
@@ -80,17 +91,11 @@ async def test_a_restarted_consumer_resumes_after_its_checkpoint(world: World) -
     for n in range(1, 4):
         source.append("shardId-1", _removal(world, n, f"tr-{n}"))
     first = _consumer(world, source, shard, checkpoints)
-    task = asyncio.create_task(first.run())
-    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{3:021d}")
-    first.stop()
-    await task
+    await _run_until(first, _at(checkpoints, shard, 3))
 
     source.append("shardId-1", _removal(world, 4, "tr-4"))
     second = _consumer(world, source, shard, checkpoints)
-    task = asyncio.create_task(second.run())
-    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{4:021d}")
-    second.stop()
-    await task
+    await _run_until(second, _at(checkpoints, shard, 4))
 
     removals = world.sample(
         "reconciler_stream_records_total", table="transcripts", event="REMOVE", cause="ttl"
@@ -142,10 +147,7 @@ async def test_an_unexpected_error_backs_off_and_redelivers_instead_of_crashing(
 
     world.processor.process = flaky  # type: ignore[method-assign]
     consumer = _consumer(world, source, shard, checkpoints)
-    task = asyncio.create_task(consumer.run())
-    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{1:021d}")
-    consumer.stop()
-    await task
+    await _run_until(consumer, _at(checkpoints, shard, 1))
     assert world.sample("reconciler_failures_total", stage="process", error="RuntimeError") == 1
     assert world.held_by("acct-1", "tr-1") == 0
 
@@ -165,10 +167,7 @@ async def test_the_checkpoint_follows_each_chunk_of_a_batch(world: World) -> Non
         settings=fast_settings(concurrency=2),
         clock=world.clock,
     )
-    task = asyncio.create_task(consumer.run())
-    await eventually(lambda: checkpoints.positions.get((shard.stream_arn, "shardId-1")) == f"{5:021d}")
-    consumer.stop()
-    await task
+    await _run_until(consumer, _at(checkpoints, shard, 5))
     # One batch of 5 records in chunks of 2.
     assert checkpoints.history == [f"{2:021d}", f"{4:021d}", f"{5:021d}"]
 
@@ -199,10 +198,7 @@ async def test_a_trimmed_gap_is_dead_lettered_and_reading_resumes_at_the_trim_ho
     source.trimmed.add("shardId-1")
     source.append("shardId-1", _removal(world, 7, "tr-7"))  # the oldest record still held
     consumer = _consumer(world, source, shard, checkpoints)
-    task = asyncio.create_task(consumer.run())
-    await eventually(lambda: checkpoints.positions[(shard.stream_arn, "shardId-1")] == f"{7:021d}")
-    consumer.stop()
-    await task
+    await _run_until(consumer, lambda: checkpoints.positions[(shard.stream_arn, "shardId-1")] == f"{7:021d}")
     (letter,) = world.dead_letters.letters.values()
     assert (letter.kind, letter.sequence_number) == ("trimmed", f"{1:021d}")
     assert world.held_by("acct-1", "tr-7") == 0
