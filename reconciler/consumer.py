@@ -49,6 +49,7 @@ class ShardConsumer:
         self._stop = asyncio.Event()
         self.last_activity = clock()
         self.finished = False
+        self.busy = False
 
     def stop(self) -> None:
         """Finish the batch in hand, checkpoint it, and return."""
@@ -128,7 +129,11 @@ class ShardConsumer:
         self._observe_age(records)
         size = self._settings.concurrency
         for start in range(0, len(records), size):
-            outcomes = await asyncio.gather(*(self._one(r) for r in records[start : start + size]))
+            self.busy = True
+            try:
+                outcomes = await asyncio.gather(*(self._one(r) for r in records[start : start + size]))
+            finally:
+                self.busy = False
             self.last_activity = self._clock()
             position = checkpoint_after(outcomes)
             if position is not None:
@@ -136,7 +141,7 @@ class ShardConsumer:
             if not all(is_final(o) for o in outcomes):
                 return False
             if self._stop.is_set():
-                return start + size >= len(records)
+                return start + size >= len(records) and len(records) == len(raw)
         return len(records) == len(raw)
 
     def _decode(self, raw: Sequence[Mapping[str, object]]) -> list[StreamRecord | Undecodable]:

@@ -7,6 +7,7 @@ failure half-way leaves the pointer in place and the redelivered record finds th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ import structlog
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import Tally
 from reconciler.core.plan import DeletionPlan, LinkQuery, Unsafe, key_hash, resolve
-from reconciler.core.scope import S3Location, ScopeViolation, check_in_scope
+from reconciler.core.scope import S3Location
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import ArtifactStore, ItemStore, ObjectVersion
@@ -105,11 +106,11 @@ class Executor:
         async with contextlib.aclosing(self._artifacts.list_versions(location, exact=exact)) as pages:
             async for page in pages:
                 todo = [v for v in page.versions if v not in skip]
-                for version in todo:  # defence in depth: a listing never widens the plan's scope
-                    try:
-                        check_in_scope(S3Location(location.bucket, version.key), scopes)
-                    except ScopeViolation as exc:
-                        raise PermanentError(f"listing returned a key outside scope: {exc}") from exc
+                # Defence in depth: a listing never widens the plan's scope. Keys are literal in S3, so a
+                # key such as "a/b//c" under the item's prefix is the item's own and is deleted with it.
+                for version in todo:
+                    if not any(S3Location(location.bucket, version.key).is_within(s) for s in scopes):
+                        raise PermanentError(f"listing under {location} returned a key outside scope")
                 if todo:
                     return todo, page.more
         return [], False
@@ -142,7 +143,23 @@ class Executor:
             log.warning(
                 "deletion.linked_item_changed", table=query.table, key_hash=key_hash(query.table, plan.key)
             )
-            self._merge(result, await self.execute(resolve(query.table, rules, old)))
+            self._merge(result, await self._follow_change(plan, resolve(query.table, rules, old)))
+
+    async def _follow_change(self, planned: DeletionPlan, changed: DeletionPlan) -> ExecutionResult:
+        """Delete what only the changed image points at. The item is gone by now, so a redelivered record
+        could not find these targets again: a failure here is final (dead-lettered with the targets)."""
+        extra = dataclasses.replace(
+            changed,
+            objects=tuple(o for o in changed.objects if o not in planned.objects),
+            prefixes=tuple(p for p in changed.prefixes if p not in planned.prefixes),
+            links=tuple(q for q in changed.links if q not in planned.links),
+            unsafe=tuple(u for u in changed.unsafe if u not in planned.unsafe),
+        )
+        follow = await self.execute(extra)
+        if follow.errors:
+            left = ", ".join(str(t) for t in (*extra.objects, *extra.prefixes)) or "linked items"
+            follow.errors = [PermanentError(f"a linked item changed while being deleted; left: {left}")]
+        return follow
 
     @staticmethod
     def _merge(result: ExecutionResult, nested: ExecutionResult) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -20,6 +20,8 @@ from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore
 from reconciler.rules import Rules
 
 log = structlog.get_logger("reconciler.processing")
+
+MAX_LETTER_TARGETS = 100
 
 Clock = Callable[[], dt.datetime]
 
@@ -77,16 +79,16 @@ class RecordProcessor:
     async def _delete(self, origin: Origin, record: StreamRecord, cause: Cause, image: Image) -> Outcome:
         table_rules = self._rules.tables[origin.table]
         plan = resolve(origin.table, table_rules, image)
-        try:
-            recreated = await self._items.get(origin.table, plan.key) is not None
-        except ReconcilerError as exc:
-            return Pending(record.sequence_number, f"cannot check the item: {exc}")
-        if recreated:
-            # The same key was written again: its artifacts share the scope, so deleting would take them.
-            log.error("deletion.item_recreated", key_hash=key_hash(origin.table, plan.key))
-            return await self._dead_letter(origin, record, "recreated", "the item exists again", cause)
+        # The same key written again shares the scope: deleting would take the new item's artifacts.
+        refusal = await self._exists_again(origin, record, cause, plan.key, "the item exists again")
+        if refusal is not None:
+            return refusal
         result = await self._executor.execute(plan)
         self._report_unsafe(result)
+        reason = "the item was written again while its artifacts were deleted; check its new ones"
+        refusal = await self._exists_again(origin, record, cause, plan.key, reason, result)
+        if refusal is not None:
+            return refusal
         if result.errors:
             return await self._failed(origin, record, cause, result)
         if not plan.scopes:  # an unsafe identifier: nothing could be planned, so nothing was deleted
@@ -109,6 +111,27 @@ class RecordProcessor:
         )
         unsafe = tuple(s.unsafe for s in result.unsafe)
         return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
+
+    async def _exists_again(  # noqa: PLR0917 - the record's context, passed through
+        self,
+        origin: Origin,
+        record: StreamRecord,
+        cause: Cause,
+        key: Mapping[str, object],
+        reason: str,
+        result: ExecutionResult | None = None,
+    ) -> Outcome | None:
+        """A dead letter (or Pending) if the deleted item's key holds an item again, else None."""
+        try:
+            current = await self._items.get(origin.table, key)
+        except ReconcilerError as exc:
+            if exc.retriable:
+                return Pending(record.sequence_number, f"cannot check the item: {exc}")
+            return await self._dead_letter(origin, record, "failed", f"cannot check the item: {exc}", cause)
+        if current is None:
+            return None
+        log.error("deletion.item_recreated", key_hash=key_hash(origin.table, key))
+        return await self._dead_letter(origin, record, "recreated", reason, cause, result)
 
     async def record_gap(self, origin: Origin, after: str | None) -> None:
         """Records after ``after`` were trimmed unread: leave a durable mark for the sweeper and operators."""
@@ -171,11 +194,14 @@ class RecordProcessor:
         cause: Cause | None = None,
         result: ExecutionResult | None = None,
     ) -> DeadLettered | Pending:
+        refused = result.unsafe if result else []
         targets = tuple(
             f"{s.unsafe.reason.value}: {s.unsafe.target}"
             + ("" if s.table == origin.table else f" (linked {s.table} {key_hash(s.table, s.key)})")
-            for s in (result.unsafe if result else ())
+            for s in refused[:MAX_LETTER_TARGETS]
         )
+        if len(refused) > MAX_LETTER_TARGETS:  # a DynamoDB item holds at most 400 KB
+            targets += (f"... and {len(refused) - MAX_LETTER_TARGETS} more",)
         letter = DeadLetter(
             source_table=origin.table,
             stream_arn=origin.stream_arn,

@@ -81,6 +81,13 @@ class TableRules(_Frozen):
     @model_validator(mode="after")
     def _scopes_name_the_item(self) -> Self:
         # A scope without the partition key is shared by many items: a tampered URI could reach a sibling.
+        for template in self.prefix_templates():
+            # Everything under a prefix is deleted: it must name the whole item, not a group of items.
+            missing = [k for k in self.key if k not in template.fields]
+            if missing:
+                raise ValueError(
+                    f"prefix {template.source!r} must contain every key attribute; missing {missing}"
+                )
         for template in self.scope_templates():
             if self.key[0] not in template.fields:
                 raise ValueError(

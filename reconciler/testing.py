@@ -15,7 +15,7 @@ from reconciler.core.dynamodb_json import Image, encode_key
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
-from reconciler.errors import TransientError, TrimmedDataError
+from reconciler.errors import ConfigError, TransientError, TrimmedDataError
 from reconciler.ports import (
     SHARD_END,
     DeadLetter,
@@ -118,6 +118,7 @@ class FakeStreamSource:
     by_stream: dict[str, list[Shard]] = field(default_factory=dict)
     records_by_shard: dict[str, list[Mapping[str, object]]] = field(default_factory=dict)
     trimmed: set[str] = field(default_factory=set)  # shards that lost records before the first one held
+    disabled: bool = False  # the stream was switched off
     reads: int = 0
 
     def arn(self, table: str) -> str:
@@ -135,6 +136,8 @@ class FakeStreamSource:
         self.records_by_shard[shard_id].append(record)
 
     async def describe(self, table: str) -> StreamInfo:
+        if self.disabled:
+            raise ConfigError(f"table {table!r} has no stream enabled")
         return StreamInfo(table, self.arn(table), self.view_type)
 
     async def shards(self, stream_arn: str) -> list[Shard]:

@@ -82,7 +82,8 @@ class Worker:
             return False, "supervisor heartbeat is stale"
         for consumer in self._consumers.values():
             silent = (now - consumer.last_activity).total_seconds()
-            if not consumer.finished and silent > self._settings.liveness_seconds:
+            # A consumer inside a batch makes AWS calls, each bounded by timeouts: long work is not a hang.
+            if not consumer.finished and not consumer.busy and silent > self._settings.liveness_seconds:
                 return False, f"shard {consumer.shard.shard_id} silent for {silent:.0f}s"
         return True, "ok"
 
@@ -141,14 +142,24 @@ class Worker:
 
     async def _discover(self, group: asyncio.TaskGroup) -> None:
         for table in self._rules.sources:
-            info = await self._parts.source.describe(table)  # each time: a re-enabled stream has a new ARN
-            if info.view_type is None or not info.view_type.has_old_image:
-                raise ConfigError(
-                    f"table {table!r} streams {info.view_type}; OLD_IMAGE or NEW_AND_OLD_IMAGES is needed"
-                )
-            shards = await self._parts.source.shards(info.arn)
-            for shard in await self._ready(shards):
-                self._start(group, table, shard)
+            try:
+                await self._discover_table(group, table)
+            except ConfigError as exc:
+                if not self._consumers:
+                    raise  # at start: a deployment mistake, reported plainly
+                # Later (a stream disabled to change its view type, say): keep draining what is running.
+                self._parts.metrics.failures.labels("discover", "ConfigError").inc()
+                log.error("stream.unusable", table=table, error=str(exc))
+
+    async def _discover_table(self, group: asyncio.TaskGroup, table: str) -> None:
+        info = await self._parts.source.describe(table)  # each time: a re-enabled stream has a new ARN
+        if info.view_type is None or not info.view_type.has_old_image:
+            raise ConfigError(
+                f"table {table!r} streams {info.view_type}; OLD_IMAGE or NEW_AND_OLD_IMAGES is needed"
+            )
+        shards = await self._parts.source.shards(info.arn)
+        for shard in await self._ready(shards):
+            self._start(group, table, shard)
 
     async def _ready(self, shards: list[Shard]) -> list[Shard]:
         """Shards to start now: not started yet, and parent (if still listed) read to its end."""

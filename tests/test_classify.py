@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reconciler.core.classify import Cause, classify, ttl_expiry
 from reconciler.core.records import EventName, StreamRecord, Undecodable, decode_record
@@ -113,3 +115,48 @@ def test_sequence_numbers_compare_as_integers() -> None:
     long = decode_record(raw)
     assert short.sequence < long.sequence
     assert short.sequence_number > long.sequence_number  # as text the order would be wrong
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+attribute_values = st.one_of(
+    st.builds(
+        lambda tag, v: {tag: v},
+        st.sampled_from(["S", "N", "B", "BOOL", "NULL", "M", "L", "SS", "NS", "BS"]),
+        json_values,
+    ),
+    st.just({"N": "0E+200"}),
+    st.just({"N": "1e999"}),
+    json_values,
+)
+raw_records = st.fixed_dictionaries(
+    {
+        "eventName": st.sampled_from(["INSERT", "MODIFY", "REMOVE", "OTHER", 5]),
+        "dynamodb": st.fixed_dictionaries(
+            {
+                "SequenceNumber": st.just("100000000000000000001"),
+                "ApproximateCreationDateTime": st.one_of(
+                    st.floats(), st.integers(), st.text(max_size=3), st.none()
+                ),
+                "Keys": st.dictionaries(st.text(max_size=4), attribute_values, max_size=2),
+                "OldImage": st.one_of(
+                    st.dictionaries(st.text(max_size=4), attribute_values, max_size=3), json_values
+                ),
+                "StreamViewType": st.sampled_from(["NEW_AND_OLD_IMAGES", "KEYS_ONLY", "bogus"]),
+            }
+        ),
+    },
+    optional={"userIdentity": json_values, "eventID": json_values},
+)
+
+
+@given(raw_records)
+def test_any_record_with_a_sequence_number_decodes_to_data_never_an_exception(raw: dict[str, Any]) -> None:
+    record = decode_record(raw)
+    assert isinstance(record, StreamRecord | Undecodable)
+    assert record.sequence_number == "100000000000000000001"

@@ -60,3 +60,12 @@ async def test_a_location_with_nothing_left_counts_as_absent(world: World) -> No
     result = await world.executor.execute(_plan(SCOPE))
     assert result.tally.absent == 1
     assert world.sample("reconciler_artifacts_total", kind="object", outcome="absent") == 1
+
+
+async def test_odd_but_literal_keys_under_the_prefix_are_the_items_own(world: World) -> None:
+    for key in ("acct-1/tr-1//double-slash", "acct-1/tr-1/../dots", "acct-1/tr-1/./dot"):
+        world.artifacts.put("stt-transcripts", key)
+    world.artifacts.put("stt-transcripts", "acct-1/dots")  # what a path-normalising tool would hit
+    result = await world.executor.execute(_plan(SCOPE))
+    assert result.errors == []
+    assert world.artifacts.keys("stt-transcripts") == {"acct-1/dots"}

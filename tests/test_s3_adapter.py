@@ -55,7 +55,12 @@ async def test_per_key_errors_are_sorted_into_gone_refused_and_retried() -> None
     stub = StubS3(
         [
             {"Key": "k0", "VersionId": "v0", "Code": "NoSuchVersion", "Message": "gone"},
-            {"Key": "k1", "VersionId": "v1", "Code": "AccessDenied", "Message": "object lock"},
+            {
+                "Key": "k1",
+                "VersionId": "v1",
+                "Code": "AccessDenied",
+                "Message": "Access Denied because object protected by object lock.",
+            },
             {"Key": "k2", "VersionId": "v2", "Code": "SlowDown", "Message": "slow down"},
         ]
     )
@@ -118,3 +123,10 @@ def test_aws_errors_map_onto_the_error_tree(code: str, status: int, expected: ty
     translated = translate(error)
     assert type(translated) is expected
     assert translated.retriable is (expected is not PermanentError)
+
+
+async def test_access_denied_without_object_lock_is_an_access_problem_not_a_refusal() -> None:
+    stub = StubS3([{"Key": "k0", "VersionId": "v0", "Code": "AccessDenied", "Message": "Access Denied"}])
+    with pytest.raises(AccessError, match="IAM"):
+        await _store(stub).delete_versions("bkt", [ObjectVersion("k0", "v0")])
+    assert len(stub.requests) == 1  # not retried in a tight loop: the record waits instead

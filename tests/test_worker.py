@@ -116,3 +116,20 @@ async def test_a_stream_without_old_images_is_a_config_error(world: World) -> No
     worker = _worker(world, source, FakeCheckpointStore())
     with pytest.raises(ConfigError, match="OLD_IMAGE"):
         await asyncio.wait_for(worker.run(), timeout=5)
+
+
+async def test_a_stream_switched_off_while_running_does_not_stop_the_running_consumers(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source.add_shard("transcripts", "shardId-1")
+    worker = _worker(world, source, checkpoints)
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: worker.readiness()[0])
+    source.disabled = True
+    world.clock.advance(SETTINGS.discovery_seconds)  # the next discovery is due
+    await eventually(
+        lambda: world.sample("reconciler_failures_total", stage="discover", error="ConfigError") >= 1
+    )
+    assert not task.done()
+    assert world.sample("reconciler_shards_consuming", table="transcripts") == 1
+    worker.handle_exit()
+    await asyncio.wait_for(task, timeout=5)

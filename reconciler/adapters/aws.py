@@ -90,7 +90,7 @@ def _status(exc: ClientError) -> int:
 def is_retriable(exc: Exception) -> bool:
     """The one retry predicate: our own ``retriable`` flag, AWS throttling and 5xx, and network trouble."""
     if isinstance(exc, ReconcilerError):
-        return exc.retriable
+        return isinstance(exc, TransientError)  # AccessError waits at the record level, not in a tight loop
     if isinstance(exc, ClientError):
         return error_code(exc) in THROTTLING_CODES or _status(exc) >= 500  # noqa: PLR2004 - 5xx
     return isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | TimeoutError)

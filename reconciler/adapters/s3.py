@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.adapters.aws import THROTTLING_CODES, Caller
 from reconciler.core.scope import S3Location
-from reconciler.errors import TransientError
+from reconciler.errors import AccessError, TransientError
 from reconciler.ports import DeleteReport, ObjectVersion, VersionPage
 
 if TYPE_CHECKING:
@@ -90,6 +90,10 @@ class S3ArtifactStore:
             code = error.get("Code", "")
             if code in GONE_CODES:
                 deleted.append(by_id.pop((version.key, version.version_id)))
+            elif code == "AccessDenied" and "lock" not in error.get("Message", "").lower():
+                # Not Object Lock: a missing s3:DeleteObjectVersion grant. The record must wait, not be
+                # dead-lettered as if the data were protected.
+                raise AccessError("S3 denied DeleteObjectVersion (check the IAM policy)")
             elif code not in THROTTLING_CODES:
                 refused.append((version, code))  # e.g. AccessDenied under Object Lock: final
                 by_id.pop((version.key, version.version_id))

@@ -32,7 +32,7 @@ def _number(text: object) -> decimal.Decimal:
         raise DecodeError(f"N value must be a string, got {type(text).__name__}")
     try:
         value = DYNAMODB_CONTEXT.create_decimal(text)
-    except (decimal.InvalidOperation, decimal.Inexact, decimal.Rounded) as exc:
+    except decimal.DecimalException as exc:  # invalid, inexact, rounded, clamped, overflow, underflow
         raise DecodeError("N value is not a DynamoDB number") from exc
     if not value.is_finite():
         raise DecodeError("N value is not a finite number")

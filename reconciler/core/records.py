@@ -84,7 +84,10 @@ def _created_at(raw: object) -> dt.datetime:
     if isinstance(raw, dt.datetime):
         return raw if raw.tzinfo else raw.replace(tzinfo=dt.UTC)
     if isinstance(raw, int | float | decimal.Decimal) and not isinstance(raw, bool):
-        return dt.datetime.fromtimestamp(float(raw), tz=dt.UTC)
+        try:
+            return dt.datetime.fromtimestamp(float(raw), tz=dt.UTC)
+        except (OverflowError, ValueError, OSError) as exc:
+            raise DecodeError("ApproximateCreationDateTime is out of range") from exc
     raise DecodeError("ApproximateCreationDateTime is missing or not a time")
 
 
@@ -110,6 +113,8 @@ def decode_record(raw: Mapping[str, object]) -> StreamRecord | Undecodable:
         return _decode(raw, event_id, sequence_number)
     except DecodeError as exc:
         return Undecodable(event_id=event_id, sequence_number=sequence_number, reason=str(exc))
+    except Exception as exc:  # noqa: BLE001 - any other surprise in a record is bad input too, kept as data
+        return Undecodable(event_id, sequence_number, f"record could not be decoded: {type(exc).__name__}")
 
 
 def _decode(raw: Mapping[str, object], event_id: str, sequence_number: str) -> StreamRecord:
