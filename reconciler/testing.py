@@ -34,9 +34,7 @@ class FakeArtifactStore:
 
     buckets: dict[str, list[ObjectVersion]] = field(default_factory=dict)
     refuse: dict[str, str] = field(default_factory=dict)
-    fail_next_deletes: int = 0
     page_size: int = 1000
-    calls: list[str] = field(default_factory=list)
     _counter: int = 0
 
     def put(self, bucket: str, key: str, versions: int = 1) -> None:
@@ -55,7 +53,6 @@ class FakeArtifactStore:
         return {v.key for v in self.buckets.get(bucket, [])}
 
     async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
-        self.calls.append(f"list {location}")
         matches = [
             v
             for v in sorted(self.buckets.get(location.bucket, []), key=lambda v: (v.key, v.version_id))
@@ -65,10 +62,6 @@ class FakeArtifactStore:
             yield VersionPage(matches[start : start + self.page_size], start + self.page_size < len(matches))
 
     async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
-        self.calls.append(f"delete {bucket} {len(versions)}")
-        if self.fail_next_deletes:
-            self.fail_next_deletes -= 1
-            raise TransientError("SlowDown")
         assert len(versions) <= 1000, "DeleteObjects takes at most 1,000 keys"  # noqa: S101, PLR2004
         held = self.buckets.get(bucket, [])
         refused = tuple((v, self.refuse[v.key]) for v in versions if v.key in self.refuse)
@@ -82,7 +75,6 @@ class FakeItemStore:
     """Tables of items; ``indexes`` maps (table, index) to the attribute the index is keyed on."""
 
     tables: dict[str, list[dict[str, object]]] = field(default_factory=dict)
-    keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     fail_deletes: bool = False
 
     def put(self, table: str, item: Mapping[str, object]) -> None:

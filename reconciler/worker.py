@@ -49,7 +49,6 @@ class Worker:
         self._clock = clock
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
-        self._force = False
         self._consumers: dict[tuple[str, str], ShardConsumer] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._heartbeat = clock()
@@ -60,7 +59,6 @@ class Worker:
     def handle_exit(self, sig: int | None = None) -> None:
         """First call: graceful stop. Second call: cancel everything now. Tests call this directly."""
         if self._stopping.is_set():
-            self._force = True
             log.warning("worker.forced_exit", signal=sig)
             for task in self._tasks.values():
                 task.cancel()
