@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import stamina
+import structlog
 from prometheus_client import CollectorRegistry
 
 from reconciler.execution import Executor
@@ -27,6 +28,13 @@ def _instant_retries() -> Iterator[None]:
     """Retries still happen (3 attempts) but without sleeping."""
     with stamina.set_testing(True, attempts=3):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Whatever a test configured (the demo sets its own level), the next one starts from the defaults."""
+    yield
+    structlog.reset_defaults()
 
 
 def fast_settings(**overrides: object) -> Settings:

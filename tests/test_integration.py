@@ -35,7 +35,7 @@ from reconciler.demo.moto_server import (
     reset,
     ttl_delete,
 )
-from reconciler.demo.run import local_settings
+from reconciler.demo.run import local_settings, run_demo, touched
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
 from reconciler.rules import Rules
@@ -278,3 +278,27 @@ async def test_a_prefix_holding_more_than_one_page_of_versions_is_emptied(
     assert result.tally.object_versions == 1300
     assert await layout.versions("stt-transcripts", "acct-1/big/") == set()
     assert len(await layout.versions("stt-transcripts", "acct-1/bigger/")) == 1
+
+
+async def test_the_demo_verdict_sees_a_touched_linked_item_and_a_leftover(layout: Layout) -> None:
+    """The demo's checks read moto's state: a live transcript's linked item deleted, or a version left behind
+    for a deleted one, is counted."""
+    live, gone = Transcript("acct-1", "live", expiry(_now(), 86400)), Transcript("acct-1", "gone", 0)
+    await layout.add([live, gone], seed=BackendSeeder())
+    before = await layout.snapshot([live])
+    assert await touched(layout, [live], before) == 0
+
+    await layout.dynamodb.delete_item(
+        TableName="speech_outputs", Key={"transcript_id": {"S": "live"}, "output_type": {"S": "translation"}}
+    )
+    await layout.dynamodb.delete_item(TableName="llm_requests", Key={"request_id": {"S": "live-llm0"}})
+    assert await touched(layout, [live], before) == 2
+    # 2 versions x 5 files, 3 outputs, 2 x 2 LLM objects, 3 speech output items and 2 LLM request items.
+    assert await layout.remaining(gone) == 10 + 3 + 4 + 3 + 2
+
+
+async def test_the_demo_runs_end_to_end_and_keeps_its_promise() -> None:
+    lines: list[str] = []
+    assert await run_demo(12, echo=lines.append) == 0
+    assert any(line.endswith("artifacts remaining for deleted items: 0") for line in lines)
+    assert any(line.endswith("artifacts of live items touched: 0") for line in lines)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Iterable
+import json
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -147,13 +148,42 @@ class Layout:
                 found.add((entry["Key"], entry.get("VersionId", "null")))
         return found
 
-    async def snapshot(self, transcripts: Iterable[Transcript]) -> dict[str, set[tuple[str, str]]]:
-        """Every version under each transcript's scopes, to prove later that nothing of it was touched."""
-        shot: dict[str, set[tuple[str, str]]] = {}
+    async def snapshot(self, transcripts: Iterable[Transcript]) -> Snapshot:
+        """Every version under each transcript's scopes and every item of it and linked to it, whole, to
+        prove later that nothing of it was touched."""
+        shot: Snapshot = {}
         for t in transcripts:
             for bucket, prefix in t.scopes():
-                shot[f"{bucket}/{prefix}"] = await self.versions(bucket, prefix)
+                shot[f"s3://{bucket}/{prefix}"] = frozenset(await self.versions(bucket, prefix))
+            shot[f"transcripts/{t.transcript_id}"] = await self._item(
+                "transcripts", "transcript_id", t.transcript_id
+            )
+            outputs = await self.dynamodb.query(
+                TableName="speech_outputs",
+                KeyConditionExpression="transcript_id = :t",
+                ExpressionAttributeValues={":t": {"S": t.transcript_id}},
+                ConsistentRead=True,
+            )
+            shot[f"speech_outputs/{t.transcript_id}"] = frozenset(_canonical(i) for i in outputs["Items"])
+            for request in t.requests:
+                shot[f"llm_requests/{request}"] = await self._item("llm_requests", "request_id", request)
         return shot
+
+    async def _item(self, table: str, key: str, value: str) -> frozenset[str]:
+        found = await self.dynamodb.get_item(TableName=table, Key={key: {"S": value}}, ConsistentRead=True)
+        return frozenset([_canonical(found["Item"])] if "Item" in found else [])
+
+
+Snapshot = dict[str, frozenset[Any]]
+
+
+def changes(before: Snapshot, after: Snapshot) -> int:
+    """How many versions and items differ between two snapshots of the same transcripts."""
+    return sum(len(before[name] ^ after.get(name, frozenset())) for name in before)
+
+
+def _canonical(item: Mapping[str, Any]) -> str:
+    return json.dumps(item, sort_keys=True, default=str)
 
 
 class Seeder(Protocol):

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings
 from reconciler.app import build_worker
-from reconciler.demo.layout import UPLOADS, Layout, Transcript, expiry
-from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, moto_server, ttl_delete
+from reconciler.demo.layout import UPLOADS, Layout, Snapshot, Transcript, changes, expiry
+from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, moto_server, reset, ttl_delete
 from reconciler.observability.logs import configure_logging
 from reconciler.observability.metrics import LAG_BUCKETS
 from reconciler.rules import load_rules
@@ -128,6 +128,7 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
         echo(f"[{time.monotonic() - started:5.1f}s] {line}" if line else "")
 
     with moto_server() as endpoint:
+        reset(endpoint)  # moto's stores are per process: start from nothing
         out(f"moto server listening on {endpoint}")
         aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
         settings = local_settings(endpoint)
@@ -138,10 +139,10 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
             population = populate(count, dt.datetime.now(dt.UTC))
             await layout.add([*population.deleted, *population.live], seed=BackendSeeder())
             live_before = await layout.snapshot(population.live)
-            versions = sum(len(v) for v in live_before.values())
+            kept = sum(len(v) for v in live_before.values())
             out(
                 f"created {count} transcripts with audio, transcript files (versioned), speech outputs and"
-                f" LLM requests; {versions} object versions belong to the {len(population.live)} live ones"
+                f" LLM requests; {kept} versions and items belong to the {len(population.live)} live ones"
             )
             async with build_worker(settings, load_rules(settings.config), registry, aws=aws) as worker:
                 task = asyncio.create_task(worker.run())
@@ -155,9 +156,10 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
                 if left:
                     out(f"LEFT BEHIND: {left} artifacts of {t.account_id}/{t.transcript_id}")
                 remaining += left
-            touched = await _touched(layout, population, live_before)
-    _summary(registry, out, remaining, touched, time.monotonic() - started)
-    return 0 if finished and remaining == 0 and touched == 0 else 1
+            changed = await touched(layout, population.live, live_before)
+    refused = _summary(registry, out, remaining, changed, time.monotonic() - started)
+    # The promise, checked against moto's state: all gone, nothing else touched, the tampered URI refused.
+    return 0 if finished and remaining == 0 and changed == 0 and refused == 1 else 1
 
 
 async def _delete(layout: Layout, population: Population, out: Print) -> None:
@@ -195,19 +197,14 @@ async def _wait(registry: CollectorRegistry, expected: int, out: Print) -> bool:
     return False
 
 
-async def _touched(layout: Layout, population: Population, before: dict[str, set[tuple[str, str]]]) -> int:
-    after = await layout.snapshot(population.live)
-    changed = sum(len(before[k] ^ after[k]) for k in before)
-    # Every live transcript keeps its 3 speech outputs and its LLM requests, besides its objects.
-    for t in population.live:
-        item = await layout.dynamodb.get_item(
-            TableName="transcripts", Key={"transcript_id": {"S": t.transcript_id}}
-        )
-        changed += "Item" not in item
-    return changed
+async def touched(layout: Layout, live: list[Transcript], before: Snapshot) -> int:
+    """Versions and items of live transcripts that differ from ``before``: objects, the transcript item,
+    its speech outputs and its LLM requests, compared whole."""
+    return changes(before, await layout.snapshot(live))
 
 
-def _summary(registry: CollectorRegistry, out: Print, remaining: int, touched: int, elapsed: float) -> None:
+def _summary(registry: CollectorRegistry, out: Print, remaining: int, touched: int, elapsed: float) -> int:
+    """Print the summary; return how many targets were refused by the scope check."""
     out("")
     out("records by cause:")
     for cause in ("ttl", "expired", "requested"):
@@ -231,7 +228,7 @@ def _summary(registry: CollectorRegistry, out: Print, remaining: int, touched: i
         _sample(registry, "reconciler_unsafe_targets_total", table="transcripts", reason=r)
         for r in ("out_of_scope", "not_an_s3_uri", "unsafe_identifier", "unusable_link_value")
     )
-    out(f"unsafe targets refused (never executed, dead-lettered): {int(unsafe)}")
+    out(f"unsafe targets refused (never executed, dead-lettered; 1 expected): {int(unsafe)}")
     out("lag percentiles, seconds (estimated from histogram buckets):")
     for cause in ("ttl", "expired", "requested"):
         parts = []
@@ -247,3 +244,4 @@ def _summary(registry: CollectorRegistry, out: Print, remaining: int, touched: i
     out(f"artifacts remaining for deleted items: {remaining}")
     out(f"artifacts of live items touched: {touched}")
     out(f"finished in {elapsed:.1f}s")
+    return int(unsafe)
