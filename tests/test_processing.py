@@ -66,12 +66,16 @@ async def test_lag_is_measured_from_ttl_expiry_for_ttl_and_from_the_event_for_re
 
 
 async def test_insert_and_modify_are_ignored_and_counted(world: World) -> None:
-    record = decode_record(stream_record(1, event="INSERT", old_image={"transcript_id": "t"}))
-    assert isinstance(await world.processor.process(ORIGIN, record), Ignored)
-    assert (
-        world.sample("reconciler_stream_records_total", table="transcripts", event="INSERT", cause="none")
-        == 1
-    )
+    world.add_transcript("acct-1", "t")
+    before = world.held_by("acct-1", "t")
+    for n, event in enumerate(("INSERT", "MODIFY"), start=1):
+        record = decode_record(stream_record(n, event=event, old_image=world.image("acct-1", "t")))
+        assert isinstance(await world.processor.process(ORIGIN, record), Ignored)
+        records = world.sample(
+            "reconciler_stream_records_total", table="transcripts", event=event, cause="none"
+        )
+        assert records == 1
+    assert world.held_by("acct-1", "t") == before
 
 
 async def test_an_out_of_scope_uri_is_never_executed_but_counted_and_dead_lettered(world: World) -> None:
@@ -91,15 +95,21 @@ async def test_an_out_of_scope_uri_is_never_executed_but_counted_and_dead_letter
     assert letter.targets == ("out_of_scope: s3://stt-uploads/acct-2/victim/audio.wav",)
 
 
-async def test_a_linked_item_with_an_unsafe_target_is_kept_as_the_pointer(world: World) -> None:
+async def test_a_linked_item_with_an_unsafe_target_is_kept_counted_and_dead_lettered(world: World) -> None:
     world.add_transcript("acct-1", "tr-1")
+    world.artifacts.put("stt-llm-gateway", "acct-9/other/input.json")  # someone else's
     world.items.tables["llm_requests"][0]["input_url"] = "s3://stt-llm-gateway/acct-9/other/input.json"
 
     outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
 
     assert isinstance(outcome, Deleted)
-    assert [r["request_id"] for r in world.items.tables["llm_requests"]] == ["tr-1-llm0"]
+    assert [r["request_id"] for r in world.items.tables["llm_requests"]] == ["tr-1-llm0"]  # the pointer
     assert world.items.tables["speech_outputs"] == []
+    assert "acct-9/other/input.json" in world.artifacts.keys("stt-llm-gateway")
+    assert world.sample("reconciler_unsafe_targets_total", table="llm_requests", reason="out_of_scope") == 1
+    (letter,) = world.dead_letters.letters.values()
+    assert letter.kind == "unsafe"
+    assert letter.targets[0].startswith("out_of_scope: s3://stt-llm-gateway/acct-9/other/input.json (linked")
 
 
 async def test_object_lock_refusals_are_final_and_dead_lettered(world: World) -> None:
@@ -114,7 +124,7 @@ async def test_object_lock_refusals_are_final_and_dead_lettered(world: World) ->
     assert world.sample("reconciler_artifacts_total", kind="object_version", outcome="refused") == 2
 
 
-async def test_throttling_that_outlasts_the_retries_leaves_the_record_pending(world: World) -> None:
+async def test_a_retriable_failure_leaves_the_record_pending_with_its_pointer(world: World) -> None:
     world.add_transcript("acct-1", "tr-1")
     world.items.fail_deletes = True
 
@@ -206,18 +216,53 @@ async def test_a_removal_of_an_item_that_exists_again_is_dead_lettered_untouched
     assert world.held_by("acct-1", "tr-1") == before
 
 
-async def test_a_linked_item_changed_before_its_delete_has_its_new_targets_deleted_too(world: World) -> None:
-    world.add_transcript("acct-1", "tr-1")
-    world.artifacts.put("stt-llm-gateway", "acct-1/tr-1-llm0/late-output.json")
+LATE = "s3://stt-understanding/acct-1/tr-1/translation-v2.json"
+
+
+def _changes_before_delete(world: World) -> None:
+    """The translation output is rewritten to a new key between our read and our delete."""
     real = world.items.delete_linked
 
     async def changed_meanwhile(query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         old = await real(query, key)
-        if old is not None and old.get("request_id") == "tr-1-llm0":
-            return {**old, "output_url": "s3://stt-llm-gateway/acct-1/tr-1-llm0/late-output.json"}
+        if old is not None and old.get("output_type") == "translation":
+            return {**old, "output_url": LATE}
         return old
 
     world.items.delete_linked = changed_meanwhile  # type: ignore[method-assign]
+
+
+async def test_a_linked_item_changed_before_its_delete_has_its_new_targets_deleted_too(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.artifacts.put("stt-understanding", "acct-1/tr-1/translation-v2.json")  # no prefix covers it
+    _changes_before_delete(world)
+
     outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
     assert isinstance(outcome, Deleted)
     assert world.held_by("acct-1", "tr-1") == 0
+
+
+async def test_a_failure_on_a_changed_linked_item_is_final_because_its_pointer_is_gone(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.artifacts.put("stt-understanding", "acct-1/tr-1/translation-v2.json")
+    world.artifacts.refuse["acct-1/tr-1/translation-v2.json"] = "InternalError"  # never goes
+    _changes_before_delete(world)
+
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
+    assert isinstance(outcome, DeadLettered)
+    assert LATE in outcome.reason
+
+
+async def test_an_item_written_again_during_the_deletion_is_dead_lettered(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    answers = iter([None, world.image("acct-1", "tr-1")])  # absent before, present after
+
+    async def get(table: str, key: Mapping[str, object]) -> Image | None:
+        return next(answers)
+
+    world.items.get = get  # type: ignore[method-assign]
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+    assert isinstance(outcome, DeadLettered)
+    assert next(iter(world.dead_letters.letters.values())).kind == "recreated"
