@@ -112,6 +112,7 @@ class FakeStreamSource:
     trimmed: set[str] = field(default_factory=set)  # shards that lost records before the first one held
     disabled: bool = False  # the stream was switched off
     reads: int = 0
+    reads_by_shard: dict[str, int] = field(default_factory=dict)
 
     def arn(self, table: str) -> str:
         return f"arn:aws:dynamodb:us-east-1:123456789012:table/{table}/stream/2026-01-01T00:00:00.000"
@@ -151,6 +152,7 @@ class FakeStreamSource:
     async def records(self, iterator: str, limit: int) -> RecordsPage:
         self.reads += 1
         shard_id, position, closed = iterator.split("|")
+        self.reads_by_shard[shard_id] = self.reads_by_shard.get(shard_id, 0) + 1
         records = self.records_by_shard[shard_id][int(position) : int(position) + limit]
         end = int(position) + len(records)
         done = closed == "1" and end >= len(self.records_by_shard[shard_id])

@@ -13,13 +13,18 @@ from reconciler.core.outcomes import Outcome
 from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.ports import SHARD_END, Shard
 from reconciler.processing import Origin
+from reconciler.settings import Settings
 from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
 
 FAST = fast_settings(batch_size=3)
 
 
 def _consumer(
-    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore
+    world: World,
+    source: FakeStreamSource,
+    shard: Shard,
+    checkpoints: FakeCheckpointStore,
+    settings: Settings = FAST,
 ) -> ShardConsumer:
     return ShardConsumer(
         origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
@@ -28,7 +33,7 @@ def _consumer(
         checkpoints=checkpoints,
         processor=world.processor,
         metrics=world.metrics,
-        settings=FAST,
+        settings=settings,
         clock=world.clock,
     )
 
@@ -123,9 +128,11 @@ async def test_stop_returns_promptly(world: World, stop_during: str) -> None:
     if stop_during == "backoff":
         world.items.fail_deletes = True
         source.append("shardId-1", _removal(world, 1, "tr-1"))
-    consumer = _consumer(world, source, shard, checkpoints)
+    slow = fast_settings(idle_poll_seconds=30, max_idle_poll_seconds=30, retry_backoff_seconds=30)
+    consumer = _consumer(world, source, shard, checkpoints, slow)
     task = asyncio.create_task(consumer.run())
-    await eventually(lambda: source.reads >= 2)
+    await eventually(lambda: source.reads >= 1)
+    await asyncio.sleep(0.05)  # now waiting out a 30 s idle poll or backoff
     consumer.stop()
     await asyncio.wait_for(task, timeout=1)
     assert world.sample("reconciler_shards_consuming", table="transcripts") == 0
@@ -157,16 +164,7 @@ async def test_the_checkpoint_follows_each_chunk_of_a_batch(world: World) -> Non
     shard = source.add_shard("transcripts", "shardId-1")
     for n in range(1, 6):
         source.append("shardId-1", _removal(world, n, f"tr-{n}"))
-    consumer = ShardConsumer(
-        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-        shard=shard,
-        source=source,
-        checkpoints=checkpoints,
-        processor=world.processor,
-        metrics=world.metrics,
-        settings=fast_settings(concurrency=2),
-        clock=world.clock,
-    )
+    consumer = _consumer(world, source, shard, checkpoints, fast_settings(concurrency=2))
     await _run_until(consumer, _at(checkpoints, shard, 5))
     # One batch of 5 records in chunks of 2.
     assert checkpoints.history == [f"{2:021d}", f"{4:021d}", f"{5:021d}"]

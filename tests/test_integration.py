@@ -237,20 +237,27 @@ async def test_reconciler_run_serves_probes_and_stops_on_sigterm(endpoint: str, 
             events.append(json.loads(await process.stderr.readline()))
     port = next(e["http_port"] for e in events if e["event"] == "worker.started")
 
-    status = await asyncio.to_thread(_status, f"http://127.0.0.1:{port}/readyz")
+    ready = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
+    live = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/healthz")
+    metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
     process.send_signal(signal.SIGTERM)
     rest = (await asyncio.wait_for(process.stderr.read(), timeout=60)).decode().splitlines()
     assert await process.wait() == 0
-    assert status == 200
+    assert ready == (200, "consuming 1 shards\n")
+    assert live == (200, "ok\n")
+    assert metrics[0] == 200
+    assert 'reconciler_shards_consuming{table="transcripts"} 1.0' in metrics[1]
+    assert "process_cpu_seconds_total" in metrics[1]  # the process-wide registry is served
     assert [json.loads(line)["event"] for line in rest][-1] == "worker.stopped"
 
 
-def _status(url: str) -> int:
+def _get(url: str) -> tuple[int, str]:
+    """GET a loopback URL, retrying while it answers an error (readiness comes after discovery)."""
     deadline = time.monotonic() + 30
     while True:
         try:
             with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
-                return int(response.status)
+                return int(response.status), response.read().decode()
         except urllib.error.HTTPError:
             if time.monotonic() > deadline:
                 raise

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import urllib.request
 from collections.abc import Mapping
 
 import pytest
 from conftest import World, fast_settings
 
+from reconciler.core.dynamodb_json import Image
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.errors import ConfigError
@@ -40,9 +42,21 @@ async def test_children_start_only_after_their_parent_is_read_to_its_end(world: 
     world.add_transcript("acct-1", "tr-2")
     source.append("shardId-parent", stream_record(1, old_image=world.image("acct-1", "tr-1")))
     source.append("shardId-child", stream_record(2, old_image=world.image("acct-1", "tr-2")))
+    release = asyncio.Event()
+    real = world.items.delete_linked
+
+    async def held(query: LinkQuery, key: Mapping[str, object]) -> Image | None:
+        await release.wait()  # the parent's record cannot finish until released
+        return await real(query, key)
+
+    world.items.delete_linked = held  # type: ignore[method-assign]
     worker = _worker(world, source, checkpoints)
     task = asyncio.create_task(worker.run())
+    await eventually(lambda: source.reads_by_shard.get("shardId-parent", 0) >= 1)
+    await asyncio.sleep(0.2)
+    assert source.reads_by_shard.get("shardId-child", 0) == 0  # not started while the parent is unfinished
 
+    release.set()
     await eventually(lambda: checkpoints.positions.get((child.stream_arn, "shardId-child")) == f"{2:021d}")
     assert checkpoints.positions[(parent.stream_arn, "shardId-parent")] == SHARD_END
     assert checkpoints.history.index(SHARD_END) < checkpoints.history.index(f"{2:021d}")
@@ -78,10 +92,14 @@ async def test_liveness_fails_when_a_consumer_goes_silent(world: World) -> None:
     worker = _worker(world, source, checkpoints)
     task = asyncio.create_task(worker.run())
     await eventually(lambda: worker.readiness()[0])
-    world.clock.advance(SETTINGS.liveness_seconds + 1)  # nothing ran for longer than allowed
-    ok, detail = worker.liveness()
-    assert not ok
-    assert "stale" in detail or "silent" in detail
+    (consumer,) = worker._consumers.values()
+    consumer.last_activity = world.clock.now - dt.timedelta(seconds=SETTINGS.liveness_seconds + 1)
+    assert worker.liveness() == (False, "shard shardId-1 silent for 301s")
+    consumer.busy = True  # inside a long batch: its calls have timeouts of their own
+    assert worker.liveness() == (True, "ok")
+    consumer.busy = False
+    world.clock.advance(SETTINGS.liveness_seconds + 1)  # and the supervisor itself stalls
+    assert worker.liveness() == (False, "supervisor heartbeat is stale")
     worker.handle_exit()
     await asyncio.wait_for(task, timeout=5)
 
