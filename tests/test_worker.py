@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import urllib.request
-from collections.abc import Mapping
+from asyncio import Task
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 from conftest import World, fast_settings
@@ -24,6 +26,23 @@ SETTINGS = fast_settings()
 def _worker(world: World, source: FakeStreamSource, checkpoints: FakeCheckpointStore) -> Worker:
     parts = Collaborators(source, checkpoints, world.processor, world.metrics)
     return Worker(SETTINGS, world.rules, parts, clock=world.clock)
+
+
+@contextlib.asynccontextmanager
+async def _one_shard_worker(
+    world: World, source: FakeStreamSource
+) -> AsyncIterator[tuple[Worker, Task[None]]]:
+    """A worker on one empty shard, ready; stopped gracefully on exit."""
+    source.add_shard("transcripts", "shardId-1")
+    worker = _worker(world, source, FakeCheckpointStore())
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: worker.readiness()[0])
+    try:
+        yield worker, task
+    finally:
+        if worker.readiness() != (False, "shutting down"):
+            worker.handle_exit()
+        await asyncio.wait_for(task, timeout=5)
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -65,43 +84,32 @@ async def test_children_start_only_after_their_parent_is_read_to_its_end(world: 
 
 
 async def test_probes_answer_on_the_http_port_and_readiness_drops_on_shutdown(world: World) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
-    source.add_shard("transcripts", "shardId-1")
-    worker = _worker(world, source, checkpoints)
-    task = asyncio.create_task(worker.run())
-    await eventually(lambda: worker.readiness()[0])
-    assert worker.http is not None
-    port = worker.http.port
-    assert port is not None
+    async with _one_shard_worker(world, FakeStreamSource()) as (worker, _):
+        assert worker.http is not None
+        port = worker.http.port
+        assert port is not None
 
-    assert await asyncio.to_thread(_get, port, "/healthz") == (200, "ok\n")
-    status, body = await asyncio.to_thread(_get, port, "/readyz")
-    assert (status, body) == (200, "consuming 1 shards\n")
-    status, body = await asyncio.to_thread(_get, port, "/metrics")
-    assert status == 200
-    assert 'reconciler_shards_consuming{table="transcripts"} 1.0' in body
+        assert await asyncio.to_thread(_get, port, "/healthz") == (200, "ok\n")
+        status, body = await asyncio.to_thread(_get, port, "/readyz")
+        assert (status, body) == (200, "consuming 1 shards\n")
+        status, body = await asyncio.to_thread(_get, port, "/metrics")
+        assert status == 200
+        assert 'reconciler_shards_consuming{table="transcripts"} 1.0' in body
 
-    worker.handle_exit()
-    assert worker.readiness() == (False, "shutting down")
-    await asyncio.wait_for(task, timeout=5)
+        worker.handle_exit()
+        assert worker.readiness() == (False, "shutting down")
 
 
 async def test_liveness_fails_when_a_consumer_goes_silent(world: World) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
-    source.add_shard("transcripts", "shardId-1")
-    worker = _worker(world, source, checkpoints)
-    task = asyncio.create_task(worker.run())
-    await eventually(lambda: worker.readiness()[0])
-    (consumer,) = worker._consumers.values()
-    consumer.last_activity = world.clock.now - dt.timedelta(seconds=SETTINGS.liveness_seconds + 1)
-    assert worker.liveness() == (False, "shard shardId-1 silent for 301s")
-    consumer.busy = True  # inside a long batch: its calls have timeouts of their own
-    assert worker.liveness() == (True, "ok")
-    consumer.busy = False
-    world.clock.advance(SETTINGS.liveness_seconds + 1)  # and the supervisor itself stalls
-    assert worker.liveness() == (False, "supervisor heartbeat is stale")
-    worker.handle_exit()
-    await asyncio.wait_for(task, timeout=5)
+    async with _one_shard_worker(world, FakeStreamSource()) as (worker, _):
+        (consumer,) = worker._consumers.values()
+        consumer.last_activity = world.clock.now - dt.timedelta(seconds=SETTINGS.liveness_seconds + 1)
+        assert worker.liveness() == (False, "shard shardId-1 silent for 301s")
+        consumer.busy = True  # inside a long batch: its calls have timeouts of their own
+        assert worker.liveness() == (True, "ok")
+        consumer.busy = False
+        world.clock.advance(SETTINGS.liveness_seconds + 1)  # and the supervisor itself stalls
+        assert worker.liveness() == (False, "supervisor heartbeat is stale")
 
 
 async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
@@ -137,17 +145,12 @@ async def test_a_stream_without_old_images_is_a_config_error(world: World) -> No
 
 
 async def test_a_stream_switched_off_while_running_does_not_stop_the_running_consumers(world: World) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
-    source.add_shard("transcripts", "shardId-1")
-    worker = _worker(world, source, checkpoints)
-    task = asyncio.create_task(worker.run())
-    await eventually(lambda: worker.readiness()[0])
-    source.disabled = True
-    world.clock.advance(SETTINGS.discovery_seconds)  # the next discovery is due
-    await eventually(
-        lambda: world.sample("reconciler_failures_total", stage="discover", error="ConfigError") >= 1
-    )
-    assert not task.done()
-    assert world.sample("reconciler_shards_consuming", table="transcripts") == 1
-    worker.handle_exit()
-    await asyncio.wait_for(task, timeout=5)
+    source = FakeStreamSource()
+    async with _one_shard_worker(world, source) as (_, task):
+        source.disabled = True
+        world.clock.advance(SETTINGS.discovery_seconds)  # the next discovery is due
+        await eventually(
+            lambda: world.sample("reconciler_failures_total", stage="discover", error="ConfigError") >= 1
+        )
+        assert not task.done()
+        assert world.sample("reconciler_shards_consuming", table="transcripts") == 1
