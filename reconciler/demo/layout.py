@@ -9,7 +9,7 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.adapters.tables import create_table
@@ -55,7 +55,6 @@ class Transcript:
 class Layout:
     s3: S3Client
     dynamodb: DynamoDBClient
-    created: list[Transcript] = field(default_factory=list)
 
     async def create(self) -> None:
         await asyncio.gather(*(self._bucket(b) for b in BUCKETS))
@@ -122,7 +121,6 @@ class Layout:
                 *(bounded(self.s3.put_object(Bucket=b, Key=k, Body=v)) for b, k, v in objects)
             )
             await asyncio.gather(*(bounded(self.dynamodb.put_item(TableName=t, Item=i)) for t, i in items))
-        self.created.extend(batch)
 
     async def remaining(self, t: Transcript) -> int:
         """Object versions, delete markers and linked items of ``t`` that still exist."""
