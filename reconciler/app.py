@@ -41,6 +41,7 @@ async def build_worker(
     """Open the AWS clients, create the worker's tables if asked, and yield a wired ``Worker``."""
     # The process-wide registry by default, so process metrics and stamina's retry counter are exported too.
     metrics = Metrics(registry if registry is not None else REGISTRY)
+    metrics.initialize(rules)
     call = Caller(retry or RetryPolicy())
     aws = aws or AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)
     async with AwsClients(aws) as clients:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.plan import LinkQuery
@@ -18,6 +18,9 @@ from reconciler.core.scope import S3Location
 
 SHARD_END = "SHARD_END"
 """Checkpoint value of a closed shard that has been read to its end."""
+
+LetterKind = Literal["undecodable", "no_image", "unsafe", "failed", "recreated", "trimmed"]
+"""Why a dead letter was written; also the ``kind`` label of ``reconciler_dead_letters_total``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,7 @@ class DeadLetter:
     shard_id: str
     sequence_number: str
     event_id: str
-    kind: str
+    kind: LetterKind
     reason: str
     created_at: dt.datetime
     cause: str | None = None

@@ -16,7 +16,7 @@ from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.errors import ReconcilerError
 from reconciler.execution import ExecutionResult, Executor
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore
+from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
 from reconciler.rules import Rules
 
 log = structlog.get_logger("reconciler.processing")
@@ -189,7 +189,7 @@ class RecordProcessor:
         self,
         origin: Origin,
         record: StreamRecord | Undecodable,
-        kind: str,
+        kind: LetterKind,
         reason: str,
         cause: Cause | None = None,
         result: ExecutionResult | None = None,

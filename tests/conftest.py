@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,9 @@ import stamina
 import structlog
 from prometheus_client import CollectorRegistry
 
+from reconciler.adapters.aws import AwsClients, AwsSettings
+from reconciler.demo.layout import Layout
+from reconciler.demo.moto_server import CREDENTIALS, REGION, moto_server, reset
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
 from reconciler.processing import RecordProcessor
@@ -35,6 +38,24 @@ def _fresh_logging() -> Iterator[None]:
     """Whatever a test configured (the demo sets its own level), the next one starts from the defaults."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def endpoint() -> Iterator[str]:
+    """One moto server on a free loopback port for the whole session; ``layout`` resets it per test."""
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def layout(endpoint: str) -> AsyncIterator[Layout]:
+    reset(endpoint)
+    async with AwsClients(
+        AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
+    ) as clients:
+        created = Layout(clients.s3, clients.dynamodb)
+        await created.create()
+        yield created
 
 
 def fast_settings(**overrides: object) -> Settings:

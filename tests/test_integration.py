@@ -12,14 +12,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from conftest import DEMO_RULES
 from moto.dynamodb.models import dynamodb_backends
 from prometheus_client import CollectorRegistry
 
-from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.aws import AwsSettings, Caller, RetryPolicy
 from reconciler.adapters.dynamodb import DynamoDBItemStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.app import build_worker
@@ -31,8 +31,6 @@ from reconciler.demo.moto_server import (
     CREDENTIALS,
     REGION,
     BackendSeeder,
-    moto_server,
-    reset,
     ttl_delete,
 )
 from reconciler.demo.run import local_settings, run_demo, touched
@@ -44,23 +42,6 @@ from reconciler.testing import eventually
 from reconciler.worker import Worker
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-async def layout(endpoint: str) -> AsyncIterator[Layout]:
-    reset(endpoint)
-    async with AwsClients(
-        AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
-    ) as clients:
-        created = Layout(clients.s3, clients.dynamodb)
-        await created.create()
-        yield created
 
 
 def _settings(endpoint: str) -> Settings:

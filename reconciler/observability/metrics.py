@@ -7,8 +7,19 @@ stream and their series are removed when a shard is done). Never keys or ids of 
 from __future__ import annotations
 
 import contextlib
+import platform
+import time
+import typing
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from reconciler import __version__
+from reconciler.core.plan import UnsafeReason
+from reconciler.ports import LetterKind
+from reconciler.rules import Rules
 
 # Lag buckets from 1 second to 7 days. prometheus-client renders bounds as le="3600.0"; rules must match.
 LAG_BUCKETS = (
@@ -17,9 +28,27 @@ LAG_BUCKETS = (
 )  # fmt: skip
 
 
+# Every (kind, outcome) pair of reconciler_artifacts_total, created at start so rates exist before traffic.
+ARTIFACT_OUTCOMES = (
+    ("object_version", "deleted"),
+    ("object_version", "refused"),
+    ("delete_marker", "deleted"),
+    ("item", "deleted"),
+    ("object", "absent"),
+)
+RECORD_OUTCOMES = ("deleted", "ignored", "dead_lettered", "retry")
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
+        self.build_info = Gauge(
+            "reconciler_build_info",
+            "Always 1; the labels name the running version and Python.",
+            ["version", "python"],
+            registry=registry,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         self.records = Counter(
             "reconciler_stream_records_total",
             "Stream records read, by source table, event name and deletion cause ('none' if not a deletion).",
@@ -90,6 +119,7 @@ class Metrics:
             ["table", "shard"],
             registry=registry,
         )
+        registry.register(_PollAge(self.last_poll, clock))
         self.shards = Gauge(
             "reconciler_shards_consuming",
             "Shards this worker is consuming now.",
@@ -97,8 +127,51 @@ class Metrics:
             registry=registry,
         )
 
+    def initialize(self, rules: Rules) -> None:
+        """Create the known label sets at zero, so rates and increases see the first event.
+
+        A counter series that appears with value 1 has no earlier sample: ``increase()`` misses it, and an
+        alert on it would never fire for a first occurrence.
+        """
+        for table in rules.sources:
+            self.shards.labels(table)
+            for outcome in RECORD_OUTCOMES:
+                self.outcomes.labels(table, outcome)
+        for table in rules.tables:
+            for reason in UnsafeReason:
+                self.unsafe.labels(table, reason.value)
+        for kind in typing.get_args(LetterKind):
+            self.dead_letters.labels(kind)
+        for kind, outcome in ARTIFACT_OUTCOMES:
+            self.artifacts.labels(kind, outcome)
+
     def forget_shard(self, table: str, shard: str) -> None:
         """Drop a finished shard's series so closed shards do not pile up."""
         for gauge in (self.iterator_age, self.last_poll):
             with contextlib.suppress(KeyError):
                 gauge.remove(table, shard)
+
+
+class _PollAge(Collector):
+    """``reconciler_last_successful_poll_age_seconds``: computed at scrape time, so it grows while stalled.
+
+    A consumer stuck inside a call emits nothing else; this series is what a stall alert can see.
+    """
+
+    def __init__(self, last_poll: Gauge, clock: Callable[[], float]) -> None:
+        self._last_poll = last_poll
+        self._clock = clock
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "reconciler_last_successful_poll_age_seconds",
+            "Seconds since the last successful GetRecords call on a shard, as of the scrape.",
+            labels=["table", "shard"],
+        )
+        now = self._clock()
+        for metric in self._last_poll.collect():
+            for sample in metric.samples:
+                family.add_metric(
+                    [sample.labels["table"], sample.labels["shard"]], max(now - sample.value, 0.0)
+                )
+        yield family
