@@ -1,0 +1,274 @@
+"""The deletion-lag SLO and every Prometheus rule built on the worker's metrics, as plain data.
+
+One source for the plain rules file, the Prometheus Operator's PrometheusRule and the dashboard's SLO
+panels (``scripts/generate.py`` writes them). Adding an alert for a new metric is one more ``_alert(...)``
+entry below, one runbook section and one promtool test case.
+
+Burn-rate alerts follow the Google SRE workbook, "Alerting on SLOs", multiwindow, multi-burn-rate:
+https://sre.google/workbook/alerting-on-slos/ . A window ``scale`` below 1 shrinks every window and ``for``
+duration (for an end-to-end test on a real Prometheus); the shipped rules use scale 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.utils import floatToGoString
+
+from reconciler.observability.metrics import LAG_BUCKETS
+
+JOB = "deletion-reconciler"
+RUNBOOK = "docs/runbook.md"
+HOUR = 3600
+MINUTE = 60
+DAY = 86400
+
+Rule = dict[str, Any]
+
+# Alert thresholds the dashboard draws as lines too.
+STALL_SECONDS = 10 * MINUTE  # no successful poll for this long: ReconcilerShardStalled
+ITERATOR_AGE_TICKET_SECONDS = 30 * MINUTE  # ReconcilerIteratorAgeHigh
+ITERATOR_AGE_PAGE_SECONDS = 12 * HOUR  # half of 24 h stream retention: ReconcilerStreamRetentionAtRisk
+
+
+@dataclass(frozen=True, slots=True)
+class BurnWindow:
+    """Alert when ``budget_share`` of the period's error budget would be spent within ``long`` seconds."""
+
+    name: str
+    severity: str
+    budget_share: float
+    long: int
+    short: int
+    hold: int
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """By default 99% of deleted items have every artifact gone within 1 hour of expiry, over 30 days."""
+
+    objective: float = 0.99
+    threshold_seconds: float = 3600.0
+    period_days: int = 30
+
+    def __post_init__(self) -> None:
+        if not 0 < self.objective < 1:
+            raise ValueError(f"objective {self.objective} must lie strictly between 0 and 1")
+        if self.threshold_seconds not in LAG_BUCKETS:
+            # The SLI counts the bucket at the threshold: any other value has no series to count.
+            raise ValueError(f"threshold {self.threshold_seconds}s is not a lag bucket bound: {LAG_BUCKETS}")
+        if self.period_days < 1:
+            raise ValueError("period_days must be at least 1")
+
+    @property
+    def le(self) -> str:
+        """The bucket label exactly as prometheus-client writes it (``3600.0``, never ``3600``)."""
+        return str(floatToGoString(self.threshold_seconds))  # type: ignore[no-untyped-call]
+
+    @property
+    def error_budget(self) -> float:
+        return round(1 - self.objective, 10)
+
+    def burn_rate(self, window: BurnWindow) -> float:
+        """The burn rate that spends ``window.budget_share`` of the budget in ``window.long`` seconds."""
+        return round(window.budget_share * self.period_days * DAY / window.long, 4)
+
+
+# The SRE workbook's pairs for a 30-day SLO: 2% of the budget in 1 h pages, 5% in 6 h opens a ticket.
+FAST = BurnWindow("Fast", "page", 0.02, HOUR, 5 * MINUTE, 2 * MINUTE)
+SLOW = BurnWindow("Slow", "ticket", 0.05, 6 * HOUR, 30 * MINUTE, 15 * MINUTE)
+BURN_WINDOWS = (FAST, SLOW)
+
+ERRORS = "reconciler:deletion_lag_slo_errors:ratio_rate"
+BUDGET_LEFT = "reconciler:deletion_lag_slo_budget:remaining_ratio"
+
+
+def duration(seconds: float) -> str:
+    """A PromQL duration in the largest whole unit (``3600`` is ``1h``, ``90`` is ``90s``)."""
+    whole = max(round(seconds), 1)
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
+        if whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+def nominal(seconds: int) -> str:
+    """The unscaled window's name in a recording rule, so dashboards read the same series at any scale."""
+    return duration(seconds)
+
+
+def rule_groups(
+    slo: Slo | None = None, *, job: str = JOB, scale: float = 1.0, runbook: str = RUNBOOK
+) -> list[Rule]:
+    """The recording and alerting rule groups, as the ``groups`` list of a Prometheus rules file."""
+    slo = slo or Slo()
+    alerts = [_burn_alert(slo, job, w, scale) for w in BURN_WINDOWS]
+    worker = _worker_alerts(job, scale)
+    for rule in (*alerts, *worker):
+        rule["annotations"]["runbook_url"] = f"{runbook}#{rule['annotations']['runbook_url']}"
+    return [
+        {"name": "reconciler-slo-recording", "rules": _recording(slo, job, scale)},
+        {"name": "reconciler-slo-alerts", "rules": alerts},
+        {"name": "reconciler-worker-alerts", "rules": worker},
+    ]
+
+
+def _windows(slo: Slo) -> list[int]:
+    seconds = {w.long for w in BURN_WINDOWS} | {w.short for w in BURN_WINDOWS} | {slo.period_days * DAY}
+    return sorted(seconds)
+
+
+def _recording(slo: Slo, job: str, scale: float) -> list[Rule]:
+    selector = f'job="{job}"'
+    rules: list[Rule] = []
+    for seconds in _windows(slo):
+        window = duration(seconds * scale)
+        bucket = f'reconciler_deletion_lag_seconds_bucket{{{selector},le="{slo.le}"}}'
+        good = f"sum by (job) (rate({bucket}[{window}]))"
+        total = f"sum by (job) (rate(reconciler_deletion_lag_seconds_count{{{selector}}}[{window}]))"
+        rules.append({"record": f"{ERRORS}{nominal(seconds)}", "expr": f"1 - ({good} / {total})"})
+    period = nominal(slo.period_days * DAY)
+    rules.append(
+        {
+            "record": f"{BUDGET_LEFT}{period}",
+            "expr": f"1 - ({ERRORS}{period} / {slo.error_budget})",
+        }
+    )
+    return rules
+
+
+def _burn_alert(slo: Slo, job: str, window: BurnWindow, scale: float) -> Rule:
+    rate = slo.burn_rate(window)
+    threshold = round(rate * slo.error_budget, 10)
+    long, short = nominal(window.long), nominal(window.short)
+    return _alert(
+        f"ReconcilerDeletionLagBudgetBurn{window.name}",
+        f'{ERRORS}{long}{{job="{job}"}} > {threshold}\nand\n{ERRORS}{short}{{job="{job}"}} > {threshold}',
+        hold=window.hold * scale,
+        severity=window.severity,
+        summary=f"Deletion-lag error budget burning {rate}x too fast ({long} and {short} windows)",
+        description=(
+            f"More than {threshold:.2%} of deleted items took longer than {duration(slo.threshold_seconds)}"
+            f" from expiry to the last artifact gone, over both the last {long} and {short}. At this rate"
+            f" {window.budget_share:.0%} of the {slo.period_days}-day error budget is spent in {long}."
+            " Error ratio over the long window: {{ $value | humanizePercentage }}."
+        ),
+        anchor="reconcilerdeletionlagbudgetburn",
+    )
+
+
+def _worker_alerts(job: str, scale: float) -> list[Rule]:
+    on = f'job="{job}"'
+    return [
+        _alert(
+            "ReconcilerTargetDown",
+            f"up{{{on}}} == 0",
+            hold=5 * MINUTE * scale,
+            severity="page",
+            summary="Prometheus cannot scrape a reconciler replica",
+            description="{{ $labels.instance }} has failed every scrape for 5 minutes: it is down, stuck, or"
+            " its /metrics port is unreachable. Nothing it owns is being deleted.",
+        ),
+        _alert(
+            "ReconcilerTargetMissing",
+            f"absent(up{{{on}}})",
+            hold=10 * MINUTE * scale,
+            severity="page",
+            summary="No reconciler target is known to Prometheus",
+            description=f"No target of job {job} has existed for 10 minutes: the Deployment is gone or scaled"
+            " to zero, or service discovery (ServiceMonitor, labels) no longer finds it.",
+        ),
+        _alert(
+            "ReconcilerShardStalled",
+            f"max by (job, table, shard) (reconciler_last_successful_poll_age_seconds{{{on}}})"
+            f" > {STALL_SECONDS}",
+            hold=2 * MINUTE * scale,
+            severity="page",
+            summary="No successful poll of shard {{ $labels.shard }} of {{ $labels.table }} for 10 minutes",
+            description="The consumer of this shard has not completed a GetRecords call for"
+            " {{ $value | humanizeDuration }}. A stalled consumer observes no lag at all, so the SLO alerts"
+            " stay silent while records wait.",
+        ),
+        _alert(
+            "ReconcilerIteratorAgeHigh",
+            f"{_iterator_age(on)} > {ITERATOR_AGE_TICKET_SECONDS}",
+            hold=15 * MINUTE * scale,
+            severity="ticket",
+            summary="Shard {{ $labels.shard }} of {{ $labels.table }} is reading records over 30 minutes old",
+            description="The newest record read was {{ $value | humanizeDuration }} old: the worker is"
+            " behind the stream, and deletions are late by at least that much.",
+        ),
+        _alert(
+            "ReconcilerStreamRetentionAtRisk",
+            f"{_iterator_age(on)} > {ITERATOR_AGE_PAGE_SECONDS}",
+            hold=5 * MINUTE * scale,
+            severity="page",
+            summary="Shard {{ $labels.shard }} of {{ $labels.table }} is over 12 hours behind",
+            description="Stream records are trimmed after 24 hours. Records {{ $value | humanizeDuration }}"
+            " old are being read; unread ones will be lost and their artifacts left for the sweeper.",
+        ),
+        _alert(
+            "ReconcilerDeletionFailures",
+            _failure_ratio(on, duration(10 * MINUTE * scale)) + " > 0.05",
+            hold=10 * MINUTE * scale,
+            severity="page",
+            summary="Over 5% of deletions are failing on {{ $labels.table }}",
+            description="{{ $value | humanizePercentage }} of deletion attempts in the last 10 minutes were"
+            " retried or dead-lettered. Retried records hold their shard's checkpoint: nothing behind them"
+            " is deleted until they succeed.",
+        ),
+        _alert(
+            "ReconcilerUnsafeTargets",
+            f"sum by (job, table, reason) (increase(reconciler_unsafe_targets_total{{{on}}}"
+            f"[{duration(15 * MINUTE * scale)}])) > 0",
+            hold=0,
+            severity="ticket",
+            summary="Deletion targets outside their item's scope were refused on {{ $labels.table }}",
+            description="The scope check refused {{ $value }} target(s) in 15 minutes ({{ $labels.reason }})."
+            " Nothing was deleted for them; each is in the dead-letter table for review.",
+        ),
+        _alert(
+            "ReconcilerDeadLetters",
+            f"sum by (job, kind) (increase(reconciler_dead_letters_total{{{on}}}"
+            f"[{duration(HOUR * scale)}])) > 0",
+            hold=0,
+            severity="ticket",
+            summary="Dead letters of kind {{ $labels.kind }} were written",
+            description="{{ $value }} dead letter(s) of kind {{ $labels.kind }} in the last hour: work the"
+            " worker could not finish and recorded for an operator.",
+        ),
+    ]
+
+
+def _iterator_age(on: str) -> str:
+    return f"max by (job, table, shard) (reconciler_iterator_age_seconds{{{on}}})"
+
+
+def _failure_ratio(on: str, window: str) -> str:
+    failed = f'reconciler_record_outcomes_total{{{on},outcome=~"retry|dead_lettered"}}'
+    attempted = f'reconciler_record_outcomes_total{{{on},outcome!="ignored"}}'
+    by = "sum by (job, table)"
+    return f"{by} (rate({failed}[{window}]))\n/\n{by} (rate({attempted}[{window}]))"
+
+
+def _alert(
+    name: str,
+    expr: str,
+    *,
+    hold: float,
+    severity: str,
+    summary: str,
+    description: str,
+    anchor: str | None = None,
+) -> Rule:
+    rule: Rule = {"alert": name, "expr": expr}
+    if hold:
+        rule["for"] = duration(hold)
+    rule["labels"] = {"severity": severity}
+    rule["annotations"] = {
+        "summary": summary,
+        "description": description,
+        "runbook_url": anchor or name.lower(),  # the runbook's heading anchor; rule_groups adds the URL
+    }
+    return rule

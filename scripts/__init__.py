@@ -1,0 +1,1 @@
+"""Developer scripts (``generate.py``); importable so tests can check the generated files."""
