@@ -1,0 +1,253 @@
+"""The overview dashboard: valid, deterministic, on the worker's real metrics, and in step with the alerts."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from dashboards.overview import build, queries, render
+from reconciler.observability.metrics import Metrics
+from reconciler.observability.slo import (
+    FAST,
+    ITERATOR_AGE_PAGE_SECONDS,
+    ITERATOR_AGE_TICKET_SECONDS,
+    JOB,
+    SLOW,
+    STALL_SECONDS,
+    Slo,
+    rule_groups,
+)
+from reconciler.rules import load_rules
+
+DEMO_RULES = Path(__file__).parent.parent / "reconciler" / "demo" / "rules.toml"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+ON_JOB = 'job=~"$job"'
+SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\{([^}]*)\}")
+# Sample names each family type exports; a labelled family with no children yet exports no samples at all.
+SAMPLES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
+# Grafana unit ids used here (grafana-data/src/valueFormats/categories.ts); custom units are prefixed.
+UNITS = {"none", "short", "percentunit", "s", "ops"}
+SLOS = [Slo(), Slo(objective=0.995), Slo(objective=0.999, threshold_seconds=1800.0), Slo(period_days=28)]
+
+
+def _dashboard(slo: Slo | None = None, job: str = JOB) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(render(slo, job))
+    return document
+
+
+def _panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel that is not a row, whether it follows its row or sits inside a collapsed one."""
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            yield from panel["panels"]
+        else:
+            yield panel
+
+
+def _panel(dashboard: dict[str, Any], title_start: str) -> dict[str, Any]:
+    (panel,) = (p for p in _panels(dashboard) if p["title"].startswith(title_start))
+    return panel
+
+
+def _steps(panel: dict[str, Any]) -> list[tuple[float | None, str]]:
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    return [(step["value"], step["color"]) for step in steps]
+
+
+def _exported_names() -> set[str]:
+    metrics = Metrics(CollectorRegistry())
+    metrics.initialize(load_rules(DEMO_RULES))
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        names.update(family.name + suffix for suffix in SAMPLES[family.type])
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def _recorded_names(slo: Slo) -> set[str]:
+    return {rule["record"] for group in rule_groups(slo) for rule in group["rules"] if "record" in rule}
+
+
+def _bare_names(expr: str) -> list[str]:
+    """Identifiers that are neither a selector with braces, a function call, nor a grouping label."""
+    rest = SELECTOR.sub(" ", expr)
+    rest = re.sub(r"\[[^\]]*\]", " ", rest)
+    rest = re.sub(r"\b(?:by|without)\s*\([^)]*\)", " ", rest)
+    return [m[1] for m in re.finditer(r"([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?", rest) if not m[2]]
+
+
+def test_render_is_deterministic_canonical_json() -> None:
+    text = render()
+    assert text == render(Slo(), JOB)
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert build().to_json()["uid"] == "deletion-reconciler-overview"
+
+
+def test_dashboard_settings() -> None:
+    dashboard = _dashboard()
+    assert dashboard["title"] == "Deletion reconciler: overview"
+    assert dashboard["tags"] == ["deletion-reconciler"]
+    assert (dashboard["refresh"], dashboard["timezone"], dashboard["editable"]) == ("30s", "utc", True)
+    assert dashboard["time"] == {"from": "now-6h", "to": "now"}
+    assert dashboard["description"]
+
+
+def test_every_panel_and_target_reads_the_datasource_variable() -> None:
+    panels = list(_panels(_dashboard()))
+    assert panels
+    for panel in panels:
+        assert panel["datasource"] == DATASOURCE, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE, panel["title"]
+
+
+@pytest.mark.parametrize(("title", "expr"), queries(_dashboard()))
+def test_every_selector_filters_on_the_job_variable(title: str, expr: str) -> None:
+    selectors = SELECTOR.findall(expr)
+    assert selectors, expr
+    for name, matchers in selectors:
+        assert ON_JOB in matchers, f"{title}: {name}"
+    assert _bare_names(expr) == [], f"{title}: a metric without a selector"
+    assert "[5m]" not in expr
+    assert all(window == "$__rate_interval" for window in re.findall(r"\[([^\]]*)\]", expr))
+
+
+@pytest.mark.parametrize("slo", SLOS, ids=repr)
+def test_every_metric_is_exported_by_the_worker_or_recorded_by_the_rules(slo: Slo) -> None:
+    known = _exported_names() | _recorded_names(slo) | {"up"}
+    used = {name for _, expr in queries(_dashboard(slo)) for name, _ in SELECTOR.findall(expr)}
+    assert used - known == set()
+    assert {name for name in used if ":" in name} <= _recorded_names(slo)
+
+
+def test_the_exported_names_include_families_without_samples_yet() -> None:
+    """Failures and lag histograms have no series before the first event; their names must still count."""
+    names = _exported_names()
+    assert {"reconciler_failures_total", "reconciler_deletion_lag_seconds_bucket"} <= names
+    assert "reconciler_last_successful_poll_age_seconds" in names
+
+
+def test_every_panel_has_a_unit_and_a_description() -> None:
+    for panel in _panels(_dashboard()):
+        unit = panel["fieldConfig"]["defaults"]["unit"]
+        assert unit in UNITS or unit.startswith("suffix:"), panel["title"]
+        assert panel["description"].endswith("."), panel["title"]
+        assert "good" in panel["description"].lower(), f"{panel['title']}: say what good looks like"
+
+
+def test_every_series_has_a_legend() -> None:
+    for panel in _panels(_dashboard()):
+        for target in panel["targets"]:
+            assert target["legendFormat"], panel["title"]
+        if panel["type"] == "timeseries":
+            assert panel["options"]["legend"]["showLegend"], panel["title"]
+
+
+def test_lag_heatmap_reads_prometheus_buckets() -> None:
+    heatmap = _panel(_dashboard(), "Deletion lag distribution")
+    assert heatmap["type"] == "heatmap"
+    assert heatmap["options"]["calculate"] is False
+    assert heatmap["options"]["yAxis"]["unit"] == "s"
+    assert [t["format"] for t in heatmap["targets"]] == ["heatmap"]
+
+
+@pytest.mark.parametrize("objective", [0.99, 0.995, 0.999])
+def test_slo_stat_turns_green_at_the_objective(objective: float) -> None:
+    panel = _panel(_dashboard(Slo(objective=objective)), "SLO compliance (30d)")
+    assert _steps(panel) == [(None, "red"), (objective, "green")]
+    assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+
+
+def test_slo_panels_follow_the_period() -> None:
+    dashboard = _dashboard(Slo(period_days=28))
+    assert "ratio_rate28d" in _panel(dashboard, "SLO compliance (28d)")["targets"][0]["expr"]
+    assert "remaining_ratio28d" in _panel(dashboard, "Error budget left (28d)")["targets"][0]["expr"]
+
+
+@pytest.mark.parametrize("slo", SLOS, ids=repr)
+def test_burn_rate_lines_are_the_alerts_burn_rates(slo: Slo) -> None:
+    panel = _panel(_dashboard(slo), "Error-budget burn rate")
+    assert _steps(panel) == [(None, "green"), (slo.burn_rate(SLOW), "orange"), (slo.burn_rate(FAST), "red")]
+    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
+    assert [t["legendFormat"] for t in panel["targets"]] == ["5m", "30m", "1h", "6h"]
+    assert all(t["expr"].endswith(f" / {slo.error_budget}") for t in panel["targets"])
+
+
+@pytest.mark.parametrize("seconds", [3600.0, 1800.0])
+def test_lag_quantiles_draw_the_slo_threshold(seconds: float) -> None:
+    panel = _panel(_dashboard(Slo(threshold_seconds=seconds)), "Deletion lag p50 / p99")
+    assert _steps(panel) == [(None, "green"), (seconds, "red")]
+
+
+def test_shard_thresholds_match_the_alert_rules() -> None:
+    """The dashboard's copies of slo.py's literal thresholds appear in the alert expressions themselves."""
+    alerts = {
+        rule["alert"]: rule["expr"] for group in rule_groups() for rule in group["rules"] if "alert" in rule
+    }
+    assert alerts["ReconcilerShardStalled"].endswith(f" > {STALL_SECONDS}")
+    assert alerts["ReconcilerIteratorAgeHigh"].endswith(f" > {ITERATOR_AGE_TICKET_SECONDS}")
+    assert alerts["ReconcilerStreamRetentionAtRisk"].endswith(f" > {ITERATOR_AGE_PAGE_SECONDS}")
+    dashboard = _dashboard()
+    assert _steps(_panel(dashboard, "Seconds since last successful poll")) == [
+        (None, "green"),
+        (STALL_SECONDS, "red"),
+    ]
+    assert _steps(_panel(dashboard, "Iterator age per shard")) == [
+        (None, "green"),
+        (ITERATOR_AGE_TICKET_SECONDS, "orange"),
+        (ITERATOR_AGE_PAGE_SECONDS, "red"),
+    ]
+
+
+def test_variables_pick_the_datasource_and_the_job() -> None:
+    variables = {v["name"]: v for v in _dashboard(job="reconciler-staging")["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == ("datasource", "prometheus")
+    job = variables["job"]
+    assert (job["type"], job["datasource"]) == ("query", DATASOURCE)
+    assert job["query"] == "label_values(reconciler_build_info, job)"
+    assert job["current"]["value"] == "reconciler-staging"
+    assert job["includeAll"] is False
+    assert _dashboard()["templating"]["list"][1]["current"]["value"] == JOB
+
+
+def test_queries_returns_every_target_in_rows_or_not() -> None:
+    dashboard = _dashboard()
+    manual = [(p["title"], t["expr"]) for p in _panels(dashboard) for t in p["targets"]]
+    assert queries(dashboard) == manual
+    assert len(manual) == 22
+    collapsed: list[dict[str, Any]] = []  # as Grafana saves collapsed rows: the panels inside their row
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            collapsed.append({**panel, "collapsed": True, "panels": []})
+        else:
+            collapsed[-1]["panels"].append(panel)
+    assert queries({"panels": collapsed}) == manual
+
+
+def test_layout_is_tidy() -> None:
+    """Every panel fits the 24-column grid, none overlap, and ids are unique."""
+    items = _dashboard()["panels"]
+    cells: dict[tuple[int, int], str] = {}
+    for item in items:
+        grid = item["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, item["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{item['title']} overlaps {cells[x, y]}"
+                cells[x, y] = item["title"]
+    assert len({item["id"] for item in items}) == len(items)
+    rows = [item for item in items if item["type"] == "row"]
+    assert [row["title"] for row in rows] == [
+        "SLO: deletion lag",
+        "Deletion lag",
+        "Throughput",
+        "Failures and refusals",
+        "Shards and replicas",
+    ]
