@@ -1,10 +1,12 @@
-"""``reconciler``: run the worker, dry-run a plan, print the rules schema, or run the embedded demo."""
+"""``reconciler``: run the worker, dry-run a plan, print the rules schema or the IAM policy, create the
+worker's tables, or run the embedded demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,7 @@ from reconciler.core.dynamodb_json import decode_image
 from reconciler.core.plan import DeletionPlan, resolve
 from reconciler.errors import ConfigError, DecodeError
 from reconciler.rules import Rules, load_rules
+from reconciler.settings import Settings
 
 EXIT_USAGE = 2
 EXIT_UNSAFE = 3
@@ -46,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--table", help="the image's table (default: the first source)")
 
     commands.add_parser("schema", help="print the JSON Schema of the rules file")
+    _add_iam_policy(commands)
+    _add_init_tables(commands)
 
     demo = commands.add_parser(
         "demo", help="run the worker against an embedded speech-to-text layout on moto"
@@ -54,7 +59,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _table_default(field: str) -> str:
+    return str(Settings.model_fields[field].default)
+
+
+def _add_table_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    for flag, field in (
+        ("--checkpoint-table", "checkpoint_table"),
+        ("--dead-letter-table", "dead_letter_table"),
+    ):
+        default = _table_default(field)
+        parser.add_argument(
+            flag,
+            default=default if defaults else None,
+            help=f"default: {default}" + ("" if defaults else f" (or RECONCILER_{field.upper()})"),
+        )
+
+
+def _add_iam_policy(commands: Any) -> None:
+    iam = commands.add_parser("iam-policy", help="print the worker's least-privilege IAM policy (JSON)")
+    iam.add_argument("--config", type=Path, required=True, help="rules file")
+    iam.add_argument("--account-id", required=True, help="AWS account of the tables")
+    iam.add_argument("--region", required=True, help="AWS Region of the tables")
+    iam.add_argument("--partition", default="aws", help="ARN partition (default: aws)")
+    # Flags only, not RECONCILER_* variables: the same command prints the same policy anywhere.
+    _add_table_flags(iam, defaults=True)
+
+
+def _add_init_tables(commands: Any) -> None:
+    init = commands.add_parser("init-tables", help="create the worker's own tables if missing (local, tests)")
+    init.add_argument(
+        "--endpoint-url", help="AWS endpoint, e.g. moto or DynamoDB Local (RECONCILER_ENDPOINT_URL)"
+    )
+    init.add_argument("--region", help="AWS Region (RECONCILER_REGION or AWS_REGION)")
+    # Unset flags fall back to the RECONCILER_* variables, so the tables are the ones `run` will use.
+    _add_table_flags(init, defaults=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     args = _parser().parse_args(argv)
     try:
         match args.command:
@@ -65,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "schema":
                 print(json.dumps(Rules.model_json_schema(), indent=2))
                 return 0
+            case "iam-policy":
+                return _iam_policy(args)
+            case "init-tables":
+                return _init_tables(args)
             case "demo":
                 return _demo(args.transcripts)
     except (ConfigError, DecodeError) as exc:
@@ -76,14 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from reconciler.app import build_worker  # noqa: PLC0415 - keeps `plan` and `schema` free of aiobotocore
     from reconciler.observability.logs import configure_logging  # noqa: PLC0415
-    from reconciler.settings import Settings  # noqa: PLC0415
 
     flags = {"config": args.config, "http_host": args.http_host, "http_port": args.http_port}
     flags["create_tables"] = args.create_tables
-    try:
-        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
-        raise ConfigError(f"invalid settings:\n{exc}") from exc
+    settings = _settings({k: v for k, v in flags.items() if v is not None})
     configure_logging(json=settings.log_json, level=settings.log_level)
     rules = load_rules(settings.config)
 
@@ -94,6 +136,60 @@ def _run(args: argparse.Namespace) -> int:
 
     asyncio.run(serve())
     return 0
+
+
+def _iam_policy(args: argparse.Namespace) -> int:
+    from reconciler.iam import policy  # noqa: PLC0415 - only this command needs it
+
+    document = policy(
+        load_rules(args.config),
+        account_id=args.account_id,
+        region=args.region,
+        partition=args.partition,
+        checkpoint_table=args.checkpoint_table,
+        dead_letter_table=args.dead_letter_table,
+    )
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+def _init_tables(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - botocore stays lazy
+
+    from reconciler.adapters.aws import AwsClients, AwsSettings  # noqa: PLC0415
+    from reconciler.adapters.tables import create_worker_tables  # noqa: PLC0415
+
+    flags = {
+        "endpoint_url": args.endpoint_url,
+        "region": args.region,
+        "checkpoint_table": args.checkpoint_table,
+        "dead_letter_table": args.dead_letter_table,
+    }
+    # The same settings as `run` (flags, then RECONCILER_* and AWS_REGION); the rules file plays no part here.
+    settings = _settings({"config": Path(os.devnull)} | {k: v for k, v in flags.items() if v is not None})
+    aws = AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)
+
+    async def create() -> dict[str, bool]:
+        async with AwsClients(aws) as clients:
+            return await create_worker_tables(
+                clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table
+            )
+
+    try:
+        tables = asyncio.run(create())
+    except (BotoCoreError, ClientError) as exc:  # no credentials, no endpoint, access denied: say so, briefly
+        print(f"reconciler: cannot create the tables: {exc}", file=sys.stderr)
+        return 1
+    for name, created in tables.items():
+        print(f"{'created' if created else 'exists'}: {name}")
+    return 0
+
+
+def _settings(values: dict[str, Any]) -> Settings:
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings:\n{exc}") from exc
 
 
 def plan_to_json(plan: DeletionPlan) -> dict[str, Any]:

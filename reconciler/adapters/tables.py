@@ -1,10 +1,13 @@
-"""The worker's own tables, created on request (``--create-tables``) for local and test use.
+"""The worker's own tables: their key schemas as data, and creation on request for local and test use.
 
-Production creates them from infrastructure code; see the README.
+``WORKER_TABLES`` is the one description of these tables: ``create_worker_tables`` (``--create-tables``,
+``reconciler init-tables``) builds them from it, and a test checks that the CloudFormation template
+``deploy/aws/tables.cfn.yaml``, which production uses, declares the same keys.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -13,19 +16,41 @@ from reconciler.adapters.aws import error_code
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
-    from types_aiobotocore_dynamodb.type_defs import KeySchemaElementTypeDef
+    from types_aiobotocore_dynamodb.type_defs import (
+        AttributeDefinitionTypeDef,
+        KeySchemaElementTypeDef,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TableKeys:
+    """String key attributes of a table: partition[, sort]."""
+
+    attributes: tuple[str, ...]
+
+    def key_schema(self) -> list[KeySchemaElementTypeDef]:
+        schema: list[KeySchemaElementTypeDef] = [{"AttributeName": self.attributes[0], "KeyType": "HASH"}]
+        return schema + [{"AttributeName": name, "KeyType": "RANGE"} for name in self.attributes[1:]]
+
+    def attribute_definitions(self) -> list[AttributeDefinitionTypeDef]:
+        return [{"AttributeName": name, "AttributeType": "S"} for name in self.attributes]
+
+
+CHECKPOINTS = TableKeys(("stream_arn", "shard_id"))  # shard ids repeat across streams
+DEAD_LETTERS = TableKeys(("letter_id",))
+WORKER_TABLES = {"checkpoint_table": CHECKPOINTS, "dead_letter_table": DEAD_LETTERS}
+"""The worker's tables by the ``Settings`` field that names them."""
 
 
 async def create_table(client: DynamoDBClient, name: str, keys: tuple[str, ...]) -> bool:
     """Create an on-demand table with string keys (partition[, sort]); False if it already exists."""
-    schema: list[KeySchemaElementTypeDef] = [{"AttributeName": keys[0], "KeyType": "HASH"}]
-    schema += [{"AttributeName": k, "KeyType": "RANGE"} for k in keys[1:]]
+    table = TableKeys(keys)
     try:
         await client.create_table(
             TableName=name,
             BillingMode="PAY_PER_REQUEST",
-            KeySchema=schema,
-            AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k in keys],
+            KeySchema=table.key_schema(),
+            AttributeDefinitions=table.attribute_definitions(),
         )
     except ClientError as exc:
         if error_code(exc) == "ResourceInUseException":
@@ -35,6 +60,9 @@ async def create_table(client: DynamoDBClient, name: str, keys: tuple[str, ...])
     return True
 
 
-async def create_worker_tables(client: DynamoDBClient, checkpoints: str, dead_letters: str) -> None:
-    await create_table(client, checkpoints, ("stream_arn", "shard_id"))
-    await create_table(client, dead_letters, ("letter_id",))
+async def create_worker_tables(
+    client: DynamoDBClient, checkpoints: str, dead_letters: str
+) -> dict[str, bool]:
+    """Create the worker's tables that are missing; by table name, whether it was created now."""
+    names = {checkpoints: CHECKPOINTS, dead_letters: DEAD_LETTERS}
+    return {name: await create_table(client, name, keys.attributes) for name, keys in names.items()}

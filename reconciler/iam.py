@@ -1,0 +1,237 @@
+"""The worker's least-privilege IAM policy, derived from the rules file so that the two cannot drift apart.
+
+A pure function of the rules and the deployment's names; ``reconciler iam-policy`` prints it. It grants
+only the calls the adapters make (``reconciler/adapters/``), on only the resources the rules name and the
+worker can reach (the sources and the tables linked from them; a table that nothing links to is never read):
+
+- source tables: ``DescribeTable`` (the worker finds each stream's ARN there, ``streams.py``) and ``GetItem``
+  (has the expired item been re-created? ``processing.py``); their streams, ``table/NAME/stream/*`` (the label
+  changes when a stream is switched off and on): ``DescribeStream``, ``GetShardIterator``, ``GetRecords``.
+  The worker never calls ``ListStreams``, which would need ``Resource: "*"``, so it is not granted.
+- linked tables: ``Query`` on the table, or on ``table/NAME/index/INDEX`` when a link names an index;
+  ``GetItem`` where an index is queried (the item is read again, consistently); ``DeleteItem`` (conditional,
+  ``dynamodb.py``). Nothing else is deleted from DynamoDB: TTL itself removes the source items, and
+  ``BatchWriteItem`` is never called.
+- the checkpoint table: ``GetItem``, ``UpdateItem``; the dead-letter table: ``PutItem``.
+- S3: ``ListObjectVersions`` (IAM action ``s3:ListBucketVersions``) on each bucket, only for prefixes under a
+  scope (condition key ``s3:prefix``); ``DeleteObjects`` by ``VersionId``, which S3 authorizes per key as
+  ``s3:DeleteObject`` and ``s3:DeleteObjectVersion``, only under each scope's static prefix. ``ListObjectsV2``
+  is never called, so ``s3:ListBucket`` is not granted.
+
+Not granted on purpose: ``CreateTable`` (and the ``DescribeTable`` its waiter calls) on the worker's own
+tables. Production creates them from ``deploy/aws/tables.cfn.yaml``; ``run --create-tables`` and
+``init-tables`` are for local and test use with other credentials. Under this policy ``--create-tables``
+fails with AccessDenied even when the tables exist: IAM is checked before the table is looked up.
+KMS: with a customer managed key on the worker's tables, the key policy must allow the worker's role to use it
+through DynamoDB (``kms:ViaService``); that is not part of this policy.
+
+The static prefix of a scope is its text before the first ``{placeholder}``: a placeholder can render to
+anything, so IAM can only be told what comes before it. A scope that starts with a placeholder
+(``s3://bucket/{account_id}/...``) has an empty static prefix, and the only grant covering it is the whole
+bucket. This module refuses to write that (``ConfigError``) instead of granting it silently: give such scopes
+a fixed first segment (``s3://bucket/audio/{account_id}/...``), which also keeps the worker away from whatever
+else the bucket holds.
+
+Actions, resources and condition keys:
+https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazondynamodb.html
+https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazons3.html
+https://docs.aws.amazon.com/AmazonS3/latest/API/API_DeleteObjects.html (permissions)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.core.scope import Template
+from reconciler.errors import ConfigError
+from reconciler.rules import Rules
+
+Statement = dict[str, Any]
+
+_ACCOUNT = re.compile(r"\d{12}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+_PARTITION = re.compile(r"aws(-[a-z]+)*")
+_TABLE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+# IAM reads these as wildcards or policy variables in resources and StringLike values.
+_IAM_SPECIAL = frozenset("*?$")
+
+DELETE_ACTIONS = frozenset({"s3:DeleteObject", "s3:DeleteObjectVersion", "dynamodb:DeleteItem"})
+"""Every deletion action this policy can grant (the tests check where)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Arns:
+    partition: str
+    region: str
+    account_id: str
+
+    def table(self, name: str) -> str:
+        return f"arn:{self.partition}:dynamodb:{self.region}:{self.account_id}:table/{name}"
+
+    def stream(self, table: str) -> str:
+        return f"{self.table(table)}/stream/*"
+
+    def index(self, table: str, index: str) -> str:
+        return f"{self.table(table)}/index/{index}"
+
+    def bucket(self, name: str) -> str:
+        return f"arn:{self.partition}:s3:::{name}"
+
+
+def policy(
+    rules: Rules,
+    *,
+    account_id: str,
+    region: str,
+    partition: str,
+    checkpoint_table: str,
+    dead_letter_table: str,
+) -> dict[str, Any]:
+    """The IAM policy document for the worker; ConfigError if a name is malformed or a scope too wide."""
+    _check(_ACCOUNT, account_id, "account id")
+    _check(_REGION, region, "region")
+    _check(_PARTITION, partition, "partition")
+    for table in (checkpoint_table, dead_letter_table):
+        _check(_TABLE, table, "table name")
+    arns = _Arns(partition, region, account_id)
+    statements = [
+        *_source_statements(rules, arns),
+        *_linked_statements(rules, arns),
+        _statement(
+            "WorkerCheckpoints", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [arns.table(checkpoint_table)]
+        ),
+        _statement("WorkerDeadLetters", ["dynamodb:PutItem"], [arns.table(dead_letter_table)]),
+        *_s3_statements(rules, arns),
+    ]
+    return {"Version": "2012-10-17", "Statement": sorted(statements, key=lambda s: str(s["Sid"]))}
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> None:
+    if not pattern.fullmatch(value):
+        raise ConfigError(f"{value!r} is not a valid {what}")
+
+
+def _statement(
+    sid: str, actions: Iterable[str], resources: Iterable[str], condition: dict[str, Any] | None = None
+) -> Statement:
+    statement: Statement = {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": sorted(set(actions)),
+        "Resource": sorted(set(resources)),
+    }
+    if condition:
+        statement["Condition"] = condition
+    return statement
+
+
+def _source_statements(rules: Rules, arns: _Arns) -> list[Statement]:
+    return [
+        _statement(
+            "SourceStreamsRead",
+            ["dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"],
+            [arns.stream(t) for t in rules.sources],
+        ),
+        # DescribeTable finds the stream ARN; GetItem checks whether an expired item was re-created.
+        _statement(
+            "SourceTablesRead", ["dynamodb:DescribeTable", "dynamodb:GetItem"], map(arns.table, rules.sources)
+        ),
+    ]
+
+
+def reachable_tables(rules: Rules) -> list[str]:
+    """The sources and every table linked from them, directly or not: the only tables the worker reads."""
+    found = list(dict.fromkeys(rules.sources))
+    for name in found:  # grows while it is walked: links form no cycle, so this ends
+        found += [link.table for link in rules.tables[name].links if link.table not in found]
+    return found
+
+
+def _linked_statements(rules: Rules, arns: _Arns) -> list[Statement]:
+    links = [link for name in reachable_tables(rules) for link in rules.tables[name].links]
+    if not links:
+        return []
+    statements = [
+        _statement(
+            "LinkedItemsQuery",
+            ["dynamodb:Query"],
+            [arns.index(link.table, link.index) if link.index else arns.table(link.table) for link in links],
+        ),
+        _statement("LinkedItemsDelete", ["dynamodb:DeleteItem"], [arns.table(link.table) for link in links]),
+    ]
+    # Indexes are eventually consistent and may project only keys: what they find is read again.
+    reread = [arns.table(link.table) for link in links if link.index]
+    if reread:
+        statements.append(_statement("LinkedItemsReread", ["dynamodb:GetItem"], reread))
+    return statements
+
+
+def static_prefix(template: Template) -> str:
+    """The key text before the template's first placeholder: all that IAM can be told about its keys."""
+    prefix = ""
+    for literal, field in template.parts:
+        prefix += literal
+        if field is not None:
+            break
+    return prefix
+
+
+def scope_prefixes(rules: Rules) -> dict[str, list[str]]:
+    """Per bucket, the static prefixes of the scopes the worker can reach, leaving out those under another."""
+    found: dict[str, set[str]] = {}
+    for name in reachable_tables(rules):
+        for template in rules.tables[name].scope_templates():
+            found.setdefault(template.bucket, set()).add(_checked_prefix(template))
+    return {
+        bucket: sorted(p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes))
+        for bucket, prefixes in sorted(found.items())
+    }
+
+
+def _checked_prefix(template: Template) -> str:
+    prefix = static_prefix(template)
+    if not prefix:
+        raise ConfigError(
+            f"scope {template.source!r} starts with a {{placeholder}}: IAM could only allow deleting anywhere"
+            f" in bucket {template.bucket!r}. Give it a fixed first segment, like"
+            f" s3://{template.bucket}/some-prefix/{{...}}/, to derive a policy"
+        )
+    if _IAM_SPECIAL & set(prefix):
+        raise ConfigError(f"scope {template.source!r}: '*', '?' and '$' would be IAM wildcards or variables")
+    return prefix
+
+
+def _s3_statements(rules: Rules, arns: _Arns) -> list[Statement]:
+    prefixes = scope_prefixes(rules)
+    sids = _bucket_sids(prefixes)
+    statements = [
+        # ListObjectVersions is authorized as s3:ListBucketVersions; s3:prefix is the request's Prefix.
+        _statement(
+            f"S3ListVersions{sids[bucket]}",
+            ["s3:ListBucketVersions"],
+            [arns.bucket(bucket)],
+            {"StringLike": {"s3:prefix": [f"{p}*" for p in bucket_prefixes]}},
+        )
+        for bucket, bucket_prefixes in prefixes.items()
+    ]
+    objects = [f"{arns.bucket(bucket)}/{p}*" for bucket, ps in prefixes.items() for p in ps]
+    statements.append(
+        _statement("S3DeleteScopedVersions", ["s3:DeleteObject", "s3:DeleteObjectVersion"], objects)
+    )
+    return statements
+
+
+def _bucket_sids(buckets: Iterable[str]) -> dict[str, str]:
+    """A Sid suffix per bucket (Sids are alphanumeric): CamelCase, with a digest if two would be alike."""
+    camel = {b: "".join(part.capitalize() for part in re.split(r"[.-]", b)) for b in buckets}
+    counts: dict[str, int] = {}
+    for sid in camel.values():
+        counts[sid] = counts.get(sid, 0) + 1
+    return {
+        b: sid if counts[sid] == 1 else sid + hashlib.sha256(b.encode()).hexdigest()[:8]
+        for b, sid in camel.items()
+    }
