@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,7 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     return EXIT_USAGE  # pragma: no cover - argparse requires a command
 
 
+def _exit_before_start(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _run(args: argparse.Namespace) -> int:
+    # As PID 1 in a container, a signal without a handler is ignored: until the worker installs its
+    # two-phase handlers, SIGTERM ends the process at once (nothing has been claimed yet).
+    signal.signal(signal.SIGTERM, _exit_before_start)
     from reconciler.app import build_worker  # noqa: PLC0415 - keeps `plan` and `schema` free of aiobotocore
     from reconciler.observability.logs import configure_logging  # noqa: PLC0415
 

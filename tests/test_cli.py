@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import DEMO_RULES
@@ -62,3 +66,26 @@ def test_run_without_a_config_is_a_usage_error(
     monkeypatch.delenv("RECONCILER_CONFIG", raising=False)
     assert main(["run"]) == EXIT_USAGE
     assert "config" in capsys.readouterr().err
+
+
+def test_sigterm_ends_run_even_before_the_worker_installs_its_handlers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As PID 1 a signal without a handler is ignored; run handles SIGTERM from its first line."""
+    seen: list[object] = []
+
+    def fake_asyncio_run(coroutine: Coroutine[Any, Any, None]) -> None:
+        coroutine.close()  # the worker never starts: only the handler in place at that moment matters
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    monkeypatch.setattr(asyncio, "run", fake_asyncio_run)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["run", "--config", str(DEMO_RULES)]) == 0
+        (handler,) = seen
+        assert callable(handler)
+        with pytest.raises(SystemExit) as exited:
+            handler(signal.SIGTERM, None)
+        assert exited.value.code == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
