@@ -27,16 +27,14 @@ def test_the_check_notices_a_hand_edited_file(tmp_path: Path) -> None:
     assert stale(files, tmp_path) == [RULES]
 
 
+def _generate(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the script as a user would, from outside the repository's import path."""
+    command = [sys.executable, str(ROOT / "scripts" / "generate.py"), *args, "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)  # noqa: S603
+
+
 def test_a_custom_slo_changes_the_rules_and_the_dashboard_together(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        str(ROOT / "scripts" / "generate.py"),
-        "--objective",
-        "0.995",
-        "--out",
-        str(tmp_path),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)  # noqa: S603
+    result = _generate(tmp_path, "--objective", "0.995")
     assert result.returncode == 0, result.stderr
     assert "> 0.072" in (tmp_path / RULES).read_text()  # 14.4 x 0.005
     assert (tmp_path / PROMETHEUS_RULE).read_text() != (ROOT / PROMETHEUS_RULE).read_text()
@@ -44,14 +42,6 @@ def test_a_custom_slo_changes_the_rules_and_the_dashboard_together(tmp_path: Pat
 
 
 def test_the_script_refuses_an_slo_no_series_can_measure(tmp_path: Path) -> None:
-    command = [
-        sys.executable,
-        str(ROOT / "scripts" / "generate.py"),
-        "--threshold",
-        "3000",
-        "--out",
-        str(tmp_path),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)  # noqa: S603
+    result = _generate(tmp_path, "--threshold", "3000")
     assert result.returncode == 2
     assert "not a lag bucket bound" in result.stderr
