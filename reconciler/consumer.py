@@ -59,6 +59,8 @@ class ShardConsumer:
         """Consume until the shard ends or ``stop()``; errors back off and resume from the checkpoint."""
         structlog.contextvars.bind_contextvars(table=self.origin.table, shard=self.shard.shard_id)
         self._metrics.shards.labels(self.origin.table).inc()
+        # A shard whose first poll never succeeds must still age: its poll age counts from the start.
+        self._metrics.last_poll.labels(self.origin.table, self.shard.shard_id).set(self._clock().timestamp())
         try:
             while not self._stop.is_set() and not self.finished:
                 try:

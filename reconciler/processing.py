@@ -56,6 +56,9 @@ class RecordProcessor:
     async def process(self, origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
         outcome = await self._process(origin, record)
         self._metrics.outcomes.labels(origin.table, _outcome_label(outcome)).inc()
+        if isinstance(outcome, DeadLettered) and outcome.cause is not None:
+            # A deletion given up before every artifact was gone: the SLO counts it as late, not as absent.
+            self._metrics.unfinished.labels(outcome.cause.value).inc()
         return outcome
 
     async def _process(self, origin: Origin, record: StreamRecord | Undecodable) -> Outcome:

@@ -11,6 +11,7 @@ from conftest import World, fast_settings
 from reconciler.consumer import ShardConsumer
 from reconciler.core.outcomes import Outcome
 from reconciler.core.records import StreamRecord, Undecodable
+from reconciler.errors import TransientError
 from reconciler.ports import SHARD_END, Shard
 from reconciler.processing import Origin
 from reconciler.settings import Settings
@@ -200,3 +201,24 @@ async def test_a_trimmed_gap_is_dead_lettered_and_reading_resumes_at_the_trim_ho
     (letter,) = world.dead_letters.letters.values()
     assert (letter.kind, letter.sequence_number) == ("trimmed", f"{1:021d}")
     assert world.held_by("acct-1", "tr-7") == 0
+
+
+async def test_a_shard_whose_first_poll_never_succeeds_still_ages(world: World) -> None:
+    """Its poll age counts from the consumer's start, so the stall alert sees it."""
+
+    class Unreachable(FakeStreamSource):
+        async def iterator(self, shard: Shard, after: str | None) -> str:
+            raise TransientError("GetShardIterator: throttled")
+
+    source, checkpoints = Unreachable(), FakeCheckpointStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    consumer = _consumer(world, source, shard, checkpoints)
+    started = world.clock.now.timestamp()
+    task = asyncio.create_task(consumer.run())
+    await eventually(
+        lambda: world.sample("reconciler_failures_total", stage="poll", error="TransientError") >= 1
+    )
+    labels = {"table": "transcripts", "shard": "shardId-1"}
+    assert world.sample("reconciler_last_successful_poll_timestamp_seconds", **labels) == started
+    consumer.stop()
+    await task

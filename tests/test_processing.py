@@ -87,6 +87,9 @@ async def test_an_out_of_scope_uri_is_never_executed_but_counted_and_dead_letter
 
     assert isinstance(outcome, Deleted)
     assert [u.target for u in outcome.unsafe] == ["s3://stt-uploads/acct-2/victim/audio.wav"]
+    # Its own artifacts all went: a finished deletion, not an unfinished one.
+    assert world.sample("reconciler_deletions_unfinished_total", cause=outcome.cause.value) == 0
+    assert world.sample("reconciler_deletion_lag_seconds_count", cause=outcome.cause.value) == 1
     assert "acct-2/victim/audio.wav" in world.artifacts.keys("stt-uploads")
     assert world.sample("reconciler_unsafe_targets_total", table="transcripts", reason="out_of_scope") == 1
     (letter,) = world.dead_letters.letters.values()
@@ -122,6 +125,10 @@ async def test_object_lock_refusals_are_final_and_dead_lettered(world: World) ->
     assert "AccessDenied" in outcome.reason
     assert world.artifacts.keys("stt-transcripts") == set()  # everything else still went
     assert world.sample("reconciler_artifacts_total", kind="object_version", outcome="refused") == 2
+    # Given up before every artifact was gone: late for the SLO, and never observed as a finished lag.
+    assert outcome.cause is not None
+    assert world.sample("reconciler_deletions_unfinished_total", cause=outcome.cause.value) == 1
+    assert world.sample("reconciler_deletion_lag_seconds_count", cause=outcome.cause.value) == 0
 
 
 async def test_a_retriable_failure_leaves_the_record_pending_with_its_pointer(world: World) -> None:

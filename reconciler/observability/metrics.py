@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from reconciler import __version__
+from reconciler.core.classify import Cause
 from reconciler.core.plan import UnsafeReason
 from reconciler.ports import LetterKind
 from reconciler.rules import Rules
@@ -37,6 +38,12 @@ ARTIFACT_OUTCOMES = (
     ("object", "absent"),
 )
 RECORD_OUTCOMES = ("deleted", "ignored", "dead_lettered", "retry")
+RECORD_EVENTS = (
+    ("INSERT", "none"),
+    ("MODIFY", "none"),
+    *(("REMOVE", cause.value) for cause in Cause),
+    ("undecodable", "none"),
+)
 
 
 class Metrics:
@@ -84,6 +91,12 @@ class Metrics:
             "reconciler_failures_total",
             "Failed attempts to finish a record or poll a shard, by stage and error type.",
             ["stage", "error"],
+            registry=registry,
+        )
+        self.unfinished = Counter(
+            "reconciler_deletions_unfinished_total",
+            "Deletions dead-lettered before every artifact was gone; the SLO counts them as late.",
+            ["cause"],
             registry=registry,
         )
         self.deletion_lag = Histogram(
@@ -137,6 +150,14 @@ class Metrics:
             self.shards.labels(table)
             for outcome in RECORD_OUTCOMES:
                 self.outcomes.labels(table, outcome)
+            for event, cause in RECORD_EVENTS:
+                self.records.labels(table, event, cause)
+        for cause in Cause:
+            self.unfinished.labels(cause.value)
+            self.deletion_lag.labels(cause.value)
+            self.pipeline_lag.labels(cause.value)
+            if cause is not Cause.REQUESTED:  # a customer request has no TTL to be late for
+                self.ttl_service_lag.labels(cause.value)
         for table in rules.tables:
             for reason in UnsafeReason:
                 self.unsafe.labels(table, reason.value)
