@@ -102,9 +102,13 @@ def test_burn_rates_and_thresholds_follow_the_sre_workbook_for_thirty_days() -> 
         ({"objective": 1.0}, "between 0 and 1"),
         ({"threshold_seconds": 3000.0}, "not a lag bucket bound"),
         ({"period_days": 0}, "at least 1"),
+        ({"objective": 0.9}, "could never fire"),  # 14.4 x 10% exceeds any error ratio
+        ({"period_days": 1}, "would page within budget"),  # 2% of one day's budget in 1 h is 0.48x
     ],
 )
-def test_an_slo_that_no_series_can_measure_is_refused(kwargs: dict[str, float], message: str) -> None:
+def test_an_slo_that_no_series_can_measure_or_no_alert_can_serve_is_refused(
+    kwargs: dict[str, float], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         Slo(**kwargs)  # type: ignore[arg-type]
 

@@ -26,8 +26,14 @@ DAY = 86400
 
 Rule = dict[str, Any]
 
-# Alert thresholds the dashboard draws as lines too.
+# Alert thresholds; the dashboard draws the shard ones as lines too.
 STALL_SECONDS = 10 * MINUTE  # no successful poll for this long: ReconcilerShardStalled
+DOWN_SECONDS = 5 * MINUTE  # ReconcilerTargetDown
+MISSING_SECONDS = 10 * MINUTE  # ReconcilerTargetMissing
+RESTART_WINDOW_SECONDS = 30 * MINUTE  # ReconcilerRestarting: more than RESTARTS restarts in this window
+RESTARTS = 2
+FAILING_SECONDS = 15 * MINUTE  # ReconcilerShardFailing: stream reads failing in every window this long
+FAILURE_RATIO = 0.05  # ReconcilerDeletionFailures
 ITERATOR_AGE_TICKET_SECONDS = 30 * MINUTE  # ReconcilerIteratorAgeHigh
 ITERATOR_AGE_PAGE_SECONDS = 12 * HOUR  # half of 24 h stream retention: ReconcilerStreamRetentionAtRisk
 
@@ -60,6 +66,15 @@ class Slo:
             raise ValueError(f"threshold {self.threshold_seconds}s is not a lag bucket bound: {LAG_BUCKETS}")
         if self.period_days < 1:
             raise ValueError("period_days must be at least 1")
+        for window in BURN_WINDOWS:
+            # An error ratio never exceeds 1, and a burn of 1x or less is within budget: either way the
+            # alert would be useless (never fires, or pages on a healthy service).
+            rate = self.burn_rate(window)
+            name = f"the {window.name.lower()} burn alert ({rate}x)"
+            if rate * self.error_budget >= 1:
+                raise ValueError(f"objective {self.objective}: {name} could never fire; raise the objective")
+            if rate <= 1:
+                raise ValueError(f"period {self.period_days} days: {name} would page within budget")
 
     @property
     def le(self) -> str:
@@ -126,7 +141,11 @@ def _recording(slo: Slo, job: str, scale: float) -> list[Rule]:
         window = duration(seconds * scale)
         bucket = f'reconciler_deletion_lag_seconds_bucket{{{selector},le="{slo.le}"}}'
         good = f"sum by (job) (rate({bucket}[{window}]))"
-        total = f"sum by (job) (rate(reconciler_deletion_lag_seconds_count{{{selector}}}[{window}]))"
+        done = f"sum by (job) (rate(reconciler_deletion_lag_seconds_count{{{selector}}}[{window}]))"
+        # Deletions given up (dead-lettered) never reach the histogram: they count as late. `or` keeps the
+        # sum defined for a worker that exports no such series.
+        given_up = f"sum by (job) (rate(reconciler_deletions_unfinished_total{{{selector}}}[{window}]))"
+        total = f"({done} + ({given_up} or {done} * 0))"
         rules.append({"record": f"{ERRORS}{nominal(seconds)}", "expr": f"1 - ({good} / {total})"})
     period = nominal(slo.period_days * DAY)
     rules.append(
@@ -160,42 +179,75 @@ def _burn_alert(slo: Slo, job: str, window: BurnWindow, scale: float) -> Rule:
 
 def _worker_alerts(job: str, scale: float) -> list[Rule]:
     on = f'job="{job}"'
+    return [*_availability_alerts(job, on, scale), *_shard_alerts(on, scale), *_deletion_alerts(on, scale)]
+
+
+def _availability_alerts(job: str, on: str, scale: float) -> list[Rule]:
     return [
         _alert(
             "ReconcilerTargetDown",
             f"up{{{on}}} == 0",
-            hold=5 * MINUTE * scale,
+            hold=DOWN_SECONDS * scale,
             severity="page",
             summary="Prometheus cannot scrape a reconciler replica",
-            description="{{ $labels.instance }} has failed every scrape for 5 minutes: it is down, stuck, or"
-            " its /metrics port is unreachable. Nothing it owns is being deleted.",
+            description=f"{{{{ $labels.instance }}}} has failed every scrape for {_words(DOWN_SECONDS)}:"
+            " it is down, stuck, or its /metrics port is unreachable. Nothing it owns is being deleted.",
         ),
         _alert(
             "ReconcilerTargetMissing",
             f"absent(up{{{on}}})",
-            hold=10 * MINUTE * scale,
+            hold=MISSING_SECONDS * scale,
             severity="page",
             summary="No reconciler target is known to Prometheus",
-            description=f"No target of job {job} has existed for 10 minutes: the Deployment is gone or scaled"
-            " to zero, or service discovery (ServiceMonitor, labels) no longer finds it.",
+            description=f"No target of job {job} has existed for {_words(MISSING_SECONDS)}: the Deployment is"
+            " gone or scaled to zero, or service discovery (ServiceMonitor, labels) no longer finds it.",
         ),
+        _alert(
+            "ReconcilerRestarting",
+            f"changes(process_start_time_seconds{{{on}}}[{duration(RESTART_WINDOW_SECONDS * scale)}])"
+            f" > {RESTARTS}",
+            hold=0,
+            severity="page",
+            summary="Reconciler replica {{ $labels.instance }} keeps restarting",
+            description=f"{{{{ $value }}}} restarts in {_words(RESTART_WINDOW_SECONDS)}. A failing liveness"
+            " probe (a consumer silent for RECONCILER_LIVENESS_SECONDS) or a crash restarts the process,"
+            " which also resets the stall alert's clock: this alert sees the loop instead.",
+        ),
+    ]
+
+
+def _shard_alerts(on: str, scale: float) -> list[Rule]:
+    return [
         _alert(
             "ReconcilerShardStalled",
             f"max by (job, table, shard) (reconciler_last_successful_poll_age_seconds{{{on}}})"
             f" > {STALL_SECONDS}",
             hold=2 * MINUTE * scale,
             severity="page",
-            summary="No successful poll of shard {{ $labels.shard }} of {{ $labels.table }} for 10 minutes",
+            summary=f"No successful poll of shard {{{{ $labels.shard }}}} of {{{{ $labels.table }}}} for"
+            f" {_words(STALL_SECONDS)}",
             description="The consumer of this shard has not completed a GetRecords call for"
-            " {{ $value | humanizeDuration }}. A stalled consumer observes no lag at all, so the SLO alerts"
-            " stay silent while records wait.",
+            " {{ $value | humanizeDuration }} (counted from its start if it never has). A stalled consumer"
+            " observes no lag at all, so the SLO alerts stay silent while records wait.",
+        ),
+        _alert(
+            "ReconcilerShardFailing",
+            f'sum by (job, stage) (increase(reconciler_failures_total{{{on},stage=~"discover|poll|decode"}}'
+            f"[{duration(10 * MINUTE * scale)}])) > 0",
+            hold=FAILING_SECONDS * scale,
+            severity="page",
+            summary="Reading the stream keeps failing at stage {{ $labels.stage }}",
+            description=f"For {_words(FAILING_SECONDS)}, finding streams, reading a shard or decoding its"
+            " records has failed in every 10-minute window. A shard stuck on a record it cannot place, or"
+            " on an iterator or checkpoint it cannot get, polls again and again without progress.",
         ),
         _alert(
             "ReconcilerIteratorAgeHigh",
             f"{_iterator_age(on)} > {ITERATOR_AGE_TICKET_SECONDS}",
             hold=15 * MINUTE * scale,
             severity="ticket",
-            summary="Shard {{ $labels.shard }} of {{ $labels.table }} is reading records over 30 minutes old",
+            summary=f"Shard {{{{ $labels.shard }}}} of {{{{ $labels.table }}}} is reading records over"
+            f" {_words(ITERATOR_AGE_TICKET_SECONDS)} old",
             description="The newest record read was {{ $value | humanizeDuration }} old: the worker is"
             " behind the stream, and deletions are late by at least that much.",
         ),
@@ -204,16 +256,22 @@ def _worker_alerts(job: str, scale: float) -> list[Rule]:
             f"{_iterator_age(on)} > {ITERATOR_AGE_PAGE_SECONDS}",
             hold=5 * MINUTE * scale,
             severity="page",
-            summary="Shard {{ $labels.shard }} of {{ $labels.table }} is over 12 hours behind",
+            summary=f"Shard {{{{ $labels.shard }}}} of {{{{ $labels.table }}}} is over"
+            f" {_words(ITERATOR_AGE_PAGE_SECONDS)} behind",
             description="Stream records are trimmed after 24 hours. Records {{ $value | humanizeDuration }}"
             " old are being read; unread ones will be lost and their artifacts left for the sweeper.",
         ),
+    ]
+
+
+def _deletion_alerts(on: str, scale: float) -> list[Rule]:
+    return [
         _alert(
             "ReconcilerDeletionFailures",
-            _failure_ratio(on, duration(10 * MINUTE * scale)) + " > 0.05",
+            _failure_ratio(on, duration(10 * MINUTE * scale)) + f" > {FAILURE_RATIO}",
             hold=10 * MINUTE * scale,
             severity="page",
-            summary="Over 5% of deletions are failing on {{ $labels.table }}",
+            summary=f"Over {FAILURE_RATIO:.0%} of deletions are failing on {{{{ $labels.table }}}}",
             description="{{ $value | humanizePercentage }} of deletion attempts in the last 10 minutes were"
             " retried or dead-lettered. Retried records hold their shard's checkpoint: nothing behind them"
             " is deleted until they succeed.",
@@ -239,6 +297,15 @@ def _worker_alerts(job: str, scale: float) -> list[Rule]:
             " worker could not finish and recorded for an operator.",
         ),
     ]
+
+
+def _words(seconds: int) -> str:
+    """``600`` as "10 minutes", ``43200`` as "12 hours": alert text that follows the thresholds."""
+    for unit, size in (("day", DAY), ("hour", HOUR), ("minute", MINUTE)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} seconds"
 
 
 def _iterator_age(on: str) -> str:
