@@ -266,17 +266,18 @@ def _slo_panels(slo: Slo) -> Panels:
 
 
 def _lag_heatmap(slo: Slo) -> heatmap.Panel:
-    buckets = f"sum by (le) (increase({_selector(LAG + '_bucket')}[{RATE}]))"
+    # rate, not increase: at a step shorter than the window, increases overlap and the cells overcount.
+    buckets = f"sum by (le) (rate({_selector(LAG + '_bucket')}[{RATE}]))"
     return (
         heatmap.Panel()
         .title("Deletion lag distribution")
         .description(
-            "How many deletions finished in each lag bucket, from expiry (or request) to the last artifact"
+            "Deletions per second finishing in each lag bucket, from expiry (or request) to the last artifact"
             f" gone: good is everything in the buckets below {duration(slo.threshold_seconds)}."
         )
         .datasource(_datasource())
         .targets([_target(buckets, "{{le}}").format(PromQueryFormat.HEATMAP)])
-        .unit("short")
+        .unit("ops")
         .span(8)
         .height(8)
         .calculate(False)  # noqa: FBT003 - Prometheus has bucketed the data already
