@@ -4,7 +4,7 @@ declares the same keys, on demand and encrypted with KMS, and ``reconciler init-
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,12 @@ import yaml
 from aiobotocore.session import get_session
 from cfnlint.api import lint_file  # type: ignore[import-untyped]
 
-from reconciler.adapters.aws import AwsClients, AwsSettings
-from reconciler.adapters.tables import WORKER_TABLES
+from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.dynamodb import FINISHED_SHARD_RETENTION, DynamoDBCheckpointStore
+from reconciler.adapters.tables import CHECKPOINTS, WORKER_TABLES, create_worker_tables
 from reconciler.cli import main
-from reconciler.demo.moto_server import CREDENTIALS, REGION, moto_server, reset
+from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
+from reconciler.ports import SHARD_END
 from reconciler.settings import Settings
 
 TEMPLATE = Path(__file__).parent.parent / "deploy" / "aws" / "tables.cfn.yaml"
@@ -67,8 +69,12 @@ def test_tables_are_on_demand_kms_encrypted_recoverable_and_kept(
     key = {"Fn::If": ["HasCustomerKey", {"Ref": "KmsKeyId"}, {"Ref": "AWS::NoValue"}]}
     assert properties["SSESpecification"]["KMSMasterKeyId"] == key
     assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
-    # No item the worker writes has an expiry attribute; a dead letter in particular must not expire.
-    assert "TimeToLiveSpecification" not in properties
+    # TTL exactly where the worker writes an expiry: finished shards' checkpoints; never dead letters.
+    ttl = WORKER_TABLES[field].ttl_attribute
+    if ttl is None:
+        assert "TimeToLiveSpecification" not in properties
+    else:
+        assert properties["TimeToLiveSpecification"] == {"AttributeName": ttl, "Enabled": True}
     resource = template["Resources"][IN_TEMPLATE[field][0]]
     assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
 
@@ -92,12 +98,6 @@ def test_the_template_passes_cfn_lint() -> None:
 
 
 # --- against moto's server -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture
@@ -186,3 +186,28 @@ def test_the_template_deploys_the_tables_init_tables_would_create(aws_env: str) 
     names = {"checkpoint_table": "cfn-checkpoints", "dead_letter_table": "cfn-letters"}
     asyncio.run(_deploy(aws_env, {IN_TEMPLATE[f][1]: n for f, n in names.items()}))
     assert asyncio.run(_key_schemas(aws_env, list(names.values()))) == _expected(names)
+
+
+@pytest.mark.integration
+async def test_only_a_finished_shards_checkpoint_expires(aws_env: str) -> None:
+    """TTL is on for checkpoints; live positions carry no expiry, SHARD_END rows expire a week on."""
+    aws = AwsSettings(region=REGION, endpoint_url=aws_env, credentials=CREDENTIALS)
+    async with AwsClients(aws) as clients:
+        await create_worker_tables(clients.dynamodb, "checkpoints", "dead-letters")
+        store = DynamoDBCheckpointStore(
+            clients.dynamodb, Caller(RetryPolicy(attempts=2)), "checkpoints", "w1"
+        )
+        await store.put("arn:stream", "shardId-live", "100")
+        await store.put("arn:stream", "shardId-done", "200")
+        await store.put("arn:stream", "shardId-done", SHARD_END)
+        rows = {
+            i["shard_id"]["S"]: i for i in (await clients.dynamodb.scan(TableName="checkpoints"))["Items"]
+        }
+        ttl = (await clients.dynamodb.describe_time_to_live(TableName="checkpoints"))["TimeToLiveDescription"]
+        letters = await clients.dynamodb.describe_time_to_live(TableName="dead-letters")
+    assert ttl["TimeToLiveStatus"] == "ENABLED"
+    assert ttl["AttributeName"] == CHECKPOINTS.ttl_attribute
+    assert letters["TimeToLiveDescription"]["TimeToLiveStatus"] == "DISABLED"
+    assert "expires_at" not in rows["shardId-live"]
+    expires = int(rows["shardId-done"]["expires_at"]["N"])
+    assert abs(expires - (time.time() + FINISHED_SHARD_RETENTION.total_seconds())) < 60

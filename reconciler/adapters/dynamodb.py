@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from reconciler.adapters.aws import Caller, error_code
+from reconciler.adapters.tables import CHECKPOINTS
 from reconciler.core.dynamodb_json import Image, decode_image, encode_key, encode_value
 from reconciler.core.plan import LinkQuery
 from reconciler.errors import PermanentError
-from reconciler.ports import DeadLetter
+from reconciler.ports import SHARD_END, DeadLetter
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
 
+FINISHED_SHARD_RETENTION = dt.timedelta(days=7)
 _SEQUENCE_WIDTH = 40  # sequence numbers have 21-40 digits; zero-padded they compare as text
 
 
@@ -115,18 +117,26 @@ class DynamoDBCheckpointStore:
 
     async def put(self, stream_arn: str, shard_id: str, position: str) -> None:
         ordered = "~" if not position.isdigit() else _padded(position)  # SHARD_END sorts after every number
+        now = dt.datetime.now(dt.UTC)
+        update = "SET checkpoint = :c, checkpoint_order = :o, updated_at = :t, updated_by = :w"
+        values: dict[str, Any] = {
+            ":c": {"S": position},
+            ":o": {"S": ordered},
+            ":t": {"S": now.isoformat()},
+            ":w": {"S": self._owner},
+        }
+        if position == SHARD_END:
+            # A closed shard is listed by DescribeStream only until its records age out (24 h); its row is
+            # not read after that, so DynamoDB's TTL removes it a week on instead of the table growing.
+            update += f", {CHECKPOINTS.ttl_attribute} = :x"
+            values[":x"] = {"N": str(int((now + FINISHED_SHARD_RETENTION).timestamp()))}
         await self._call(
             self._update,
             TableName=self._table,
             Key={"stream_arn": {"S": stream_arn}, "shard_id": {"S": shard_id}},
-            UpdateExpression="SET checkpoint = :c, checkpoint_order = :o, updated_at = :t, updated_by = :w",
+            UpdateExpression=update,
             ConditionExpression="attribute_not_exists(checkpoint_order) OR checkpoint_order <= :o",
-            ExpressionAttributeValues={
-                ":c": {"S": position},
-                ":o": {"S": ordered},
-                ":t": {"S": dt.datetime.now(dt.UTC).isoformat()},
-                ":w": {"S": self._owner},
-            },
+            ExpressionAttributeValues=values,
         )
 
     async def _update(self, **kwargs: Any) -> None:

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class TableKeys:
-    """String key attributes of a table: partition[, sort]."""
+    """String key attributes of a table: partition[, sort]; and its TTL attribute, if its items expire."""
 
     attributes: tuple[str, ...]
+    ttl_attribute: str | None = None
 
     def key_schema(self) -> list[KeySchemaElementTypeDef]:
         schema: list[KeySchemaElementTypeDef] = [{"AttributeName": self.attributes[0], "KeyType": "HASH"}]
@@ -36,15 +37,18 @@ class TableKeys:
         return [{"AttributeName": name, "AttributeType": "S"} for name in self.attributes]
 
 
-CHECKPOINTS = TableKeys(("stream_arn", "shard_id"))  # shard ids repeat across streams
+# Shard ids repeat across streams. A finished shard's row (SHARD_END) expires: see CheckpointStore.put.
+CHECKPOINTS = TableKeys(("stream_arn", "shard_id"), ttl_attribute="expires_at")
 DEAD_LETTERS = TableKeys(("letter_id",))
 WORKER_TABLES = {"checkpoint_table": CHECKPOINTS, "dead_letter_table": DEAD_LETTERS}
 """The worker's tables by the ``Settings`` field that names them."""
 
 
-async def create_table(client: DynamoDBClient, name: str, keys: tuple[str, ...]) -> bool:
+async def create_table(
+    client: DynamoDBClient, name: str, keys: tuple[str, ...], ttl_attribute: str | None = None
+) -> bool:
     """Create an on-demand table with string keys (partition[, sort]); False if it already exists."""
-    table = TableKeys(keys)
+    table = TableKeys(keys, ttl_attribute)
     try:
         await client.create_table(
             TableName=name,
@@ -57,6 +61,10 @@ async def create_table(client: DynamoDBClient, name: str, keys: tuple[str, ...])
             return False
         raise
     await client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    if ttl_attribute is not None:
+        await client.update_time_to_live(
+            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute}
+        )
     return True
 
 
@@ -65,4 +73,7 @@ async def create_worker_tables(
 ) -> dict[str, bool]:
     """Create the worker's tables that are missing; by table name, whether it was created now."""
     names = {checkpoints: CHECKPOINTS, dead_letters: DEAD_LETTERS}
-    return {name: await create_table(client, name, keys.attributes) for name, keys in names.items()}
+    return {
+        name: await create_table(client, name, keys.attributes, keys.ttl_attribute)
+        for name, keys in names.items()
+    }
