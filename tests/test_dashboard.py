@@ -221,7 +221,7 @@ def test_queries_returns_every_target_in_rows_or_not() -> None:
     dashboard = _dashboard()
     manual = [(p["title"], t["expr"]) for p in _panels(dashboard) for t in p["targets"]]
     assert queries(dashboard) == manual
-    assert len(manual) == 22
+    assert {title for title, _ in manual} == {p["title"] for p in _panels(dashboard)}  # every panel queries
     collapsed: list[dict[str, Any]] = []  # as Grafana saves collapsed rows: the panels inside their row
     for panel in dashboard["panels"]:
         if panel["type"] == "row":
