@@ -216,7 +216,7 @@ class RecordProcessor:
             created_at=self._clock(),
             cause=cause.value if cause else None,
             item_table=origin.table,
-            item_key=dict(record.keys) if isinstance(record, StreamRecord) else {},
+            item_key=dict(record.keys),
             targets=targets,
         )
         try:

@@ -58,6 +58,52 @@ def test_bad_values_raise_decode_error(value: object) -> None:
         decode_value(value)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1" + "0" * 39,  # 1E+39 as the service writes it: 40 characters, one significant digit
+        "9" * 38 + "0" * 88,  # the largest magnitude, written out in full
+        "-9.9999999999999999999999999999999999999E+125",
+        "1E-130",  # the smallest magnitude
+        "0." + "0" * 129 + "1",  # the same, written out in full
+        "-0." + "0" * 129 + "1" * 38,
+        "0",
+        "1.500",  # trailing zeros are not significant digits
+    ],
+)
+def test_every_number_dynamodb_can_store_decodes_exactly(text: str) -> None:
+    assert decode_value({"N": text}) == decimal.Decimal(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("1" * 39, "more than 38 significant digits"),
+        ("1.00000000000000000000000000000000000001", "more than 38 significant digits"),
+        ("1E+126", "outside DynamoDB's range"),
+        ("1" + "0" * 126, "outside DynamoDB's range"),
+        ("1E-131", "outside DynamoDB's range"),
+        ("Infinity", "not a finite number"),
+        ("sNaN", "not a finite number"),
+        ("1" * 300, "longer than any DynamoDB number"),
+    ],
+)
+def test_numbers_dynamodb_cannot_store_are_refused(text: str, why: str) -> None:
+    with pytest.raises(DecodeError, match=why):
+        decode_value({"N": text})
+
+
+def test_values_nested_deeper_than_dynamodb_allows_are_refused_without_recursing_away() -> None:
+    value: dict[str, object] = {"S": "leaf"}
+    for _ in range(32):
+        value = {"L": [value]}
+    assert decode_value(value) is not None  # 32 levels: what DynamoDB stores
+    for _ in range(5000):
+        value = {"M": {"a": value}}
+    with pytest.raises(DecodeError, match="nested deeper"):
+        decode_value(value)
+
+
 def test_an_image_must_be_a_mapping() -> None:
     with pytest.raises(DecodeError):
         decode_image([{"S": "x"}])

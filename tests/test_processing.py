@@ -152,6 +152,7 @@ async def test_an_undecodable_record_is_dead_lettered_with_metadata_only(world: 
     (letter,) = world.dead_letters.letters.values()
     assert letter.kind == "undecodable"
     assert "do not log" not in repr(letter)
+    assert letter.item_key == {"transcript_id": "t"}  # the Keys decode on their own: the item can be found
 
 
 async def test_a_remove_without_old_image_is_dead_lettered(world: World) -> None:

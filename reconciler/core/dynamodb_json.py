@@ -1,4 +1,4 @@
-"""DynamoDB JSON <-> Python values, in one place, with an explicit Decimal context.
+"""DynamoDB JSON <-> Python values, in one place; numbers parsed exactly and held to DynamoDB's limits.
 
 Both spellings of binary values are accepted: botocore hands us ``bytes``; the Lambda event format (and golden
 files) carry base64 text.
@@ -14,14 +14,15 @@ from typing import Any
 
 from reconciler.errors import DecodeError
 
-# DynamoDB numbers: up to 38 digits of precision, magnitudes 1e-130 .. 1e125.
+# DynamoDB numbers: up to 38 significant digits, magnitudes 1E-130 .. 9.99..E+125, written out in full by the
+# service (1E+39 arrives as 40 characters). Parsed exactly with Decimal(text), then checked against those
+# limits: a context with prec=38 would trap Rounded on valid values such as "1" followed by 39 zeros.
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/HowItWorks.NamingRulesDataTypes.html
-DYNAMODB_CONTEXT = decimal.Context(
-    Emin=-128,
-    Emax=126,
-    prec=38,
-    traps=[decimal.Clamped, decimal.Overflow, decimal.Inexact, decimal.Rounded, decimal.Underflow],
-)
+MAX_DIGITS = 38
+MAX_ADJUSTED_EXPONENT = 125
+MIN_ADJUSTED_EXPONENT = -130
+MAX_NUMBER_TEXT = 256  # the longest valid number in full is about 170 characters
+MAX_DEPTH = 32  # DynamoDB nests documents at most 32 levels deep
 
 AttributeValue = Mapping[str, Any]
 Image = Mapping[str, object]
@@ -30,12 +31,22 @@ Image = Mapping[str, object]
 def _number(text: object) -> decimal.Decimal:
     if not isinstance(text, str):
         raise DecodeError(f"N value must be a string, got {type(text).__name__}")
+    if len(text) > MAX_NUMBER_TEXT:
+        raise DecodeError("N value is longer than any DynamoDB number")
     try:
-        value = DYNAMODB_CONTEXT.create_decimal(text)
-    except decimal.DecimalException as exc:  # invalid, inexact, rounded, clamped, overflow, underflow
-        raise DecodeError("N value is not a DynamoDB number") from exc
+        value = decimal.Decimal(text)  # exact: no context applies
+    except decimal.InvalidOperation as exc:
+        raise DecodeError("N value is not a number") from exc
     if not value.is_finite():
         raise DecodeError("N value is not a finite number")
+    if value.is_zero():
+        return value
+    digits = value.as_tuple().digits
+    significant = len("".join(map(str, digits)).rstrip("0"))  # 1E+39 in full has 1 significant digit
+    if significant > MAX_DIGITS:
+        raise DecodeError("N value has more than 38 significant digits")
+    if not MIN_ADJUSTED_EXPONENT <= value.adjusted() <= MAX_ADJUSTED_EXPONENT:
+        raise DecodeError("N value is outside DynamoDB's range (1E-130 .. 9.99E+125)")
     return value
 
 
@@ -56,8 +67,10 @@ def _typed_list(raw: object, tag: str) -> list[object]:
     return raw
 
 
-def decode_value(value: object) -> object:  # noqa: C901, PLR0911, PLR0912 - one branch per type tag
+def decode_value(value: object, depth: int = 0) -> object:  # noqa: C901, PLR0911, PLR0912 - one branch per tag
     """Turn one DynamoDB attribute value (``{"S": "x"}``) into a Python value."""
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"value is nested deeper than DynamoDB allows ({MAX_DEPTH} levels)")
     if not isinstance(value, Mapping) or len(value) != 1:
         raise DecodeError("an attribute value must be an object with exactly one type tag")
     ((tag, raw),) = value.items()
@@ -77,9 +90,9 @@ def decode_value(value: object) -> object:  # noqa: C901, PLR0911, PLR0912 - one
         case "NULL":
             return None
         case "M":
-            return decode_image(raw)
+            return decode_image(raw, depth + 1)
         case "L":
-            return [decode_value(v) for v in _typed_list(raw, "L")]
+            return [decode_value(v, depth + 1) for v in _typed_list(raw, "L")]
         case "SS":
             return frozenset(decode_value({"S": v}) for v in _typed_list(raw, "SS"))
         case "NS":
@@ -87,10 +100,10 @@ def decode_value(value: object) -> object:  # noqa: C901, PLR0911, PLR0912 - one
         case "BS":
             return frozenset(_binary(v) for v in _typed_list(raw, "BS"))
         case _:
-            raise DecodeError(f"unknown attribute type tag {tag!r}")
+            raise DecodeError("unknown attribute type tag")  # not echoed: input text stays out of logs
 
 
-def decode_image(image: object) -> dict[str, object]:
+def decode_image(image: object, depth: int = 0) -> dict[str, object]:
     """Turn a whole item image (``{"attr": {"S": "x"}, ...}``) into a dict of Python values."""
     if not isinstance(image, Mapping):
         raise DecodeError("an image must be an object of attribute values")
@@ -98,7 +111,7 @@ def decode_image(image: object) -> dict[str, object]:
     for name, value in image.items():
         if not isinstance(name, str):
             raise DecodeError("attribute names must be strings")
-        decoded[name] = decode_value(value)
+        decoded[name] = decode_value(value, depth)
     return decoded
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 import decimal
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from reconciler.core.dynamodb_json import Image, decode_image
@@ -66,6 +66,8 @@ class Undecodable:
     event_id: str
     sequence_number: str
     reason: str
+    keys: Image = field(default_factory=dict)
+    """The record's ``Keys`` when they decode on their own, so an operator can find the item."""
 
     @property
     def sequence(self) -> int:
@@ -112,9 +114,18 @@ def decode_record(raw: Mapping[str, object]) -> StreamRecord | Undecodable:
     try:
         return _decode(raw, event_id, sequence_number)
     except DecodeError as exc:
-        return Undecodable(event_id=event_id, sequence_number=sequence_number, reason=str(exc))
+        reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - any other surprise in a record is bad input too, kept as data
-        return Undecodable(event_id, sequence_number, f"record could not be decoded: {type(exc).__name__}")
+        reason = f"record could not be decoded: {type(exc).__name__}"
+    return Undecodable(event_id, sequence_number, reason, _keys_if_decodable(raw))
+
+
+def _keys_if_decodable(raw: Mapping[str, object]) -> Image:
+    body = raw.get("dynamodb")
+    try:
+        return decode_image(body.get("Keys", {})) if isinstance(body, Mapping) else {}
+    except Exception:  # noqa: BLE001 - the keys are as broken as the rest: the letter names the position only
+        return {}
 
 
 def _decode(raw: Mapping[str, object], event_id: str, sequence_number: str) -> StreamRecord:
