@@ -12,6 +12,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reconciler.core.graph import find_cycle
 from reconciler.core.scope import ScopeViolation, Template
 from reconciler.errors import ConfigError
 
@@ -137,14 +138,10 @@ class Rules(_Frozen):
         return self
 
     def _check_acyclic(self) -> None:
-        def visit(name: str, path: tuple[str, ...]) -> None:
-            if name in path:
-                raise ValueError(f"links form a cycle: {' -> '.join((*path, name))}")
-            for link in self.tables[name].links:
-                visit(link.table, (*path, name))
-
-        for name in self.tables:
-            visit(name, ())
+        graph = {name: [link.table for link in table.links] for name, table in self.tables.items()}
+        cycle = find_cycle(graph)
+        if cycle is not None:
+            raise ValueError(f"links form a cycle: {' -> '.join(cycle)}")
 
 
 def load_rules(path: Path) -> Rules:

@@ -93,6 +93,9 @@ class Template:
         segments = location.key.split("/")
         for index, segment in enumerate(segments):
             separator = "/" if index < len(segments) - 1 else ""
+            if separator and segment in {"", ".", ".."}:
+                # "a//b/" or "a/../b/" names another path than it seems to: a scope must mean what it says.
+                raise ScopeViolation(f"{source!r} has an empty, '.' or '..' path segment")
             if "{" not in segment and "}" not in segment:
                 literal += segment + separator
                 continue
