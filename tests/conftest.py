@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,16 @@ def _instant_retries() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
     """Whatever a test configured (the demo sets its own level), the next one starts from the defaults."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    quiet = {
+        name: logging.getLogger(name).level for name in ("botocore", "aiobotocore", "urllib3", "s3transfer")
+    }
     yield
     structlog.reset_defaults()
+    root.handlers, root.level = handlers, level
+    for name, previous in quiet.items():
+        logging.getLogger(name).setLevel(previous)
 
 
 @pytest.fixture(scope="session")

@@ -124,7 +124,7 @@ def test_a_diamond_shaped_link_graph_loads_and_a_cycle_at_its_bottom_is_named() 
     data = {"buckets": ["bkt"], "sources": ["l0a"], "tables": tables}
     assert len(Rules.model_validate(data).tables) == 2 * layers
     tables[f"l{layers - 1}b"] = _table(["l0a"])
-    with pytest.raises(ValidationError, match="links form a cycle: l0a -> .* -> l59b -> l0a"):
+    with pytest.raises(ValidationError, match=r"links form a cycle: l0a -> .* -> l59b -> l0a"):
         Rules.model_validate(data)
 
 
