@@ -75,23 +75,32 @@ class Executor:
 
         After each deleted page the listing starts again from the beginning: the next page's markers would
         name a version that no longer exists, and S3 does not promise to resume after one. The loop ends after
-        a page that was the listing's last, or when a listing finds nothing left but refused versions.
+        a page that was the listing's last, or when a listing finds nothing left but refused versions. A
+        version S3 reported deleted but lists again was not deleted (a key that reached S3 changed, say): an
+        error, never a count. (The adapter already counts only answers naming the exact key and version asked
+        for; relisting is the second check, made whenever the listing is read again.)
         """
-        tally = Tally()
+        reported: set[ObjectVersion] = set()
+        absent: set[ObjectVersion] = set()
         refused: dict[ObjectVersion, str] = {}
         more = True
         while more:
             todo, more = await self._next_page(location, scopes, set(refused), exact=exact)
             if not todo:
                 break
+            if still := [v for v in todo if v in reported | absent]:
+                self._count_gone(reported - set(still), result)
+                raise PermanentError(
+                    f"S3 reported {len(still)} versions under {location} deleted that are still listed"
+                )
             report = await self._artifacts.delete_versions(location.bucket, todo)
-            markers = sum(v.is_delete_marker for v in report.deleted)
-            done = Tally(object_versions=len(report.deleted) - markers, delete_markers=markers)
-            self._count(done)
-            tally += done
-            result.tally += done
+            reported.update(report.deleted)
+            absent.update(report.absent)
             refused.update(report.refused)
-        if tally == Tally() and not refused:
+        self._count_gone(reported, result)
+        if absent:
+            self._metrics.artifacts.labels("object_version", "absent").inc(len(absent))
+        if not reported and not refused:
             result.tally += Tally(absent=1)
             self._metrics.artifacts.labels("object", "absent").inc()
         if refused:
@@ -169,6 +178,8 @@ class Executor:
         result.errors.extend(nested.errors)
         return not nested.errors
 
-    def _count(self, tally: Tally) -> None:
-        self._metrics.artifacts.labels("object_version", "deleted").inc(tally.object_versions)
-        self._metrics.artifacts.labels("delete_marker", "deleted").inc(tally.delete_markers)
+    def _count_gone(self, versions: set[ObjectVersion], result: ExecutionResult) -> None:
+        markers = sum(v.is_delete_marker for v in versions)
+        result.tally += Tally(object_versions=len(versions) - markers, delete_markers=markers)
+        self._metrics.artifacts.labels("object_version", "deleted").inc(len(versions) - markers)
+        self._metrics.artifacts.labels("delete_marker", "deleted").inc(markers)

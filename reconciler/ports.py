@@ -42,10 +42,12 @@ class VersionPage:
 
 @dataclass(frozen=True, slots=True)
 class DeleteReport:
-    """What a batch delete did: version ids gone, and per-version refusals (code) that are final."""
+    """What a batch delete did: versions deleted, versions S3 said were gone already, and per-version
+    refusals (code) that are final."""
 
     deleted: tuple[ObjectVersion, ...] = ()
     refused: tuple[tuple[ObjectVersion, str], ...] = ()
+    absent: tuple[ObjectVersion, ...] = ()
 
 
 class ArtifactStore(Protocol):

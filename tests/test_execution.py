@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from conftest import World
 
 from reconciler.core.plan import DeletionPlan
 from reconciler.core.scope import S3Location
-from reconciler.ports import ObjectVersion
+from reconciler.errors import PermanentError
+from reconciler.execution import Executor
+from reconciler.ports import DeleteReport, ObjectVersion
+from reconciler.testing import FakeArtifactStore
 
 SCOPE = S3Location("stt-transcripts", "acct-1/tr-1/")
 
@@ -69,3 +74,44 @@ async def test_odd_but_literal_keys_under_the_prefix_are_the_items_own(world: Wo
     result = await world.executor.execute(_plan(SCOPE))
     assert result.errors == []
     assert world.artifacts.keys("stt-transcripts") == {"acct-1/dots"}
+
+
+class ForgetfulStore(FakeArtifactStore):
+    """Reports every version of one key deleted but keeps it, as S3 does for a key that reached it changed."""
+
+    async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
+        kept = [v for v in versions if v.key.endswith("stays")]
+        report = await super().delete_versions(bucket, [v for v in versions if v not in kept])
+        self.buckets[bucket].extend(kept)
+        return DeleteReport(deleted=(*report.deleted, *kept))
+
+
+async def test_a_version_reported_deleted_but_still_listed_is_an_error_never_a_count(world: World) -> None:
+    store = ForgetfulStore(page_size=2)  # a listing of more than one page is read again after each delete
+    store.put("stt-transcripts", "acct-1/tr-1/a-stays")
+    store.put("stt-transcripts", "acct-1/tr-1/b-goes", versions=2)
+    executor = Executor(world.rules, store, world.items, world.metrics)
+
+    result = await executor.execute(_plan(SCOPE))
+
+    assert [type(e) for e in result.errors] == [PermanentError]
+    assert "still listed" in str(result.errors[0])
+    assert result.tally.object_versions == 1  # the one that really went before the relisting found out
+    assert world.sample("reconciler_artifacts_total", kind="object_version", outcome="deleted") == 1
+    assert store.keys("stt-transcripts") == {"acct-1/tr-1/a-stays", "acct-1/tr-1/b-goes"}
+
+
+async def test_versions_s3_says_were_gone_already_count_as_absent_not_deleted(world: World) -> None:
+    class GoneAlready(FakeArtifactStore):
+        async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
+            await super().delete_versions(bucket, versions)
+            return DeleteReport(absent=tuple(versions))
+
+    store = GoneAlready()
+    store.put("stt-transcripts", "acct-1/tr-1/x", versions=3)
+    result = await Executor(world.rules, store, world.items, world.metrics).execute(_plan(SCOPE))
+
+    assert result.errors == []
+    assert result.tally.object_versions == 0
+    assert world.sample("reconciler_artifacts_total", kind="object_version", outcome="absent") == 3
+    assert world.sample("reconciler_artifacts_total", kind="object_version", outcome="deleted") == 0

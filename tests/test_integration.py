@@ -268,6 +268,34 @@ async def test_a_prefix_holding_more_than_one_page_of_versions_is_emptied(
     assert len(await layout.versions("stt-transcripts", "acct-1/bigger/")) == 1
 
 
+async def test_keys_that_xml_cannot_carry_are_listed_and_deleted_exactly(
+    endpoint: str, layout: Layout, rules: Rules
+) -> None:
+    """A key holding \\x01 used to break every listing, one holding \\r came back as \\n and was reported
+    deleted while it stayed: listed URL-encoded and deleted by path, every version of each really goes."""
+    odd = ["acct-1/odd/a\x01b", "acct-1/odd/c\rd", "acct-1/odd/e f+g%41", "acct-1/odd/TENANT#x/h\u00e9"]
+    seed = BackendSeeder()
+    for key in odd:
+        for version in range(2):
+            seed.put_object("stt-transcripts", key, f"v{version}".encode())
+    seed.put_object("stt-transcripts", "acct-1/odd-neighbour/c\rd", b"x")
+    call = Caller(RetryPolicy(attempts=3))
+    registry = CollectorRegistry()
+    executor = Executor(
+        rules, S3ArtifactStore(layout.s3, call), DynamoDBItemStore(layout.dynamodb, call), Metrics(registry)
+    )
+    scope = S3Location("stt-transcripts", "acct-1/odd/")
+
+    result = await executor.execute(DeletionPlan("transcripts", {}, (scope,), (), (scope,), (), ()))
+
+    assert result.errors == []
+    assert result.tally.object_versions == 8
+    assert await layout.versions("stt-transcripts", "acct-1/odd/") == set()
+    assert {key for key, _ in await layout.versions("stt-transcripts", "acct-1/odd-neighbour/")} == {
+        "acct-1/odd-neighbour/c\rd"
+    }
+
+
 async def test_the_demo_verdict_sees_a_touched_linked_item_and_a_leftover(layout: Layout) -> None:
     """The demo's checks read moto's state: a live transcript's linked item deleted, or a version left behind
     for a deleted one, is counted."""

@@ -3,6 +3,7 @@ AWS errors map onto the error tree."""
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -66,7 +67,8 @@ async def test_per_key_errors_are_sorted_into_gone_refused_and_retried() -> None
     )
     report = await _store(stub).delete_versions("bkt", versions)
 
-    assert set(report.deleted) == {versions[0], versions[2], versions[3]}
+    assert set(report.deleted) == {versions[2], versions[3]}
+    assert report.absent == (versions[0],)  # gone before we asked: absent, never counted as deleted
     assert report.refused == ((versions[1], "AccessDenied"),)
     assert [[o["Key"] for o in r] for r in stub.requests] == [["k0", "k1", "k2", "k3"], ["k2"]]
 
@@ -130,3 +132,60 @@ async def test_access_denied_without_object_lock_is_an_access_problem_not_a_refu
     with pytest.raises(AccessError, match="IAM"):
         await _store(stub).delete_versions("bkt", [ObjectVersion("k0", "v0")])
     assert len(stub.requests) == 1  # not retried in a tight loop: the record waits instead
+
+
+class EncodingStub(StubS3):
+    """Lists keys URL-encoded as S3 does for EncodingType=url (space as '+'), or raw if it ignores it."""
+
+    def __init__(self, keys: list[str], *, honours_encoding: bool = True) -> None:
+        super().__init__([])
+        self.keys = keys
+        self.honours = honours_encoding
+        self.listed: list[dict[str, Any]] = []
+        self.single: list[tuple[str, str]] = []
+
+    async def list_object_versions(self, **params: Any) -> dict[str, Any]:
+        self.listed.append(params)
+        encode = self.honours and params.get("EncodingType") == "url"
+        name = (lambda k: urllib.parse.quote_plus(k, safe="/")) if encode else (lambda k: k)
+        start = self.keys.index(params["KeyMarker"]) + 1 if "KeyMarker" in params else 0
+        page = self.keys[start : start + 2]
+        answer: dict[str, Any] = {
+            "Versions": [{"Key": name(k), "VersionId": "v"} for k in page],
+            "IsTruncated": start + 2 < len(self.keys),
+        }
+        if answer["IsTruncated"]:
+            answer |= {"NextKeyMarker": name(page[-1]), "NextVersionIdMarker": "v"}
+        if encode:
+            answer["EncodingType"] = "url"
+        return answer
+
+    async def delete_object(self, *, Bucket: str, Key: str, VersionId: str) -> dict[str, Any]:  # noqa: N803
+        self.single.append((Key, VersionId))
+        return {"ResponseMetadata": {"HTTPStatusCode": 204}}
+
+
+ODD_KEYS = ["p/a\x01b", "p/c\rd", "p/e f+g%41", "p/h\u00e9#1?x=2"]
+
+
+async def test_listings_are_requested_url_encoded_and_decoded_keys_and_markers_alike() -> None:
+    stub = EncodingStub(ODD_KEYS)
+    pages = [page async for page in _store(stub).list_versions(S3Location("bkt", "p/"), exact=False)]
+    assert [v.key for page in pages for v in page.versions] == ODD_KEYS
+    assert all(params["EncodingType"] == "url" for params in stub.listed)
+    assert stub.listed[1]["KeyMarker"] == "p/c\rd"  # the decoded marker goes back
+
+
+async def test_a_server_that_ignores_the_encoding_has_its_keys_taken_as_sent() -> None:
+    stub = EncodingStub(["p/e f+g%41"], honours_encoding=False)
+    (page,) = [page async for page in _store(stub).list_versions(S3Location("bkt", "p/"), exact=False)]
+    assert [v.key for v in page.versions] == ["p/e f+g%41"]
+
+
+async def test_keys_xml_cannot_carry_are_deleted_one_by_one_with_the_key_in_the_path() -> None:
+    stub = EncodingStub([])
+    versions = [ObjectVersion(k, "v") for k in [*ODD_KEYS, "p/plain"]]
+    report = await _store(stub).delete_versions("bkt", versions)
+    assert stub.single == [("p/a\x01b", "v"), ("p/c\rd", "v")]
+    assert [[o["Key"] for o in r] for r in stub.requests] == [["p/e f+g%41", "p/h\u00e9#1?x=2", "p/plain"]]
+    assert set(report.deleted) == set(versions)

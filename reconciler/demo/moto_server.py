@@ -3,12 +3,16 @@
 moto never deletes expired items and never sets ``userIdentity``. ``ttl_delete`` deletes an item through
 moto's backend and stamps the REMOVE record the way GetRecords spells it:
 ``{"PrincipalId": ..., "Type": ...}`` (moto's serializer drops the lower-case Lambda spelling).
+
+moto also ignores ``EncodingType=url`` on ``ListObjectVersions`` (S3 honours it), so a key holding a
+character XML cannot carry would break its listings; the server started here encodes them as S3 does.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,6 +22,7 @@ from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.models.table import StreamShard
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.s3.models import s3_backends
+from moto.s3.responses import S3Response
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -41,6 +46,39 @@ def _install_ttl_stamp() -> None:
 
         add._ttl_stamp = True  # type: ignore[attr-defined]  # noqa: SLF001 - marks our own wrapper
         StreamShard.add = add  # type: ignore[method-assign]
+
+
+def _install_listing_encoding() -> None:
+    """Make moto's ListObjectVersions honour ``EncodingType=url`` as S3 does (keys and markers encoded,
+    space as '+'): https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjectVersions.html"""
+    with _install_lock:
+        if getattr(S3Response.list_object_versions, "_encodes", False):
+            return
+        original = S3Response.list_object_versions
+
+        def list_object_versions(self: S3Response) -> Any:
+            if self.querystring.get("encoding-type", [None])[0] != "url":
+                return original(self)
+            serialized = self.serialized
+
+            def encoded(action_result: Any) -> Any:
+                result = action_result.result
+                for entry in (*result.get("Versions", []), *result.get("DeleteMarkers", [])):
+                    entry["Key"] = urllib.parse.quote_plus(entry["Key"], safe="/")
+                for name in ("NextKeyMarker", "KeyMarker", "Prefix"):
+                    if result.get(name):
+                        result[name] = urllib.parse.quote_plus(result[name], safe="/")
+                result["EncodingType"] = "url"
+                return serialized(action_result)
+
+            self.serialized = encoded  # type: ignore[method-assign]
+            try:
+                return original(self)
+            finally:
+                del self.serialized
+
+        list_object_versions._encodes = True  # type: ignore[attr-defined]  # noqa: SLF001 - our own wrapper
+        S3Response.list_object_versions = list_object_versions  # type: ignore[method-assign]
 
 
 def ttl_delete(table: str, key: Mapping[str, Any]) -> None:
@@ -67,6 +105,7 @@ class BackendSeeder:
 def moto_server() -> Iterator[str]:
     """Start moto on 127.0.0.1 and a port the kernel picks; yield its endpoint URL."""
     _install_ttl_stamp()
+    _install_listing_encoding()
     # moto's request log and its tracebacks for requests it fails (retried by us) are noise here.
     logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

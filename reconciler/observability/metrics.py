@@ -33,6 +33,7 @@ LAG_BUCKETS = (
 ARTIFACT_OUTCOMES = (
     ("object_version", "deleted"),
     ("object_version", "refused"),
+    ("object_version", "absent"),
     ("delete_marker", "deleted"),
     ("item", "deleted"),
     ("object", "absent"),
