@@ -110,6 +110,7 @@ class RecordProcessor:
             versions=result.tally.object_versions,
             markers=result.tally.delete_markers,
             items=result.tally.items,
+            absent=result.tally.absent,
             unsafe=len(result.unsafe),
         )
         unsafe = tuple(s.unsafe for s in result.unsafe)

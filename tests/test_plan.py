@@ -5,6 +5,7 @@ from __future__ import annotations
 import decimal
 import re
 
+from conftest import World
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -180,3 +181,47 @@ def test_no_image_produces_a_target_outside_its_own_scope(rules: Rules, image: d
     if account and transcript:
         plan = resolve("transcripts", rules.tables["transcripts"], image)
         assert S3Location("stt-transcripts", f"{account}/{transcript}/") in plan.prefixes
+
+
+def test_a_version_qualified_uri_plans_the_object_it_names_and_the_literal_key(rules: Rules) -> None:
+    """s3://b/k?versionId=V names a version of k (every version of a target goes); k?versionId=V is also a
+    legal literal key, so both are planned, each checked against the scope."""
+    image = {**IMAGE, "audio_url": "s3://stt-uploads/acct-1/tr-1/audio.wav?versionId=3HL4kqtJlcpXroDTDmJ"}
+    plan = resolve("transcripts", rules.tables["transcripts"], image)
+    assert plan.objects == (
+        S3Location("stt-uploads", "acct-1/tr-1/audio.wav?versionId=3HL4kqtJlcpXroDTDmJ"),
+        S3Location("stt-uploads", "acct-1/tr-1/audio.wav"),
+    )
+    assert plan.is_safe
+
+
+def test_a_fragment_or_another_query_is_part_of_the_key(rules: Rules) -> None:
+    for key in ("acct-1/tr-1/audio.wav#t=10", "acct-1/tr-1/TENANT#acme/a.wav", "acct-1/tr-1/a.wav?x=1"):
+        plan = resolve(
+            "transcripts", rules.tables["transcripts"], {**IMAGE, "audio_url": f"s3://stt-uploads/{key}"}
+        )
+        assert plan.objects == (S3Location("stt-uploads", key),), key
+
+
+def test_a_version_query_cannot_carry_a_target_out_of_scope(rules: Rules) -> None:
+    image = {**IMAGE, "audio_url": "s3://stt-uploads/acct-1/tr-2?versionId=x"}
+    plan = resolve("transcripts", rules.tables["transcripts"], image)
+    assert plan.objects == ()
+    assert [u.target for u in plan.unsafe] == [
+        "s3://stt-uploads/acct-1/tr-2?versionId=x",
+        "s3://stt-uploads/acct-1/tr-2",
+    ]
+
+
+async def test_a_version_qualified_uri_deletes_every_version_of_the_object_it_names(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1", versions=3)
+    image = {
+        **world.image("acct-1", "tr-1"),
+        "audio_url": "s3://stt-uploads/acct-1/tr-1/audio.wav?versionId=v2",
+    }
+    plan = resolve("transcripts", world.rules.tables["transcripts"], image)
+    result = await world.executor.execute(plan)
+    assert result.errors == []
+    assert world.artifacts.keys("stt-uploads") == set()
+    assert result.tally.object_versions >= 3
+    assert world.sample("reconciler_artifacts_total", kind="object", outcome="absent") == 1  # the literal key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import hashlib
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -83,6 +84,21 @@ def _uris(value: object) -> Iterator[object]:
         yield value
 
 
+# A version-qualified object URL, as S3's console and SDK helpers write it: "...key?versionId=ID".
+_VERSION_QUERY = re.compile(r"\?versionId=[^/?]*\Z")
+
+
+def readings(location: S3Location) -> tuple[S3Location, ...]:
+    """What an ``s3://`` URI can name. Its key is literal, '#', '?', '%' and '+' included, as the AWS CLI and
+    SDKs read it: s3:// URIs have no query and no fragment. The one exception is a trailing
+    ``?versionId=ID``, which names a version of the key before it; since every version of a target is
+    deleted, both readings are planned (each scope-checked), so the object meant goes whichever it was."""
+    match = _VERSION_QUERY.search(location.key)
+    if match is None or match.start() == 0:
+        return (location,)
+    return (location, S3Location(location.bucket, location.key[: match.start()]))
+
+
 def _objects(
     rules: TableRules, image: Image, scopes: tuple[S3Location, ...]
 ) -> tuple[list[S3Location], list[Unsafe]]:
@@ -93,16 +109,17 @@ def _objects(
             continue  # nothing linked through this attribute
         for candidate in _uris(image[attribute]):
             try:
-                location = S3Location.parse(candidate)
+                parsed = S3Location.parse(candidate)
             except ScopeViolation as exc:
                 unsafe.append(Unsafe(attribute, UnsafeReason.NOT_A_URI, str(exc)))
                 continue
-            try:
-                check_in_scope(location, scopes)
-            except ScopeViolation as exc:
-                unsafe.append(Unsafe(str(location), UnsafeReason.OUT_OF_SCOPE, str(exc)))
-                continue
-            objects.append(location)
+            for location in readings(parsed):
+                try:
+                    check_in_scope(location, scopes)
+                except ScopeViolation as exc:
+                    unsafe.append(Unsafe(str(location), UnsafeReason.OUT_OF_SCOPE, str(exc)))
+                    continue
+                objects.append(location)
     return objects, unsafe
 
 
