@@ -35,6 +35,11 @@ class AccessError(ReconcilerError):
     retriable = True
 
 
+class CredentialsError(AccessError):
+    """No usable AWS credentials: the chain found none, or its source failed (an STS or IRSA outage, a
+    failing ``credential_process``). Records wait; the worker keeps running and says so loudly."""
+
+
 class PermanentError(ReconcilerError):
     """AWS refused for good (access denied, object lock, validation): retrying will not help."""
 

@@ -140,4 +140,7 @@ class DeadLetter:
 
 
 class DeadLetterStore(Protocol):
-    async def put(self, letter: DeadLetter) -> None: ...
+    async def put(self, letter: DeadLetter) -> bool:
+        """Write ``letter`` durably (overwriting an earlier one with the same id); True if it is new, so a
+        redelivered record's letter is not counted twice."""
+        ...

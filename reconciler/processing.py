@@ -149,8 +149,8 @@ class RecordProcessor:
             reason="stream records after this sequence number expired (24 h) before they were read",
             created_at=self._clock(),
         )
-        await self._dead_letters.put(letter)
-        self._metrics.dead_letters.labels("trimmed").inc()
+        if await self._dead_letters.put(letter):
+            self._metrics.dead_letters.labels("trimmed").inc()
 
     def _report_unsafe(self, result: ExecutionResult) -> None:
         for scoped in result.unsafe:
@@ -221,12 +221,13 @@ class RecordProcessor:
             targets=targets,
         )
         try:
-            await self._dead_letters.put(letter)
+            new = await self._dead_letters.put(letter)
         except ReconcilerError as exc:
             self._metrics.failures.labels("dead_letter", type(exc).__name__).inc()
             log.error("dead_letter.write_failed", sequence_number=record.sequence_number, error=str(exc))
             return Pending(record.sequence_number, f"dead letter not written: {exc}")
-        self._metrics.dead_letters.labels(kind).inc()
+        if new:  # a redelivered record rewrites its letter: counted once
+            self._metrics.dead_letters.labels(kind).inc()
         return DeadLettered(record.sequence_number, reason, cause, result.tally if result else Tally())
 
 

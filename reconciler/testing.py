@@ -15,7 +15,7 @@ from reconciler.core.dynamodb_json import Image, encode_key
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
-from reconciler.errors import ConfigError, TransientError, TrimmedDataError
+from reconciler.errors import AccessError, ConfigError, TransientError, TrimmedDataError
 from reconciler.ports import (
     SHARD_END,
     DeadLetter,
@@ -111,6 +111,7 @@ class FakeStreamSource:
     records_by_shard: dict[str, list[Mapping[str, object]]] = field(default_factory=dict)
     trimmed: set[str] = field(default_factory=set)  # shards that lost records before the first one held
     disabled: bool = False  # the stream was switched off
+    missing: set[str] = field(default_factory=set)  # tables that do not exist (ResourceNotFoundException)
     reads: int = 0
     reads_by_shard: dict[str, int] = field(default_factory=dict)
 
@@ -129,6 +130,8 @@ class FakeStreamSource:
         self.records_by_shard[shard_id].append(record)
 
     async def describe(self, table: str) -> StreamInfo:
+        if table in self.missing:
+            raise AccessError("AWS refused the request: ResourceNotFoundException")
         if self.disabled:
             raise ConfigError(f"table {table!r} has no stream enabled")
         return StreamInfo(table, self.arn(table), self.view_type)
@@ -188,10 +191,12 @@ class FakeDeadLetterStore:
     letters: dict[str, DeadLetter] = field(default_factory=dict)
     fail: bool = False
 
-    async def put(self, letter: DeadLetter) -> None:
+    async def put(self, letter: DeadLetter) -> bool:
         if self.fail:
             raise TransientError("dead-letter table throttled")
+        new = letter.letter_id not in self.letters
         self.letters[letter.letter_id] = letter
+        return new
 
 
 class FixedClock:

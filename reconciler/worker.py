@@ -52,7 +52,7 @@ class Worker:
         self._consumers: dict[tuple[str, str], ShardConsumer] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._heartbeat = clock()
-        self._reachable = False
+        self._problems: dict[str, str] = dict.fromkeys(rules.sources, "not discovered yet")
         self.http: HttpServer | None = None
 
     # -- signals ---------------------------------------------------------------------------------------
@@ -88,9 +88,11 @@ class Worker:
     def readiness(self) -> tuple[bool, str]:
         if self._stopping.is_set():
             return False, "shutting down"
-        if not self._reachable:
-            return False, "streams not discovered yet or AWS unreachable"
-        return True, f"consuming {sum(not c.finished for c in self._consumers.values())} shards"
+        consuming = f"consuming {sum(not c.finished for c in self._consumers.values())} shards"
+        if self._problems:
+            problems = "; ".join(f"source {t!r}: {p}" for t, p in sorted(self._problems.items()))
+            return False, f"{problems}; {consuming}"
+        return True, consuming
 
     # -- main loop -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -126,19 +128,12 @@ class Worker:
             self._heartbeat = self._clock()
             if self._clock() >= next_discovery or self._wake.is_set():
                 self._wake.clear()
-                try:
-                    await self._discover(group)
-                    self._reachable = True
-                except ConfigError:
-                    raise
-                except ReconcilerError as exc:
-                    self._reachable = False
-                    self._parts.metrics.failures.labels("discover", type(exc).__name__).inc()
-                    log.warning("worker.discovery_failed", error=str(exc))
+                await self._discover(group)
                 next_discovery = self._clock() + dt.timedelta(seconds=self._settings.discovery_seconds)
             await _wait_any(self._stopping, self._wake, seconds=1.0)
 
     async def _discover(self, group: asyncio.TaskGroup) -> None:
+        """Each source on its own: one missing table or broken stream never keeps the others unread."""
         for table in self._rules.sources:
             try:
                 await self._discover_table(group, table)
@@ -146,8 +141,24 @@ class Worker:
                 if not self._consumers:
                     raise  # at start: a deployment mistake, reported plainly
                 # Later (a stream disabled to change its view type, say): keep draining what is running.
-                self._parts.metrics.failures.labels("discover", "ConfigError").inc()
+                self._source_down(table, exc)
                 log.error("stream.unusable", table=table, error=str(exc))
+            except ReconcilerError as exc:
+                self._source_down(table, exc)
+                log.error("source.unavailable", table=table, error=str(exc), error_type=type(exc).__name__)
+            except Exception as exc:  # a bug while discovering one source must not stop the others
+                self._source_down(table, exc)
+                log.exception("source.discovery_crashed", table=table, error_type=type(exc).__name__)
+            else:
+                if self._problems.pop(table, None) is not None:
+                    log.info("source.available", table=table)
+                self._parts.metrics.source_up.labels(table).set(1)
+
+    def _source_down(self, table: str, exc: Exception) -> None:
+        message = str(exc) if isinstance(exc, ReconcilerError) else "unexpected error"
+        self._problems[table] = f"{type(exc).__name__}: {message}"
+        self._parts.metrics.source_up.labels(table).set(0)
+        self._parts.metrics.failures.labels("discover", type(exc).__name__).inc()
 
     async def _discover_table(self, group: asyncio.TaskGroup, table: str) -> None:
         info = await self._parts.source.describe(table)  # each time: a re-enabled stream has a new ARN
@@ -203,13 +214,13 @@ class Worker:
         pending = [t for t in self._tasks.values() if not t.done()]
         if not pending:
             return
-        try:
-            async with asyncio.timeout(self._settings.shutdown_grace_seconds):
-                await asyncio.gather(*pending, return_exceptions=True)
-        except TimeoutError:
-            log.warning("worker.drain_timeout", cancelled=sum(not t.done() for t in pending))
-            for task in pending:
+        _, late = await asyncio.wait(pending, timeout=self._settings.shutdown_grace_seconds)
+        if late:
+            # Counted before cancelling: these consumers' unfinished chunks are delivered again later.
+            log.warning("worker.drain_timeout", cancelled=len(late))
+            for task in late:
                 task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 async def _wait_any(*events: asyncio.Event, seconds: float) -> None:

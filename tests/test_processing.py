@@ -274,3 +274,12 @@ async def test_an_item_written_again_during_the_deletion_is_dead_lettered(world:
     outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
     assert isinstance(outcome, DeadLettered)
     assert next(iter(world.dead_letters.letters.values())).kind == "recreated"
+
+
+async def test_a_redelivered_record_rewrites_its_dead_letter_and_counts_it_once(world: World) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    image = {**world.image("acct-1", "tr-1"), "audio_url": "s3://stt-uploads/acct-2/victim/audio.wav"}
+    for _ in range(3):
+        await world.processor.process(ORIGIN, _record(world, 1, image))
+    assert len(world.dead_letters.letters) == 1
+    assert world.sample("reconciler_dead_letters_total", kind="unsafe") == 1

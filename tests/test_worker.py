@@ -10,13 +10,14 @@ from asyncio import Task
 from collections.abc import AsyncIterator, Mapping
 
 import pytest
+import structlog
 from conftest import World, fast_settings
 
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.errors import ConfigError
-from reconciler.ports import SHARD_END
+from reconciler.ports import SHARD_END, StreamInfo
 from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
 from reconciler.worker import Collaborators, Worker
 
@@ -112,20 +113,32 @@ async def test_liveness_fails_when_a_consumer_goes_silent(world: World) -> None:
         assert worker.liveness() == (False, "supervisor heartbeat is stale")
 
 
-async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+def _stuck_second_record(world: World, source: FakeStreamSource) -> None:
+    """Two removals on one shard: the first finishes, the second's linked-item delete never returns."""
     source.add_shard("transcripts", "shardId-1")
-    world.add_transcript("acct-1", "tr-1")
-    source.append("shardId-1", stream_record(1, old_image=world.image("acct-1", "tr-1")))
+    for seq, transcript in ((1, "tr-1"), (2, "tr-2")):
+        world.add_transcript("acct-1", transcript)
+        source.append("shardId-1", stream_record(seq, old_image=world.image("acct-1", transcript)))
+    real = world.items.delete_linked
     hang = asyncio.Event()
 
-    async def stuck(query: LinkQuery, key: Mapping[str, object]) -> None:
-        await hang.wait()
+    async def stuck(query: LinkQuery, key: Mapping[str, object]) -> Image | None:
+        if query.value == "tr-2":
+            await hang.wait()
+        return await real(query, key)
 
     world.items.delete_linked = stuck  # type: ignore[method-assign]
-    worker = _worker(world, source, checkpoints)
+
+
+async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    _stuck_second_record(world, source)
+    parts = Collaborators(source, checkpoints, world.processor, world.metrics)
+    worker = Worker(
+        fast_settings(concurrency=1, shutdown_grace_seconds=30), world.rules, parts, clock=world.clock
+    )
     task = asyncio.create_task(worker.run())
-    await eventually(lambda: source.reads >= 1)
+    await eventually(lambda: checkpoints.positions.get((source.arn("transcripts"), "shardId-1")) is not None)
     await asyncio.sleep(0.05)
 
     worker.handle_exit()  # phase one: drain would wait for the stuck deletion
@@ -133,7 +146,26 @@ async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
     assert not task.done()
     worker.handle_exit()  # phase two: cancel now
     await asyncio.wait_for(task, timeout=1)
-    assert checkpoints.positions == {}  # unfinished work was not checkpointed
+    # The finished record was checkpointed; the one cut short was not, so it is delivered again.
+    assert checkpoints.positions == {(source.arn("transcripts"), "shardId-1"): f"{1:021d}"}
+
+
+async def test_a_drain_that_outlasts_the_grace_period_says_how_many_consumers_it_cancelled(
+    world: World,
+) -> None:
+    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    _stuck_second_record(world, source)
+    parts = Collaborators(source, checkpoints, world.processor, world.metrics)
+    worker = Worker(
+        fast_settings(concurrency=1, shutdown_grace_seconds=0.2), world.rules, parts, clock=world.clock
+    )
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: checkpoints.positions.get((source.arn("transcripts"), "shardId-1")) is not None)
+    with structlog.testing.capture_logs() as events:
+        worker.handle_exit()
+        await asyncio.wait_for(task, timeout=5)
+    (timeout,) = [e for e in events if e["event"] == "worker.drain_timeout"]
+    assert timeout["cancelled"] == 1
 
 
 async def test_a_stream_without_old_images_is_a_config_error(world: World) -> None:
@@ -142,6 +174,67 @@ async def test_a_stream_without_old_images_is_a_config_error(world: World) -> No
     worker = _worker(world, source, FakeCheckpointStore())
     with pytest.raises(ConfigError, match="OLD_IMAGE"):
         await asyncio.wait_for(worker.run(), timeout=5)
+
+
+async def test_a_missing_source_table_is_reported_by_name_and_the_others_are_consumed(world: World) -> None:
+    """Discovery of one source never blocks another: 'missing' is listed first and does not exist."""
+    rules = world.rules.model_copy(
+        update={
+            "sources": ("missing", "transcripts"),
+            "tables": {**world.rules.tables, "missing": world.rules.tables["transcripts"]},
+        }
+    )
+    source, checkpoints = FakeStreamSource(missing={"missing"}), FakeCheckpointStore()
+    source.add_shard("transcripts", "shardId-1")
+    world.add_transcript("acct-1", "tr-1")
+    source.append("shardId-1", stream_record(1, old_image=world.image("acct-1", "tr-1")))
+    parts = Collaborators(source, checkpoints, world.processor, world.metrics)
+    world.metrics.initialize(rules)
+    worker = Worker(SETTINGS, rules, parts, clock=world.clock)
+    with structlog.testing.capture_logs() as events:
+        task = asyncio.create_task(worker.run())
+        await eventually(lambda: world.held_by("acct-1", "tr-1") == 0)
+        ready, text = worker.readiness()
+        worker.handle_exit()
+        await asyncio.wait_for(task, timeout=5)
+
+    assert not ready
+    assert "source 'missing': AccessError: AWS refused the request: ResourceNotFoundException" in text
+    assert "consuming 1 shards" in text
+    assert world.sample("reconciler_source_up", table="missing") == 0
+    assert world.sample("reconciler_source_up", table="transcripts") == 1
+    assert world.sample("reconciler_failures_total", stage="discover", error="AccessError") >= 1
+    assert any(e["event"] == "source.unavailable" and e["table"] == "missing" for e in events)
+
+
+async def test_a_crash_while_discovering_one_source_is_logged_and_retried_not_fatal(world: World) -> None:
+    source = FakeStreamSource()
+    real = source.describe
+    calls = 0
+
+    async def flaky(table: str) -> StreamInfo:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await real(table)
+
+    source.describe = flaky  # type: ignore[method-assign]
+    source.add_shard("transcripts", "shardId-1")
+    worker = _worker(world, source, FakeCheckpointStore())
+    task = asyncio.create_task(worker.run())
+    await eventually(
+        lambda: world.sample("reconciler_failures_total", stage="discover", error="RuntimeError") == 1
+    )
+    assert worker.readiness() == (
+        False,
+        "source 'transcripts': RuntimeError: unexpected error; consuming 0 shards",
+    )
+    world.clock.advance(SETTINGS.discovery_seconds)  # the next discovery is due
+    await eventually(lambda: worker.readiness() == (True, "consuming 1 shards"))
+    assert not task.done()
+    worker.handle_exit()
+    await asyncio.wait_for(task, timeout=5)
 
 
 async def test_a_stream_switched_off_while_running_does_not_stop_the_running_consumers(world: World) -> None:

@@ -17,10 +17,19 @@ import aiohttp
 import stamina
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoAuthTokenError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    SSOError,
+    TokenRetrievalError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from reconciler.errors import AccessError, PermanentError, ReconcilerError, TransientError
+from reconciler.errors import AccessError, CredentialsError, PermanentError, ReconcilerError, TransientError
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -79,6 +88,17 @@ ACCESS_CODES = frozenset(
 )
 
 
+# Credential failures are not ClientErrors: botocore raises these before a request is sent.
+CREDENTIAL_ERRORS = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    CredentialRetrievalError,
+    TokenRetrievalError,
+    NoAuthTokenError,
+    SSOError,
+)
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -100,6 +120,10 @@ def translate(exc: Exception) -> ReconcilerError:
     """An AWS or network error, after retries, as a member of our tree."""
     if isinstance(exc, ReconcilerError):
         return exc
+    if isinstance(exc, CREDENTIAL_ERRORS):
+        provider = getattr(exc, "kwargs", {}).get("provider")
+        source = f" from {provider}" if isinstance(provider, str) else ""
+        return CredentialsError(f"no usable AWS credentials{source}: {type(exc).__name__}")
     name = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
     if name in ACCESS_CODES:
         return AccessError(f"AWS refused the request: {name} (check credentials, IAM and deployed resources)")
@@ -136,6 +160,7 @@ class Caller:
             HTTPClientError,
             aiohttp.ClientError,
             TimeoutError,
+            *CREDENTIAL_ERRORS,
         ) as exc:
             raise translate(exc) from exc
 

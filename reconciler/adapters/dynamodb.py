@@ -154,7 +154,7 @@ class DynamoDBDeadLetterStore:
         self._call = call
         self._table = table
 
-    async def put(self, letter: DeadLetter) -> None:
+    async def put(self, letter: DeadLetter) -> bool:
         item: dict[str, Any] = {
             "letter_id": {"S": letter.letter_id},
             "source_table": {"S": letter.source_table},
@@ -174,4 +174,7 @@ class DynamoDBDeadLetterStore:
             item["item_key"] = {"M": encode_key(letter.item_key)}
         if letter.targets:
             item["targets"] = {"L": [{"S": t} for t in letter.targets]}
-        await self._call(self._client.put_item, TableName=self._table, Item=item)
+        response = await self._call(
+            self._client.put_item, TableName=self._table, Item=item, ReturnValues="ALL_OLD"
+        )
+        return "Attributes" not in response  # no old image: the letter is new

@@ -134,6 +134,13 @@ class Metrics:
             registry=registry,
         )
         registry.register(_PollAge(self.last_poll, clock))
+        self.source_up = Gauge(
+            "reconciler_source_up",
+            "1 while a source table's stream was found at the last discovery; 0 while it is missing,"
+            " unreadable or not discovered yet.",
+            ["table"],
+            registry=registry,
+        )
         self.shards = Gauge(
             "reconciler_shards_consuming",
             "Shards this worker is consuming now.",
@@ -149,6 +156,7 @@ class Metrics:
         """
         for table in rules.sources:
             self.shards.labels(table)
+            self.source_up.labels(table).set(0)
             for outcome in RECORD_OUTCOMES:
                 self.outcomes.labels(table, outcome)
             for event, cause in RECORD_EVENTS:

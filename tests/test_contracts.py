@@ -1,0 +1,193 @@
+"""One contract, two implementations: each in-memory fake keeps the promises of its aiobotocore adapter.
+
+Every test runs against the fake (``reconciler.testing``) and against the adapter on moto's HTTP server. A
+fake that drifts from its adapter makes the unit tests prove things about a world that does not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.dynamodb import DynamoDBCheckpointStore, DynamoDBDeadLetterStore, DynamoDBItemStore
+from reconciler.adapters.s3 import S3ArtifactStore
+from reconciler.adapters.tables import create_worker_tables
+from reconciler.core.dynamodb_json import encode_key
+from reconciler.core.plan import LinkQuery
+from reconciler.core.scope import S3Location
+from reconciler.demo.layout import Layout
+from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, reset
+from reconciler.ports import (
+    SHARD_END,
+    ArtifactStore,
+    CheckpointStore,
+    DeadLetter,
+    DeadLetterStore,
+    ItemStore,
+    ObjectVersion,
+)
+from reconciler.testing import FakeArtifactStore, FakeCheckpointStore, FakeDeadLetterStore, FakeItemStore
+
+ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/transcripts/stream/2026-01-01T00:00:00.000"
+OTHER_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/other/stream/2026-01-01T00:00:00.000"
+BUCKET = "stt-transcripts"
+
+
+@dataclass
+class Stores:
+    checkpoints: CheckpointStore
+    dead_letters: DeadLetterStore
+    items: ItemStore
+    artifacts: ArtifactStore
+    fake: FakeArtifactStore | None
+    fake_items: FakeItemStore | None
+    layout: Layout | None
+
+    async def put_object(self, key: str, versions: int = 1) -> None:
+        if self.fake is not None:
+            self.fake.put(BUCKET, key, versions)
+            return
+        for n in range(versions):
+            BackendSeeder().put_object(BUCKET, key, f"v{n}".encode())
+
+    async def put_item(self, table: str, item: dict[str, object]) -> None:
+        if self.fake_items is not None:
+            self.fake_items.put(table, item)
+            return
+        assert self.layout is not None
+        await self.layout.dynamodb.put_item(TableName=table, Item=encode_key(item))
+
+    async def versions(self, prefix: str) -> list[ObjectVersion]:
+        location = S3Location(BUCKET, prefix)
+        return [
+            v async for page in self.artifacts.list_versions(location, exact=False) for v in page.versions
+        ]
+
+
+@pytest.fixture(params=["fake", pytest.param("moto", marks=pytest.mark.integration)])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
+    if request.param == "fake":
+        artifacts, items = FakeArtifactStore(), FakeItemStore()
+        yield Stores(FakeCheckpointStore(), FakeDeadLetterStore(), items, artifacts, artifacts, items, None)
+        return
+    endpoint = request.getfixturevalue("endpoint")
+    reset(endpoint)
+    aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
+    async with AwsClients(aws) as clients:
+        layout = Layout(clients.s3, clients.dynamodb)
+        await layout.create()
+        await create_worker_tables(layout.dynamodb, "checkpoints", "letters")
+        call = Caller(RetryPolicy(attempts=3))
+        yield Stores(
+            DynamoDBCheckpointStore(layout.dynamodb, call, "checkpoints", "test"),
+            DynamoDBDeadLetterStore(layout.dynamodb, call, "letters"),
+            DynamoDBItemStore(layout.dynamodb, call),
+            S3ArtifactStore(layout.s3, call),
+            None,
+            None,
+            layout,
+        )
+
+
+def _seq(n: int) -> str:
+    return f"{n:021d}"
+
+
+async def test_a_checkpoint_never_moves_backwards_and_shard_end_is_final(stores: Stores) -> None:
+    cp = stores.checkpoints
+    assert await cp.get(ARN, "shardId-1") is None
+    await cp.put(ARN, "shardId-1", _seq(200))
+    await cp.put(ARN, "shardId-1", _seq(100))  # a redelivered batch finishing late
+    assert await cp.get(ARN, "shardId-1") == _seq(200)
+    await cp.put(ARN, "shardId-1", "9" * 39)  # longer sequence numbers are larger, whatever their text says
+    assert await cp.get(ARN, "shardId-1") == "9" * 39
+    await cp.put(ARN, "shardId-1", SHARD_END)
+    await cp.put(ARN, "shardId-1", _seq(300))
+    assert await cp.get(ARN, "shardId-1") == SHARD_END
+
+
+async def test_checkpoints_are_kept_per_stream_and_shard(stores: Stores) -> None:
+    await stores.checkpoints.put(ARN, "shardId-1", _seq(5))
+    assert await stores.checkpoints.get(OTHER_ARN, "shardId-1") is None  # shard ids repeat across streams
+    assert await stores.checkpoints.get(ARN, "shardId-2") is None
+
+
+async def test_a_dead_letter_is_new_once_and_rewritten_after(stores: Stores) -> None:
+    letter = DeadLetter(
+        source_table="transcripts",
+        stream_arn=ARN,
+        shard_id="shardId-1",
+        sequence_number=_seq(7),
+        event_id="e7",
+        kind="unsafe",
+        reason="1 targets refused by the scope check",
+        created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        item_key={"transcript_id": "tr-1"},
+        targets=("out_of_scope: s3://stt-uploads/acct-2/tr-9/audio.wav",),
+    )
+    assert await stores.dead_letters.put(letter) is True
+    assert await stores.dead_letters.put(letter) is False
+    assert await stores.dead_letters.put(_with_kind(letter, "failed")) is True  # another letter of the record
+
+
+def _with_kind(letter: DeadLetter, kind: str) -> DeadLetter:
+    return DeadLetter(
+        source_table=letter.source_table,
+        stream_arn=letter.stream_arn,
+        shard_id=letter.shard_id,
+        sequence_number=letter.sequence_number,
+        event_id=letter.event_id,
+        kind=kind,  # type: ignore[arg-type]
+        reason=letter.reason,
+        created_at=letter.created_at,
+    )
+
+
+async def test_listing_exact_keeps_only_the_key_and_a_prefix_lists_every_version(stores: Stores) -> None:
+    await stores.put_object("acct-1/tr-1/a", versions=2)
+    await stores.put_object("acct-1/tr-1/ab")
+    await stores.put_object("acct-1/tr-10/a")
+    exact = [
+        v
+        async for page in stores.artifacts.list_versions(S3Location(BUCKET, "acct-1/tr-1/a"), exact=True)
+        for v in page.versions
+    ]
+    assert {v.key for v in exact} == {"acct-1/tr-1/a"}
+    assert len(exact) == 2
+    assert {v.key for v in await stores.versions("acct-1/tr-1/")} == {"acct-1/tr-1/a", "acct-1/tr-1/ab"}
+
+
+async def test_deleting_listed_versions_removes_them_and_leaves_neighbours(stores: Stores) -> None:
+    await stores.put_object("acct-1/tr-1/a", versions=3)
+    await stores.put_object("acct-1/tr-10/a")
+    listed = await stores.versions("acct-1/tr-1/")
+    report = await stores.artifacts.delete_versions(BUCKET, listed)
+    assert set(report.deleted) == set(listed)
+    assert report.refused == ()
+    assert await stores.versions("acct-1/tr-1/") == []
+    assert len(await stores.versions("acct-1/tr-10/")) == 1
+
+
+async def test_linked_items_are_found_and_deleted_only_while_still_linked(stores: Stores) -> None:
+    for output, transcript in (("translation", "tr-1"), ("captions", "tr-1"), ("translation", "tr-2")):
+        await stores.put_item(
+            "speech_outputs", {"transcript_id": transcript, "output_type": output, "account_id": "acct-1"}
+        )
+    query = LinkQuery("speech_outputs", "transcript_id", "tr-1", None)
+    found = [image async for image in stores.items.find(query, ("transcript_id", "output_type"))]
+    assert sorted(str(i["output_type"]) for i in found) == ["captions", "translation"]
+
+    key = {"transcript_id": "tr-1", "output_type": "translation"}
+    old = await stores.items.delete_linked(query, key)
+    assert old is not None
+    assert old["account_id"] == "acct-1"
+    assert await stores.items.get("speech_outputs", key) is None
+    assert await stores.items.delete_linked(query, key) is None  # gone already: not ours to count
+    other = LinkQuery("speech_outputs", "transcript_id", "tr-9", None)
+    captions = {"transcript_id": "tr-1", "output_type": "captions"}
+    assert await stores.items.delete_linked(other, captions) is None  # linked elsewhere: left alone
+    assert await stores.items.get("speech_outputs", captions) is not None
