@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from conftest import DEMO_RULES
@@ -51,8 +52,14 @@ def _settings(endpoint: str) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(endpoint: str, rules: Rules, registry: CollectorRegistry) -> AsyncIterator[Worker]:
-    aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
+async def running(
+    endpoint: str,
+    rules: Rules,
+    registry: CollectorRegistry,
+    *,
+    credentials: tuple[str, str] | None = CREDENTIALS,
+) -> AsyncIterator[Worker]:
+    aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=credentials)
     async with build_worker(_settings(endpoint), rules, registry, RetryPolicy(attempts=3), aws) as worker:
         task = asyncio.create_task(worker.run())
         try:
@@ -129,6 +136,52 @@ async def test_a_customer_deletion_cascades_at_the_time_of_the_request(
         == 1
     )
     assert await layout.remaining(customer) == 0
+
+
+CREDENTIAL_PROCESS = """#!/bin/sh
+# A credential_process whose token service is down while the flag file exists.
+if [ -e "{flag}" ]; then echo "token service unavailable" >&2; exit 1; fi
+printf '{{"Version": 1, "AccessKeyId": "testing", "SecretAccessKey": "testing", "Expiration": "%s"}}\\n' \\
+    "$(date -u -d '+2 minutes' +%Y-%m-%dT%H:%M:%SZ)"
+"""
+
+
+async def test_a_credential_source_that_fails_mid_run_makes_records_wait_and_then_recover(
+    endpoint: str, layout: Layout, rules: Rules, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Credentials that expire within minutes are fetched again for every call; while the process fails,
+    calls raise CredentialRetrievalError: the worker keeps running, records wait, nothing is skipped."""
+    flag = tmp_path / "outage"
+    script = tmp_path / "credentials.sh"
+    script.write_text(CREDENTIAL_PROCESS.format(flag=flag))
+    script.chmod(0o755)
+    (tmp_path / "config").write_text(f"[default]\ncredential_process = {script}\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    first, second = (Transcript("acct-1", f"tr-{n}", expiry(_now(), -600)) for n in (1, 2))
+    await layout.add([first, second], seed=BackendSeeder())
+    registry = CollectorRegistry()
+
+    async with running(endpoint, rules, registry, credentials=None) as worker:
+        ttl_delete("transcripts", {"transcript_id": {"S": first.transcript_id}})
+        await eventually(lambda: _finished(registry)() >= 1, seconds=60)
+        flag.touch()  # the outage starts
+        ttl_delete("transcripts", {"transcript_id": {"S": second.transcript_id}})
+        failing = lambda: sum(  # noqa: E731 - a condition read twice
+            _count(registry, "reconciler_failures_total", stage=stage, error="CredentialsError")
+            for stage in ("poll", "delete", "discover")
+        )
+        await eventually(lambda: failing() >= 3, seconds=60)
+        assert await layout.remaining(second) > 0
+        assert worker.liveness()[0]
+        flag.unlink()  # and ends
+        await eventually(lambda: _finished(registry)() >= 2, seconds=60)
+
+    assert await layout.remaining(first) == 0
+    assert await layout.remaining(second) == 0
 
 
 async def test_unsafe_uris_and_traversal_identifiers_delete_nothing_outside_scope(
