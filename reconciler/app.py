@@ -7,9 +7,10 @@ import datetime as dt
 import socket
 from collections.abc import AsyncIterator
 
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy, translate
 from reconciler.adapters.dynamodb import (
     DynamoDBCheckpointStore,
     DynamoDBDeadLetterStore,
@@ -46,9 +47,15 @@ async def build_worker(
     aws = aws or AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)
     async with AwsClients(aws) as clients:
         if settings.create_tables:
-            await create_worker_tables(
-                clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table
-            )
+            try:
+                await create_worker_tables(
+                    clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table
+                )
+            except (
+                BotoCoreError,
+                ClientError,
+            ) as exc:  # no credentials, access denied: one line, no traceback
+                raise translate(exc) from exc
         items = DynamoDBItemStore(clients.dynamodb, call)
         executor = Executor(
             rules,

@@ -18,10 +18,11 @@ from pydantic import ValidationError
 from reconciler import __version__
 from reconciler.core.dynamodb_json import decode_image
 from reconciler.core.plan import DeletionPlan, resolve
-from reconciler.errors import ConfigError, DecodeError
+from reconciler.errors import ConfigError, DecodeError, ReconcilerError
 from reconciler.rules import Rules, load_rules
 from reconciler.settings import Settings
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNSAFE = 3
 
@@ -117,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     except (ConfigError, DecodeError) as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ReconcilerError as exc:  # AWS refused or failed at start: one line, never a traceback
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_USAGE  # pragma: no cover - argparse requires a command
 
 
@@ -142,7 +146,15 @@ def _run(args: argparse.Namespace) -> int:
             worker.install_signal_handlers()
             await worker.run()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except ReconcilerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug: one event with types and frames (no values), exit 1
+        import structlog  # noqa: PLC0415
+
+        structlog.get_logger("reconciler.cli").exception("worker.crashed", error_type=type(exc).__name__)
+        return EXIT_FAILURE
     return 0
 
 
@@ -197,7 +209,12 @@ def _settings(values: dict[str, Any]) -> Settings:
     try:
         return Settings(**values)
     except ValidationError as exc:
-        raise ConfigError(f"invalid settings:\n{exc}") from exc
+        problems = []
+        for error in exc.errors(include_url=False):
+            field = str(error["loc"][0]) if error["loc"] else "settings"
+            name = f"--{field.replace('_', '-')} / RECONCILER_{field.upper()}"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from exc
 
 
 def plan_to_json(plan: DeletionPlan) -> dict[str, Any]:
@@ -221,8 +238,12 @@ def _plan(rules: Rules, image_path: Path, table: str | None) -> int:
         raise ConfigError(f"table {table!r} has no rules")
     try:
         raw = json.loads(image_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"cannot read image {image_path}: {exc}") from exc
+    except OSError as exc:
+        raise DecodeError(f"cannot read image {image_path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"image {image_path} is not UTF-8 text (byte {exc.start})") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested beyond any real item
+        raise DecodeError(f"image {image_path} is not JSON that DynamoDB could hold: {exc}") from exc
     plan = resolve(table, rules.tables[table], decode_image(raw))
     print(json.dumps(plan_to_json(plan), indent=2))
     return 0 if plan.is_safe else EXIT_UNSAFE

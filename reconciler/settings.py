@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
 class Settings(BaseSettings):
@@ -40,4 +42,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=25.0, gt=0, description="Drain time after SIGTERM.")
     liveness_seconds: float = Field(default=300.0, gt=0, description="Consumer silence that fails /healthz.")
     log_json: bool | None = Field(default=None, description="JSON logs (default: when stderr is not a tty).")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="CRITICAL, ERROR, WARNING, INFO or DEBUG.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.strip().upper() not in LEVELS:
+            raise ValueError(f"must be one of {', '.join(LEVELS)}")
+        return level.strip().upper()

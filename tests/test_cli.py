@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import DEMO_RULES
+from prometheus_client import CollectorRegistry
 
-from reconciler.cli import EXIT_UNSAFE, EXIT_USAGE, main
+from reconciler.cli import EXIT_FAILURE, EXIT_UNSAFE, EXIT_USAGE, main
 
 
 def _image(tmp_path: Path, **overrides: dict[str, str]) -> Path:
@@ -89,3 +91,78 @@ def test_sigterm_ends_run_even_before_the_worker_installs_its_handlers(
         assert exited.value.code == 128 + signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(autouse=True)
+def _own_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` registers its metrics on the process-wide registry: one of its own for each test."""
+    monkeypatch.setattr("reconciler.app.REGISTRY", CollectorRegistry())
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("reconciler: ")
+    return lines[0]
+
+
+def test_files_that_are_not_utf8_or_nest_too_deep_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latin = tmp_path / "rules.toml"
+    latin.write_bytes(b'buckets = ["caf\xe9"]\n')
+    assert main(["plan", "--config", str(latin), "--image", str(_image(tmp_path))]) == EXIT_USAGE
+    assert "is not UTF-8 text" in _one_line(capsys.readouterr().err)
+
+    image = tmp_path / "latin.json"
+    image.write_bytes(b'{"transcript_id": {"S": "caf\xe9"}}')
+    assert main(["plan", "--config", str(DEMO_RULES), "--image", str(image)]) == EXIT_USAGE
+    assert "is not UTF-8 text" in _one_line(capsys.readouterr().err)
+
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"transcript_id": ' + '{"M": {"a": ' * 5000 + '{"S": "x"}' + "}}" * 5000 + "}")
+    assert main(["plan", "--config", str(DEMO_RULES), "--image", str(deep)]) == EXIT_USAGE
+    _one_line(capsys.readouterr().err)
+
+
+def test_a_bad_log_level_names_its_variable_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECONCILER_LOG_LEVEL", "LOUD")
+    assert main(["run", "--config", str(DEMO_RULES)]) == EXIT_USAGE
+    line = _one_line(capsys.readouterr().err)
+    assert "RECONCILER_LOG_LEVEL" in line
+    assert "CRITICAL, ERROR, WARNING, INFO, DEBUG" in line
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "192.0.2.1"])  # a busy port; an address not on this host
+def test_a_port_that_cannot_be_served_is_a_one_line_error(
+    host: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Binding fails before any AWS call is made; nothing is sent anywhere."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["run", "--config", str(DEMO_RULES), "--http-host", host, "--http-port", str(port)]
+        assert main(args) == EXIT_USAGE
+    line = _one_line(capsys.readouterr().err)
+    assert f"cannot serve HTTP on {host}:{port}" in line
+
+
+def test_missing_credentials_when_creating_tables_are_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask the instance metadata service
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never reached: signing fails first
+    assert main(["run", "--config", str(DEMO_RULES), "--http-port", "0", "--create-tables"]) == EXIT_FAILURE
+    line = _one_line(capsys.readouterr().err)
+    assert "no usable AWS credentials" in line

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -146,6 +147,13 @@ printf '{{"Version": 1, "AccessKeyId": "testing", "SecretAccessKey": "testing", 
 """
 
 
+def _credential_failures(registry: CollectorRegistry) -> float:
+    return sum(
+        _count(registry, "reconciler_failures_total", stage=stage, error="CredentialsError")
+        for stage in ("poll", "delete", "discover")
+    )
+
+
 async def test_a_credential_source_that_fails_mid_run_makes_records_wait_and_then_recover(
     endpoint: str, layout: Layout, rules: Rules, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -170,11 +178,7 @@ async def test_a_credential_source_that_fails_mid_run_makes_records_wait_and_the
         await eventually(lambda: _finished(registry)() >= 1, seconds=60)
         flag.touch()  # the outage starts
         ttl_delete("transcripts", {"transcript_id": {"S": second.transcript_id}})
-        failing = lambda: sum(  # noqa: E731 - a condition read twice
-            _count(registry, "reconciler_failures_total", stage=stage, error="CredentialsError")
-            for stage in ("poll", "delete", "discover")
-        )
-        await eventually(lambda: failing() >= 3, seconds=60)
+        await eventually(lambda: _credential_failures(registry) >= 3, seconds=60)
         assert await layout.remaining(second) > 0
         assert worker.liveness()[0]
         flag.unlink()  # and ends
@@ -269,20 +273,33 @@ async def test_reconciler_run_serves_probes_and_stops_on_sigterm(endpoint: str, 
     async with asyncio.timeout(60):
         while not any(e["event"] == "shard.started" for e in events):
             events.append(json.loads(await process.stderr.readline()))
-    port = next(e["http_port"] for e in events if e["event"] == "worker.started")
+    port = int(str(next(e["http_port"] for e in events if e["event"] == "worker.started")))
 
     ready = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
     live = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/healthz")
     metrics = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+    for _ in range(3):  # a malformed request: aiohttp's own logger reports it with a traceback
+        assert (await asyncio.to_thread(_oversized_header, port)).startswith(b"HTTP/1.0 400")
+    await asyncio.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     rest = (await asyncio.wait_for(process.stderr.read(), timeout=60)).decode().splitlines()
     assert await process.wait() == 0
+    logged = [json.loads(line) for line in rest]  # every line one JSON event, tracebacks included
+    bad = [e for e in logged if e["event"] == "aiohttp.server"]
+    assert len(bad) == 3
+    assert bad[0]["exception"][0]["type"] == "aiohttp.http_exceptions.LineTooLong"
     assert ready == (200, "consuming 1 shards\n")
     assert live == (200, "ok\n")
     assert metrics[0] == 200
     assert 'reconciler_shards_consuming{table="transcripts"} 1.0' in metrics[1]
     assert "process_cpu_seconds_total" in metrics[1]  # the process-wide registry is served
     assert [json.loads(line)["event"] for line in rest][-1] == "worker.stopped"
+
+
+def _oversized_header(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        return connection.recv(64)
 
 
 def _get(url: str) -> tuple[int, str]:

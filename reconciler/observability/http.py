@@ -12,6 +12,8 @@ from typing import Self
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from reconciler.errors import ConfigError
+
 Probe = Callable[[], tuple[bool, str]]
 
 
@@ -33,7 +35,14 @@ class HttpServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a busy port, an address not on this host, a name that does not resolve
+            await self.close()
+            raise ConfigError(
+                f"cannot serve HTTP on {self._host}:{self._port}: {exc.strerror or exc}"
+                " (set --http-host/--http-port or RECONCILER_HTTP_HOST/_PORT)"
+            ) from exc
         self.port = int(self._runner.addresses[0][1])
         return self
 

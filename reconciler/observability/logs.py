@@ -26,8 +26,8 @@ from typing import Any
 import structlog
 
 from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.settings import LEVELS
 
-LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _QUIET_LOGGERS = ("botocore", "aiobotocore", "urllib3", "s3transfer")
 _MAX_MESSAGE = 500
 _MAX_FRAMES = 30
