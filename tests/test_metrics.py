@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 from prometheus_client import CollectorRegistry, generate_latest
 
+import reconciler
 from reconciler.core.classify import Cause
 from reconciler.observability.metrics import Metrics
 from reconciler.rules import Rules
@@ -45,4 +48,5 @@ def test_the_poll_age_grows_with_the_clock_between_polls() -> None:
 def test_build_info_names_the_running_version() -> None:
     text = _exposition(Metrics(CollectorRegistry()))
     assert 'reconciler_build_info{python="' in text
-    assert 'version="0.1.0"} 1.0' in text
+    assert f'version="{reconciler.__version__}"}} 1.0' in text
+    assert reconciler.__version__ == importlib.metadata.version("deletion-reconciler")  # one source of truth
