@@ -30,6 +30,7 @@ Rule = dict[str, Any]
 STALL_SECONDS = 10 * MINUTE  # no successful poll for this long: ReconcilerShardStalled
 DOWN_SECONDS = 5 * MINUTE  # ReconcilerTargetDown
 MISSING_SECONDS = 10 * MINUTE  # ReconcilerTargetMissing
+SOURCE_DOWN_SECONDS = 10 * MINUTE  # a source table not found at discovery: ReconcilerSourceUnavailable
 RESTART_WINDOW_SECONDS = 30 * MINUTE  # ReconcilerRestarting: more than RESTARTS restarts in this window
 RESTARTS = 2
 FAILING_SECONDS = 15 * MINUTE  # ReconcilerShardFailing: stream reads failing in every window this long
@@ -218,6 +219,16 @@ def _availability_alerts(job: str, on: str, scale: float) -> list[Rule]:
 
 def _shard_alerts(on: str, scale: float) -> list[Rule]:
     return [
+        _alert(
+            "ReconcilerSourceUnavailable",
+            f"min by (job, table) (reconciler_source_up{{{on}}}) == 0",
+            hold=SOURCE_DOWN_SECONDS * scale,
+            severity="page",
+            summary="Source table {{ $labels.table }} is not being read",
+            description=f"For {_words(SOURCE_DOWN_SECONDS)} the stream of {{{{ $labels.table }}}} was not"
+            " found at discovery: the table is missing, its stream is switched off, or the worker cannot"
+            " read it (credentials, IAM). Its deletions are not happening; other sources are still read.",
+        ),
         _alert(
             "ReconcilerShardStalled",
             f"max by (job, table, shard) (reconciler_last_successful_poll_age_seconds{{{on}}})"
