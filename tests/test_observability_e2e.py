@@ -81,6 +81,12 @@ async def _firing(session: aiohttp.ClientSession, base: str, name: str) -> list[
     return [a for a in alerts if a["labels"]["alertname"] == name and a["state"] == "firing"]
 
 
+async def _wait_scraped(session: aiohttp.ClientSession, base: str, metric: str) -> None:
+    async with asyncio.timeout(60):
+        while not (await _get(session, f"{base}/api/v1/query", query=metric))["data"]["result"]:  # noqa: ASYNC110 - polling an HTTP API
+            await asyncio.sleep(0.2)
+
+
 async def _wait_firing(
     session: aiohttp.ClientSession, base: str, name: str, directory: Path
 ) -> dict[str, Any]:
@@ -142,6 +148,10 @@ async def test_a_lagging_ttl_service_fires_the_fast_burn_alert_and_every_panel_h
             ],
         }
         async with prometheus(tmp_path, config, {"groups": rule_groups(scale=SCALE)}) as base:
+            async with aiohttp.ClientSession() as session:
+                # A counter's first increase is seen only after a sample at zero: a dead letter is written
+                # once, however often its record is redelivered, so wait for the first scrape.
+                await _wait_scraped(session, base, "reconciler_dead_letters_total")
             for t in (held, tampered):
                 ttl_delete("transcripts", {"transcript_id": {"S": t.transcript_id}})
             feeder = asyncio.create_task(_late_deletions(layout, seeder))
