@@ -41,8 +41,9 @@ async def build_worker(
 ) -> AsyncIterator[Worker]:
     """Open the AWS clients, create the worker's tables if asked, and yield a wired ``Worker``."""
     # The process-wide registry by default, so process metrics and stamina's retry counter are exported too.
+    spec = rules.compile()
     metrics = Metrics(registry if registry is not None else REGISTRY)
-    metrics.initialize(rules)
+    metrics.initialize(spec)
     call = Caller(retry or RetryPolicy())
     aws = aws or AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)
     async with AwsClients(aws) as clients:
@@ -58,14 +59,14 @@ async def build_worker(
                 raise translate(exc) from exc
         items = DynamoDBItemStore(clients.dynamodb, call)
         executor = Executor(
-            rules,
+            spec,
             S3ArtifactStore(clients.s3, call),
             items,
             metrics,
         )
         dead_letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
         processor = RecordProcessor(
-            rules=rules,
+            rules=spec,
             executor=executor,
             dead_letters=dead_letters,
             metrics=metrics,
@@ -79,4 +80,4 @@ async def build_worker(
             processor=processor,
             metrics=metrics,
         )
-        yield Worker(settings, rules, parts, clock=utcnow)
+        yield Worker(settings, spec, parts, clock=utcnow)

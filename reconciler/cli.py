@@ -244,7 +244,7 @@ def _plan(rules: Rules, image_path: Path, table: str | None) -> int:
         raise DecodeError(f"image {image_path} is not UTF-8 text (byte {exc.start})") from exc
     except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested beyond any real item
         raise DecodeError(f"image {image_path} is not JSON that DynamoDB could hold: {exc}") from exc
-    plan = resolve(table, rules.tables[table], decode_image(raw))
+    plan = resolve(rules.compile().tables[table], decode_image(raw))
     print(json.dumps(plan_to_json(plan), indent=2))
     return 0 if plan.is_safe else EXIT_UNSAFE
 

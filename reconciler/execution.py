@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -17,10 +17,10 @@ from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import Tally
 from reconciler.core.plan import DeletionPlan, LinkQuery, Unsafe, key_hash, resolve
 from reconciler.core.scope import S3Location
+from reconciler.core.spec import RuleSet
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import ArtifactStore, ItemStore, ObjectVersion
-from reconciler.rules import Rules
 
 log = structlog.get_logger("reconciler.execution")
 
@@ -34,11 +34,25 @@ class ScopedUnsafe:
     unsafe: Unsafe
 
 
+RecordRefusals = Callable[[Sequence[ScopedUnsafe]], Awaitable[None]]
+"""Writes the refusals so far durably (the record's dead letter) before a linked item holding them goes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """What a dry run found a real run would delete: an object version or delete marker, or an item."""
+
+    kind: str  # "object_version", "delete_marker" or "item"
+    where: str  # s3://bucket/key, or the table
+    what: str  # the version id, or the item's key
+
+
 @dataclass(slots=True)
 class ExecutionResult:
     tally: Tally = field(default_factory=Tally)
     unsafe: list[ScopedUnsafe] = field(default_factory=list)
     errors: list[ReconcilerError] = field(default_factory=list)
+    planned: list[Planned] = field(default_factory=list)
 
     @property
     def retriable(self) -> bool:
@@ -46,13 +60,27 @@ class ExecutionResult:
 
 
 class Executor:
-    def __init__(self, rules: Rules, artifacts: ArtifactStore, items: ItemStore, metrics: Metrics) -> None:
+    """Carries out plans; with ``dry_run`` it only reads (listings, queries) and reports what it would
+    delete in ``ExecutionResult.planned``, through the same code path a real run takes."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        artifacts: ArtifactStore,
+        items: ItemStore,
+        metrics: Metrics,
+        *,
+        dry_run: bool = False,
+    ) -> None:
         self._rules = rules
         self._artifacts = artifacts
         self._items = items
         self._metrics = metrics
+        self._dry_run = dry_run
 
-    async def execute(self, plan: DeletionPlan) -> ExecutionResult:
+    async def execute(
+        self, plan: DeletionPlan, record_refusals: RecordRefusals | None = None
+    ) -> ExecutionResult:
         """Delete every safe target of ``plan``; collect (never raise) what failed."""
         result = ExecutionResult()
         result.unsafe.extend(ScopedUnsafe(plan.table, dict(plan.key), u) for u in plan.unsafe)
@@ -61,12 +89,30 @@ class Executor:
             *((p, False) for p in plan.prefixes),
         ]:
             try:
-                await self._purge(location, plan.scopes, result, exact=exact)
+                if self._dry_run:
+                    await self._survey(location, plan.scopes, result, exact=exact)
+                else:
+                    await self._purge(location, plan.scopes, result, exact=exact)
             except ReconcilerError as exc:
                 result.errors.append(exc)
         for query in plan.links:
-            await self._delete_linked(query, result)
+            await self._delete_linked(query, result, record_refusals)
         return result
+
+    async def _survey(
+        self, location: S3Location, scopes: Sequence[S3Location], result: ExecutionResult, *, exact: bool
+    ) -> None:
+        """A dry run's purge: every version a real run would delete, read through the same scope defence."""
+        found = 0
+        async with contextlib.aclosing(self._artifacts.list_versions(location, exact=exact)) as pages:
+            async for page in pages:
+                self._check_listing(location, scopes, page.versions)
+                for v in page.versions:
+                    kind = "delete_marker" if v.is_delete_marker else "object_version"
+                    result.planned.append(Planned(kind, f"s3://{location.bucket}/{v.key}", v.version_id))
+                found += len(page.versions)
+        if not found:
+            result.tally += Tally(absent=1)
 
     async def _purge(
         self, location: S3Location, scopes: Sequence[S3Location], result: ExecutionResult, *, exact: bool
@@ -115,33 +161,63 @@ class Executor:
         async with contextlib.aclosing(self._artifacts.list_versions(location, exact=exact)) as pages:
             async for page in pages:
                 todo = [v for v in page.versions if v not in skip]
-                # Defence in depth: a listing never widens the plan's scope. Keys are literal in S3, so a
-                # key such as "a/b//c" under the item's prefix is the item's own and is deleted with it.
-                for version in todo:
-                    if not any(S3Location(location.bucket, version.key).is_within(s) for s in scopes):
-                        raise PermanentError(f"listing under {location} returned a key outside scope")
+                self._check_listing(location, scopes, todo)
                 if todo:
                     return todo, page.more
         return [], False
 
-    async def _delete_linked(self, query: LinkQuery, result: ExecutionResult) -> None:
-        rules = self._rules.tables[query.table]
+    @staticmethod
+    def _check_listing(
+        location: S3Location, scopes: Sequence[S3Location], versions: Sequence[ObjectVersion]
+    ) -> None:
+        # Defence in depth: a listing never widens the plan's scope. Keys are literal in S3, so a key such as
+        # "a/b//c" under the item's prefix is the item's own and is deleted with it.
+        for version in versions:
+            if not any(S3Location(location.bucket, version.key).is_within(s) for s in scopes):
+                raise PermanentError(f"listing under {location} returned a key outside scope")
+
+    async def _delete_linked(
+        self, query: LinkQuery, result: ExecutionResult, record_refusals: RecordRefusals | None
+    ) -> None:
+        table = self._rules.tables[query.table]
         try:
-            async for image in self._items.find(query, rules.key):
-                await self._delete_one_linked(query, image, result)
+            async for image in self._items.find(query, table.key):
+                entity = table.entity_of(image)
+                if query.entity is not None and (entity is None or entity.name != query.entity):
+                    continue  # another kind of item under the same key: not linked by this link
+                await self._delete_one_linked(query, image, result, record_refusals)
         except ReconcilerError as exc:
             result.errors.append(exc)
 
-    async def _delete_one_linked(self, query: LinkQuery, image: Image, result: ExecutionResult) -> None:
-        """Artifacts first, then the item, only while it still links to the deleted one."""
-        rules = self._rules.tables[query.table]
-        plan = resolve(query.table, rules, image)
-        if not self._merge(result, await self.execute(plan)) or not plan.is_safe:
-            # Keep the linked item: it is the pointer to what is left or refused.
+    async def _delete_one_linked(
+        self, query: LinkQuery, image: Image, result: ExecutionResult, record_refusals: RecordRefusals | None
+    ) -> None:
+        """Artifacts first, then the item, only while it still links to the deleted one. A linked item with
+        refused targets goes too, once the refusals are durably recorded: the refused objects stay, but the
+        customer data the item holds does not outlive its parent."""
+        table = self._rules.tables[query.table]
+        plan = resolve(table, image, via=query)
+        nested = await self.execute(plan, record_refusals)
+        if not self._merge(result, nested) or plan.blocked:
+            # Keep the linked item: it is the pointer to what is left (or, unrenderable, to everything).
             log.warning(
                 "deletion.linked_item_kept", table=query.table, key_hash=key_hash(query.table, plan.key)
             )
             return
+        if self._dry_run:
+            result.planned.append(Planned("item", query.table, _key_text(plan.key)))
+            return
+        if plan.unsafe:
+            if record_refusals is None:
+                log.warning(
+                    "deletion.linked_item_kept", table=query.table, key_hash=key_hash(query.table, plan.key)
+                )
+                return
+            try:
+                await record_refusals(result.unsafe)
+            except ReconcilerError as exc:
+                result.errors.append(exc)
+                return
         old = await self._items.delete_linked(query, plan.key)
         if old is None:
             return  # gone already, or no longer linked to this item: not ours to delete
@@ -152,9 +228,12 @@ class Executor:
             log.warning(
                 "deletion.linked_item_changed", table=query.table, key_hash=key_hash(query.table, plan.key)
             )
-            self._merge(result, await self._follow_change(plan, resolve(query.table, rules, old)))
+            changed = resolve(table, old, via=query)
+            self._merge(result, await self._follow_change(plan, changed, record_refusals))
 
-    async def _follow_change(self, planned: DeletionPlan, changed: DeletionPlan) -> ExecutionResult:
+    async def _follow_change(
+        self, planned: DeletionPlan, changed: DeletionPlan, record_refusals: RecordRefusals | None
+    ) -> ExecutionResult:
         """Delete what only the changed image points at. The item is gone by now, so a redelivered record
         could not find these targets again: a failure here is final (dead-lettered with the targets)."""
         extra = dataclasses.replace(
@@ -164,7 +243,7 @@ class Executor:
             links=tuple(q for q in changed.links if q not in planned.links),
             unsafe=tuple(u for u in changed.unsafe if u not in planned.unsafe),
         )
-        follow = await self.execute(extra)
+        follow = await self.execute(extra, record_refusals)
         if follow.errors:
             left = ", ".join(str(t) for t in (*extra.objects, *extra.prefixes)) or "linked items"
             follow.errors = [PermanentError(f"a linked item changed while being deleted; left: {left}")]
@@ -183,3 +262,7 @@ class Executor:
         result.tally += Tally(object_versions=len(versions) - markers, delete_markers=markers)
         self._metrics.artifacts.labels("object_version", "deleted").inc(len(versions) - markers)
         self._metrics.artifacts.labels("delete_marker", "deleted").inc(markers)
+
+
+def _key_text(key: Mapping[str, object]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in key.items())

@@ -147,12 +147,12 @@ def reachable_tables(rules: Rules) -> list[str]:
     """The sources and every table linked from them, directly or not: the only tables the worker reads."""
     found = list(dict.fromkeys(rules.sources))
     for name in found:  # grows while it is walked: links form no cycle, so this ends
-        found += [link.table for link in rules.tables[name].links if link.table not in found]
+        found += [link.table for link in rules.tables[name].all_links() if link.table not in found]
     return found
 
 
 def _linked_statements(rules: Rules, arns: _Arns) -> list[Statement]:
-    links = [link for name in reachable_tables(rules) for link in rules.tables[name].links]
+    links = [link for name in reachable_tables(rules) for link in rules.tables[name].all_links()]
     if not links:
         return []
     statements = [

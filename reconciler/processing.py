@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from reconciler.core.classify import Cause, classify, ttl_expiry
 from reconciler.core.dynamodb_json import Image
-from reconciler.core.outcomes import DeadLettered, Deleted, Ignored, Outcome, Pending, Tally
+from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Outcome, Pending, Tally
 from reconciler.core.plan import key_hash, resolve
 from reconciler.core.records import StreamRecord, Undecodable
-from reconciler.errors import ReconcilerError
-from reconciler.execution import ExecutionResult, Executor
+from reconciler.core.spec import RuleSet
+from reconciler.errors import ReconcilerError, TransientError
+from reconciler.execution import ExecutionResult, Executor, RecordRefusals, ScopedUnsafe
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
-from reconciler.rules import Rules
 
 log = structlog.get_logger("reconciler.processing")
 
@@ -39,7 +39,7 @@ class RecordProcessor:
     def __init__(
         self,
         *,
-        rules: Rules,
+        rules: RuleSet,
         executor: Executor,
         dead_letters: DeadLetterStore,
         metrics: Metrics,
@@ -66,11 +66,18 @@ class RecordProcessor:
             self._metrics.records.labels(origin.table, "undecodable", "none").inc()
             log.error("record.undecodable", sequence_number=record.sequence_number, reason=record.reason)
             return await self._dead_letter(origin, record, "undecodable", record.reason)
-        table_rules = self._rules.tables[origin.table]
-        cause = classify(record, table_rules.ttl_attribute)
+        table = self._rules.tables[origin.table]
+        cause = classify(record, table.ttl_attribute)
         self._metrics.records.labels(origin.table, record.event_name.value, cause or "none").inc()
         if cause is None:
             return Ignored(record.sequence_number)
+        skip = table.cascade.filtered(cause, record)
+        if skip is not None and (record.old_image is not None or cause not in table.cascade.causes):
+            # Not ours to cascade (a migration's DeleteItem, an admin's): counted, nothing deleted.
+            log.info(
+                "record.filtered", key_hash=key_hash(origin.table, record.keys), cause=cause.value, why=skip
+            )
+            return Filtered(record.sequence_number, cause, skip)
         if record.old_image is None:
             # KEYS_ONLY or NEW_IMAGE streams cannot tell us what was linked: an operator must look.
             log.error("record.no_old_image", sequence_number=record.sequence_number)
@@ -80,13 +87,13 @@ class RecordProcessor:
         return await self._delete(origin, record, cause, record.old_image)
 
     async def _delete(self, origin: Origin, record: StreamRecord, cause: Cause, image: Image) -> Outcome:
-        table_rules = self._rules.tables[origin.table]
-        plan = resolve(origin.table, table_rules, image)
+        table = self._rules.tables[origin.table]
+        plan = resolve(table, image)
         # The same key written again shares the scope: deleting would take the new item's artifacts.
         refusal = await self._exists_again(origin, record, cause, plan.key, "the item exists again")
         if refusal is not None:
             return refusal
-        result = await self._executor.execute(plan)
+        result = await self._executor.execute(plan, self._recorder(origin, record, cause))
         self._report_unsafe(result)
         reason = "the item was written again while its artifacts were deleted; check its new ones"
         refusal = await self._exists_again(origin, record, cause, plan.key, reason, result)
@@ -94,7 +101,7 @@ class RecordProcessor:
             return refusal
         if result.errors:
             return await self._failed(origin, record, cause, result)
-        if not plan.scopes:  # an unsafe identifier: nothing could be planned, so nothing was deleted
+        if plan.blocked:  # an unsafe identifier: nothing could be planned, so nothing was deleted
             return await self._dead_letter(origin, record, "unsafe", "unsafe identifier", cause, result)
         if result.unsafe:
             reason = f"{len(result.unsafe)} targets refused by the scope check"
@@ -102,7 +109,7 @@ class RecordProcessor:
             if isinstance(letter, Pending):
                 return letter
         completed = self._clock()
-        self._observe_lag(record, cause, table_rules.ttl_attribute, completed)
+        self._observe_lag(record, cause, table.ttl_attribute, completed)
         log.info(
             "deletion.completed",
             key_hash=key_hash(origin.table, plan.key),
@@ -115,6 +122,20 @@ class RecordProcessor:
         )
         unsafe = tuple(s.unsafe for s in result.unsafe)
         return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
+
+    def _recorder(self, origin: Origin, record: StreamRecord, cause: Cause) -> RecordRefusals:
+        """Writes the record's ``unsafe`` letter with the refusals so far, before a linked item holding
+        refused targets is deleted; the letter is rewritten (same id, counted once) when the record ends."""
+
+        async def record_refusals(refusals: Sequence[ScopedUnsafe]) -> None:
+            reason = f"{len(refusals)} targets refused by the scope check"
+            letter = await self._dead_letter(
+                origin, record, "unsafe", reason, cause, ExecutionResult(unsafe=list(refusals))
+            )
+            if isinstance(letter, Pending):
+                raise TransientError(letter.error)
+
+        return record_refusals
 
     async def _exists_again(  # noqa: PLR0917 - the record's context, passed through
         self,
@@ -237,6 +258,8 @@ def _outcome_label(outcome: Outcome) -> str:
             return "deleted"
         case Ignored():
             return "ignored"
+        case Filtered():
+            return "filtered"
         case DeadLettered():
             return "dead_lettered"
         case Pending():

@@ -1,113 +1,313 @@
-"""The artifact rules: per table, what is linked to an item and where it may live.
+"""The artifact rules file: per table (and per entity type inside a table), what is linked to an item and
+where it may live, and which removals cascade.
 
-Validated by pydantic when loaded, so a mistake is reported with the file and field before the worker starts.
-``reconciler schema`` prints the JSON Schema of this file.
+Validated by pydantic when loaded, so a mistake is reported with the file and field before the worker starts,
+then compiled into the core's plain specs (``reconciler.core.spec``) with every template parsed once.
+``reconciler schema`` prints the JSON Schema of this file. Files written for earlier releases load unchanged:
+every key added since is optional.
 """
 
 from __future__ import annotations
 
+import decimal
 import tomllib
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from reconciler.core.classify import Cause
 from reconciler.core.graph import find_cycle
 from reconciler.core.scope import ScopeViolation, Template
+from reconciler.core.spec import (
+    CascadeSpec,
+    EntitySpec,
+    IdentityCondition,
+    ImageCondition,
+    LinkSpec,
+    RuleSet,
+    ScopeMode,
+    TableSpec,
+)
 from reconciler.errors import ConfigError
 
 _Name = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")]
+_Attribute = Annotated[str, Field(min_length=1, max_length=255)]
+_Marker = Annotated[str, Field(min_length=1, max_length=255)]
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _template(source: str) -> str:
+def _template(source: str) -> Template:
     try:
-        Template.parse(source)
+        return Template.parse(source)
     except ScopeViolation as exc:
         raise ValueError(f"{source!r}: {exc}") from exc
-    return source
+
+
+def _own_templates(sources: tuple[str, ...], what: str) -> tuple[str, ...]:
+    for source in sources:
+        template = _template(source)
+        if not source.endswith("/"):
+            raise ValueError(f"{what} {source!r} must end with '/'")
+        if template.parent_fields:
+            raise ValueError(f"{what} {source!r}: {{parent.*}} placeholders belong in a link's scopes")
+    return sources
 
 
 class LinkRule(_Frozen):
-    """Items of another table that belong to this one and are deleted with it, with their own artifacts."""
+    """Items of a table that belong to this one and are deleted with it, with their own artifacts."""
 
     table: _Name = Field(description="The linked table; it must have rules of its own under [tables].")
-    attribute: str = Field(
-        min_length=1,
-        description="Attribute of the linked table to match: its partition key, or the index's.",
+    attribute: _Attribute = Field(
+        description="Attribute of the linked table to match: its partition key, or the index's."
     )
-    value_from: str = Field(min_length=1, description="Attribute of this item whose value is matched.")
+    value_from: _Attribute = Field(description="Attribute of this item whose value is matched.")
     index: _Name | None = Field(default=None, description="Query this GSI instead of the table's own key.")
-
-
-class TableRules(_Frozen):
-    """What is linked to one item of a table, and the scope every linked S3 target must lie in."""
-
-    key: tuple[str, ...] = Field(min_length=1, max_length=2, description="Key attributes: partition[, sort].")
-    ttl_attribute: str | None = Field(default=None, description="The table's TTL attribute (epoch seconds).")
-    scopes: tuple[str, ...] = Field(
-        min_length=1,
-        description="s3://bucket/prefix/ templates over the item's identifiers; every S3 target must lie"
-        " under one. Each must end with '/' and contain at least one {placeholder}.",
+    sort_attribute: _Attribute | None = Field(
+        default=None,
+        description="The sort key (of the table, or of the index) that sort_begins_with applies to.",
     )
-    object_attributes: tuple[str, ...] = Field(
+    sort_begins_with: _Marker | None = Field(
+        default=None,
+        description="Only items whose sort key begins with this text (single-table design: 'OUTPUT#').",
+    )
+    entity: _Name | None = Field(
+        default=None, description="Only items of this entity type of the linked table (see entities)."
+    )
+    scope: Literal["own", "parent", "both"] = Field(
+        default="own",
+        description="What the linked items' S3 targets are checked against: scopes rendered from their own"
+        " identifiers ('own'), from this (the parent) item's ('parent': this link's scopes, or the parent's"
+        " own scopes when it has none), or either ('both').",
+    )
+    scopes: tuple[str, ...] = Field(
+        default=(),
+        description="s3://bucket/prefix/ templates over the parent's identifiers, written {parent.NAME} or"
+        " {parent.NAME|after:MARKER}, for scope 'parent' or 'both'.",
+    )
+
+    @field_validator("scopes")
+    @classmethod
+    def _parent_templates(cls, scopes: tuple[str, ...]) -> tuple[str, ...]:
+        for source in scopes:
+            template = _template(source)
+            if not source.endswith("/") or not template.parent_fields or template.fields:
+                raise ValueError(
+                    f"link scope {source!r} must end with '/' and use only {{parent.NAME}} placeholders"
+                )
+        return scopes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.sort_begins_with is not None and self.sort_attribute is None:
+            raise ValueError("sort_begins_with needs sort_attribute")
+        if self.scopes and self.scope == "own":
+            raise ValueError("a link with scopes of its own needs scope = 'parent' or 'both'")
+        return self
+
+    def compile(self) -> LinkSpec:
+        return LinkSpec(
+            table=self.table,
+            attribute=self.attribute,
+            value_from=self.value_from,
+            index=self.index,
+            sort_attribute=self.sort_attribute,
+            sort_prefix=self.sort_begins_with,
+            entity=self.entity,
+            scope=ScopeMode(self.scope),
+            scopes=tuple(map(_template, self.scopes)),
+        )
+
+
+class MatchRule(_Frozen):
+    """How an entity type is recognised: an attribute (usually the sort key) that begins with a marker."""
+
+    attribute: _Attribute
+    begins_with: _Marker
+
+
+class _Artifacts(_Frozen):
+    """What one kind of item points at: shared by a table's own rules and its entity types."""
+
+    scopes: tuple[str, ...] = Field(
+        default=(),
+        description="s3://bucket/prefix/ templates over the item's identifiers ({NAME} or"
+        " {NAME|after:MARKER}); every S3 target must lie under one. Each must end with '/' and contain the"
+        " partition key. May be empty for items whose targets are checked against their parent's scopes"
+        " (a link's scope).",
+    )
+    object_attributes: tuple[_Attribute, ...] = Field(
         default=(),
         description="Attributes holding s3:// URIs of objects (a string, a list or a map of strings).",
     )
     prefixes: tuple[str, ...] = Field(
-        default=(), description="s3://bucket/prefix/ templates: everything under them is deleted."
+        default=(),
+        description="s3://bucket/prefix/ templates: everything under them is deleted. Each must name every"
+        " key attribute and lie under one of the scopes.",
     )
-    links: tuple[LinkRule, ...] = Field(default=(), description="Linked items in other tables.")
+    links: tuple[LinkRule, ...] = Field(default=(), description="Linked items, in this table or others.")
 
     @field_validator("scopes")
     @classmethod
-    def _scopes_are_narrow(cls, scopes: tuple[str, ...]) -> tuple[str, ...]:
-        for source in scopes:
-            template = Template.parse(_template(source))
-            if not template.fields or not source.endswith("/"):
-                raise ValueError(f"scope {source!r} must end with '/' and contain a {{placeholder}}")
-        return scopes
+    def _scopes_are_templates(cls, scopes: tuple[str, ...]) -> tuple[str, ...]:
+        return _own_templates(scopes, "scope")
 
     @field_validator("prefixes")
     @classmethod
     def _prefixes_are_templates(cls, prefixes: tuple[str, ...]) -> tuple[str, ...]:
-        for source in prefixes:
-            if not _template(source).endswith("/"):
-                raise ValueError(f"prefix {source!r} must end with '/'")
-        return prefixes
+        return _own_templates(prefixes, "prefix")
+
+    def check_names_item(self, key: tuple[str, ...]) -> None:
+        # A scope without the partition key is shared by many items: a tampered URI could reach a sibling.
+        for source in self.scopes:
+            if key[0] not in _template(source).fields:
+                raise ValueError(f"scope {source!r} must contain the partition key {{{key[0]}}}")
+        for source in self.prefixes:
+            # Everything under a prefix is deleted: it must name the whole item, not a group of items.
+            missing = [k for k in key if k not in _template(source).fields]
+            if missing:
+                raise ValueError(f"prefix {source!r} must contain every key attribute; missing {missing}")
+            if not any(source.startswith(scope) for scope in self.scopes):
+                raise ValueError(f"prefix {source!r} does not start with any of the scopes")
+
+    @property
+    def has_s3_targets(self) -> bool:
+        return bool(self.object_attributes or self.prefixes)
+
+    def compile_entity(self, name: str, match: MatchRule | None = None) -> EntitySpec:
+        return EntitySpec(
+            name=name,
+            scopes=tuple(map(_template, self.scopes)),
+            object_attributes=self.object_attributes,
+            prefixes=tuple(map(_template, self.prefixes)),
+            links=tuple(link.compile() for link in self.links),
+            match_attribute=match.attribute if match else None,
+            match_prefix=match.begins_with if match else None,
+        )
+
+    def templates(self) -> tuple[Template, ...]:
+        return (*map(_template, self.scopes), *map(_template, self.prefixes))
+
+
+class EntityRules(_Artifacts):
+    """One entity type of a single-table design, recognised by a key prefix."""
+
+    match: MatchRule = Field(description="e.g. { attribute = 'SK', begins_with = 'TRANSCRIPT#' }")
+
+
+class SkipRule(_Frozen):
+    """A removal that must not cascade: an old-image attribute that equals (or does not equal) a value, or
+    a stream record's userIdentity."""
+
+    attribute: _Attribute | None = None
+    equals: str | int | bool | None = None
+    not_equals: str | int | bool | None = None
+    principal: str | None = Field(default=None, description="userIdentity principalId, e.g. an admin role.")
+    type: str | None = Field(default=None, description="userIdentity type, e.g. 'Service'.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        on_image = self.attribute is not None
+        compared = (self.equals is not None) + (self.not_equals is not None)
+        on_identity = self.principal is not None or self.type is not None
+        if on_image == on_identity or (on_image and compared != 1) or (on_identity and compared):
+            raise ValueError(
+                "a skip condition is either {attribute, equals} or {attribute, not_equals},"
+                " or {principal and/or type} of userIdentity"
+            )
+        return self
+
+    def compile(self) -> ImageCondition | IdentityCondition:
+        if self.attribute is None:
+            return IdentityCondition(self.principal, self.type)
+        given = self.equals if self.equals is not None else self.not_equals
+        # Numbers in decoded images are Decimals.
+        value = decimal.Decimal(given) if isinstance(given, int) and not isinstance(given, bool) else given
+        return ImageCondition(self.attribute, value, negate=self.not_equals is not None)
+
+
+class CascadeRules(_Frozen):
+    """Which removals of a source table delete what is linked. Default: every cause, no skip."""
+
+    causes: tuple[Literal["ttl", "expired", "requested"], ...] = Field(
+        default=("ttl", "expired", "requested"),
+        min_length=1,
+        description="Causes that cascade: 'ttl', 'expired', 'requested'.",
+    )
+    skip: tuple[SkipRule, ...] = Field(
+        default=(),
+        description="Removals matching any of these are counted (outcome 'filtered') and delete nothing:"
+        " a data migration's marker, an admin role's deletions.",
+    )
+
+    def compile(self) -> CascadeSpec:
+        conditions = [rule.compile() for rule in self.skip]
+        return CascadeSpec(
+            causes=frozenset(Cause(c) for c in self.causes),
+            skip_images=tuple(c for c in conditions if isinstance(c, ImageCondition)),
+            skip_identities=tuple(c for c in conditions if isinstance(c, IdentityCondition)),
+        )
+
+
+class TableRules(_Artifacts):
+    """What is linked to one item of a table, the scope every linked S3 target must lie in, and (for
+    single-table designs) entity types with rules of their own."""
+
+    key: tuple[_Attribute, ...] = Field(
+        min_length=1, max_length=2, description="Key attributes: partition[, sort]."
+    )
+    ttl_attribute: _Attribute | None = Field(
+        default=None, description="The table's TTL attribute (epoch seconds)."
+    )
+    entities: dict[_Name, EntityRules] = Field(
+        default_factory=dict,
+        description="Entity types in this table, tried in order; an item matching none uses the table's"
+        " own rules above.",
+    )
+    cascade: CascadeRules = Field(default_factory=CascadeRules, description="Which removals cascade.")
 
     @model_validator(mode="after")
     def _scopes_name_the_item(self) -> Self:
-        # A scope without the partition key is shared by many items: a tampered URI could reach a sibling.
-        for template in self.prefix_templates():
-            # Everything under a prefix is deleted: it must name the whole item, not a group of items.
-            missing = [k for k in self.key if k not in template.fields]
-            if missing:
-                raise ValueError(
-                    f"prefix {template.source!r} must contain every key attribute; missing {missing}"
-                )
-        for template in self.scope_templates():
-            if self.key[0] not in template.fields:
-                raise ValueError(
-                    f"scope {template.source!r} must contain the partition key {{{self.key[0]}}}"
-                )
+        self.check_names_item(self.key)
+        for entity in self.entities.values():
+            entity.check_names_item(self.key)
         return self
 
-    @model_validator(mode="after")
-    def _prefixes_lie_in_a_scope(self) -> Self:
-        for prefix in self.prefixes:
-            if not any(prefix.startswith(scope) for scope in self.scopes):
-                raise ValueError(f"prefix {prefix!r} does not start with any of the scopes")
-        return self
+    def kinds(self) -> dict[str, _Artifacts]:
+        """The entity types, then the table's own rules (named "")."""
+        return {**self.entities, "": self}
 
-    def scope_templates(self) -> tuple[Template, ...]:
-        return tuple(Template.parse(s) for s in self.scopes)
+    def all_links(self) -> list[LinkRule]:
+        return [link for rules in self.kinds().values() for link in rules.links]
 
-    def prefix_templates(self) -> tuple[Template, ...]:
-        return tuple(Template.parse(s) for s in self.prefixes)
+    def scope_templates(self) -> list[Template]:
+        """Every scope any item of this table can be checked against: its kinds' own, and those its links
+        hand on to their linked items."""
+        own = [_template(s) for rules in self.kinds().values() for s in rules.scopes]
+        return own + [_template(s) for link in self.all_links() for s in link.scopes]
+
+    def compile(self, name: str) -> TableSpec:
+        entities = [e.compile_entity(n, e.match) for n, e in self.entities.items()]
+        if not self.entities or self.scopes or self.has_s3_targets or self.links:
+            entities.append(self.compile_entity(""))
+        return TableSpec(
+            name=name,
+            key=self.key,
+            ttl_attribute=self.ttl_attribute,
+            entities=tuple(entities),
+            cascade=self.cascade.compile(),
+        )
 
 
 class Rules(_Frozen):
@@ -121,6 +321,7 @@ class Rules(_Frozen):
         min_length=1, description="Tables whose streams are read (NEW_AND_OLD_IMAGES or OLD_IMAGE)."
     )
     tables: dict[_Name, TableRules] = Field(description="Rules per table, sources and linked tables alike.")
+    _compiled: RuleSet | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -128,20 +329,90 @@ class Rules(_Frozen):
             if name not in self.tables:
                 raise ValueError(f"source table {name!r} has no rules under [tables]")
         for name, table in self.tables.items():
-            for template in (*table.scope_templates(), *table.prefix_templates()):
-                if template.bucket not in self.buckets:
-                    raise ValueError(f"table {name!r}: bucket {template.bucket!r} is not in buckets")
-            for link in table.links:
-                if link.table not in self.tables:
-                    raise ValueError(f"table {name!r} links to {link.table!r}, which has no rules")
+            for kind, rules in table.kinds().items():
+                self._check_kind(name, table, kind, rules)
+        self._check_own_scopes()
         self._check_acyclic()
+        self._compiled = RuleSet.of(
+            frozenset(self.buckets), self.sources, {n: t.compile(n) for n, t in self.tables.items()}
+        )
         return self
 
+    def _check_kind(self, name: str, table: TableRules, kind: str, rules: _Artifacts) -> None:
+        where = f"table {name!r}" + (f" entity {kind!r}" if kind else "")
+        templates = [*rules.templates(), *(t for link in rules.links for t in map(_template, link.scopes))]
+        for template in templates:
+            if template.bucket not in self.buckets:
+                raise ValueError(f"{where}: bucket {template.bucket!r} is not in buckets")
+        for link in rules.links:
+            target = self.tables.get(link.table)
+            if target is None:
+                raise ValueError(f"{where} links to {link.table!r}, which has no rules")
+            if link.entity is not None and link.entity not in target.entities:
+                raise ValueError(
+                    f"{where} links to entity {link.entity!r}, which {link.table!r} does not have"
+                )
+            if (
+                link.sort_attribute is not None
+                and link.index is None
+                and link.sort_attribute != target.key[-1]
+            ):
+                raise ValueError(
+                    f"{where}: sort_attribute {link.sort_attribute!r} is not {link.table!r}'s sort key"
+                )
+            for source in link.scopes:
+                if table.key[0] not in _template(source).parent_fields:
+                    raise ValueError(f"link scope {source!r} must contain the parent's partition key")
+
+    def _links_into(self, table: str, kind: str) -> list[LinkRule]:
+        target = self.tables[table]
+        found = []
+        for source in self.tables.values():
+            for rules in source.kinds().values():
+                for link in rules.links:
+                    reaches = link.entity == kind if link.entity else kind in target.kinds()
+                    if link.table == table and reaches:
+                        found.append(link)
+        return found
+
+    def _check_own_scopes(self) -> None:
+        """Items with S3 targets need scopes: their own, or their parent's through every link into them."""
+        for name, table in self.tables.items():
+            for kind, rules in table.kinds().items():
+                if rules.scopes or not rules.has_s3_targets:
+                    continue
+                where = f"table {name!r}" + (f" entity {kind!r}" if kind else "")
+                if name in self.sources:
+                    raise ValueError(f"{where} has S3 targets but no scopes (a source has no parent)")
+                links = self._links_into(name, kind)
+                if rules.prefixes or not links or any(link.scope == "own" for link in links):
+                    raise ValueError(
+                        f"{where} has S3 targets but no scopes: give it scopes, or link to it only with"
+                        " scope = 'parent' or 'both' (prefixes always need scopes of their own)"
+                    )
+
     def _check_acyclic(self) -> None:
-        graph = {name: [link.table for link in table.links] for name, table in self.tables.items()}
+        """Entity types are the nodes: a link within one table from one type to another is not a cycle."""
+        graph: dict[str, list[str]] = {}
+        for name, table in self.tables.items():
+            for kind, rules in table.kinds().items():
+                targets = []
+                for link in rules.links:
+                    kinds = [link.entity] if link.entity else list(self.tables[link.table].kinds())
+                    targets += [_node(link.table, k) for k in kinds]
+                graph[_node(name, kind)] = targets
         cycle = find_cycle(graph)
         if cycle is not None:
             raise ValueError(f"links form a cycle: {' -> '.join(cycle)}")
+
+    def compile(self) -> RuleSet:
+        """The rules as the core's immutable specs (compiled once, when the file was validated)."""
+        assert self._compiled is not None  # noqa: S101 - set by the validator of every instance
+        return self._compiled
+
+
+def _node(table: str, kind: str) -> str:
+    return f"{table}.{kind}" if kind else table
 
 
 def load_rules(path: Path) -> Rules:

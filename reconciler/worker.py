@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import structlog
 
 from reconciler.consumer import ShardConsumer
+from reconciler.core.spec import RuleSet
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.observability.http import HttpServer
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import SHARD_END, CheckpointStore, Shard, StreamSource
 from reconciler.processing import Origin, RecordProcessor
-from reconciler.rules import Rules
 from reconciler.settings import Settings
 
 log = structlog.get_logger("reconciler.worker")
@@ -39,7 +39,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        rules: Rules,
+        rules: RuleSet,
         parts: Collaborators,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:

@@ -15,6 +15,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings
+from reconciler.core.spec import RuleSet
 from reconciler.demo.layout import Layout
 from reconciler.demo.moto_server import CREDENTIALS, REGION, moto_server, reset
 from reconciler.execution import Executor
@@ -90,7 +91,7 @@ def rules() -> Rules:
 class World:
     """The pipeline wired to in-memory fakes."""
 
-    rules: Rules
+    rules: RuleSet
     artifacts: FakeArtifactStore
     items: FakeItemStore
     dead_letters: FakeDeadLetterStore
@@ -163,8 +164,9 @@ def world(rules: Rules) -> World:
     metrics = Metrics(registry)
     artifacts, items, dead_letters = FakeArtifactStore(), FakeItemStore(), FakeDeadLetterStore()
     clock = FixedClock(dt.datetime(2025, 11, 24, 16, 0, tzinfo=dt.UTC))
-    executor = Executor(rules, artifacts, items, metrics)
+    spec = rules.compile()
+    executor = Executor(spec, artifacts, items, metrics)
     processor = RecordProcessor(
-        rules=rules, executor=executor, dead_letters=dead_letters, metrics=metrics, clock=clock, items=items
+        rules=spec, executor=executor, dead_letters=dead_letters, metrics=metrics, clock=clock, items=items
     )
-    return World(rules, artifacts, items, dead_letters, registry, metrics, clock, executor, processor)
+    return World(spec, artifacts, items, dead_letters, registry, metrics, clock, executor, processor)

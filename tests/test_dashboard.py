@@ -62,7 +62,7 @@ def _steps(panel: dict[str, Any]) -> list[tuple[float | None, str]]:
 
 def _exported_names() -> set[str]:
     metrics = Metrics(CollectorRegistry())
-    metrics.initialize(load_rules(DEMO_RULES))
+    metrics.initialize(load_rules(DEMO_RULES).compile())
     names: set[str] = set()
     for family in metrics.registry.collect():
         names.update(family.name + suffix for suffix in SAMPLES[family.type])

@@ -327,7 +327,7 @@ async def test_a_prefix_holding_more_than_one_page_of_versions_is_emptied(
     call = Caller(RetryPolicy(attempts=3))
     registry = CollectorRegistry()
     items = DynamoDBItemStore(layout.dynamodb, call)
-    executor = Executor(rules, S3ArtifactStore(layout.s3, call), items, Metrics(registry))
+    executor = Executor(rules.compile(), S3ArtifactStore(layout.s3, call), items, Metrics(registry))
     scope = S3Location("stt-transcripts", "acct-1/big/")
 
     result = await executor.execute(DeletionPlan("transcripts", {}, (scope,), (), (scope,), (), ()))
@@ -352,7 +352,10 @@ async def test_keys_that_xml_cannot_carry_are_listed_and_deleted_exactly(
     call = Caller(RetryPolicy(attempts=3))
     registry = CollectorRegistry()
     executor = Executor(
-        rules, S3ArtifactStore(layout.s3, call), DynamoDBItemStore(layout.dynamodb, call), Metrics(registry)
+        rules.compile(),
+        S3ArtifactStore(layout.s3, call),
+        DynamoDBItemStore(layout.dynamodb, call),
+        Metrics(registry),
     )
     scope = S3Location("stt-transcripts", "acct-1/odd/")
 

@@ -32,7 +32,7 @@ async def test_an_unexpected_error_logs_no_image_content_in_its_traceback(
     world.add_transcript("acct-1", "tr-1")
     image = {**world.image("acct-1", "tr-1"), "contact_email": PLANTED}
 
-    def explode(table: str, rules: object, old_image: Image) -> None:
+    def explode(table: object, old_image: Image, via: object = None) -> None:
         raise ValueError(f"cannot resolve {dict(old_image)!r}")
 
     monkeypatch.setattr("reconciler.processing.resolve", explode)

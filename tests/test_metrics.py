@@ -19,7 +19,7 @@ def _exposition(metrics: Metrics) -> str:
 def test_lag_histograms_and_record_counters_start_at_zero_so_a_catch_up_burst_is_seen(rules: Rules) -> None:
     """Without a zero sample before them, the first observations of a new process are invisible to rate()."""
     metrics = Metrics(CollectorRegistry())
-    metrics.initialize(rules)
+    metrics.initialize(rules.compile())
     text = _exposition(metrics)
     for cause in Cause:
         assert f'reconciler_deletion_lag_seconds_count{{cause="{cause}"}} 0.0' in text

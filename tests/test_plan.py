@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import decimal
-import re
+import unicodedata
 
+import pytest
 from conftest import World
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from reconciler.core.plan import LinkQuery, UnsafeReason, resolve
 from reconciler.core.scope import S3Location
+from reconciler.core.spec import TableSpec
 from reconciler.rules import Rules
 
 IMAGE = {
@@ -21,8 +23,15 @@ IMAGE = {
 }
 
 
+def _changed(rules: Rules, table: str, **changes: object) -> TableSpec:
+    """``table``'s compiled rules with ``changes`` to its entry in the rules file."""
+    data = rules.model_dump()
+    data["tables"][table].update(changes)
+    return Rules.model_validate(data).compile().tables[table]
+
+
 def test_a_clean_image_plans_its_objects_prefixes_and_links(rules: Rules) -> None:
-    plan = resolve("transcripts", rules.tables["transcripts"], IMAGE)
+    plan = resolve(rules.compile().tables["transcripts"], IMAGE)
     assert plan.is_safe
     assert plan.key == {"transcript_id": "tr-1"}
     assert plan.objects == (S3Location("stt-uploads", "acct-1/tr-1/audio.wav"),)
@@ -35,7 +44,7 @@ def test_a_clean_image_plans_its_objects_prefixes_and_links(rules: Rules) -> Non
 
 def test_a_uri_outside_scope_is_refused_and_the_rest_still_planned(rules: Rules) -> None:
     image = {**IMAGE, "audio_url": "s3://stt-uploads/acct-1/tr-2/audio.wav"}  # another transcript's audio
-    plan = resolve("transcripts", rules.tables["transcripts"], image)
+    plan = resolve(rules.compile().tables["transcripts"], image)
     assert plan.objects == ()
     assert [u.reason for u in plan.unsafe] == [UnsafeReason.OUT_OF_SCOPE]
     assert plan.unsafe[0].target == "s3://stt-uploads/acct-1/tr-2/audio.wav"
@@ -44,22 +53,41 @@ def test_a_uri_outside_scope_is_refused_and_the_rest_still_planned(rules: Rules)
 
 def test_a_traversal_inside_a_uri_is_refused(rules: Rules) -> None:
     image = {**IMAGE, "audio_url": "s3://stt-uploads/acct-1/tr-1/../tr-2/audio.wav"}
-    plan = resolve("transcripts", rules.tables["transcripts"], image)
+    plan = resolve(rules.compile().tables["transcripts"], image)
     assert plan.objects == ()
     assert [u.reason for u in plan.unsafe] == [UnsafeReason.OUT_OF_SCOPE]
 
 
-def test_a_path_traversal_identifier_leaves_nothing_executable(rules: Rules) -> None:
-    for bad in ("../tr-2", "tr-1/../../x", "*", "", "a b", decimal.Decimal("1.5"), None):
-        image = {**IMAGE, "transcript_id": bad}
-        plan = resolve("transcripts", rules.tables["transcripts"], image)
-        assert not plan.has_work, bad
-        assert [u.reason for u in plan.unsafe] == [UnsafeReason.IDENTIFIER], bad
+@pytest.mark.parametrize(
+    "bad",
+    ["../tr-2", "tr-1/../../x", "a/b", "", ".", "..", "tr\x00", "tr\x1f1", "tr\x851", "tr\ud800",
+     "\u00e9" * 513, decimal.Decimal("1.5"), decimal.Decimal("Infinity"), None, True],
+)  # fmt: skip
+def test_an_identifier_that_could_change_a_paths_meaning_leaves_nothing_executable(
+    rules: Rules, bad: object
+) -> None:
+    image = {**IMAGE, "transcript_id": bad}
+    plan = resolve(rules.compile().tables["transcripts"], image)
+    assert not plan.has_work
+    assert plan.blocked
+    assert [u.reason for u in plan.unsafe] == [UnsafeReason.IDENTIFIER]
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    ["JOB#906", "TENANT#acme", "50%", "~me", "a b", "a+b", "\u00fcber", "\u8a9e\u97f3", "\u05e9", "x" * 1024],
+)
+def test_ordinary_characters_of_a_key_segment_are_identifiers(rules: Rules, identifier: str) -> None:
+    image = {**IMAGE, "transcript_id": identifier, "audio_url": f"s3://stt-uploads/acct-1/{identifier}/a.wav"}
+    plan = resolve(rules.compile().tables["transcripts"], image)
+    assert plan.is_safe
+    assert plan.prefixes == (S3Location("stt-transcripts", f"acct-1/{identifier}/"),)
+    assert plan.objects == (S3Location("stt-uploads", f"acct-1/{identifier}/a.wav"),)
 
 
 def test_integer_identifiers_are_rendered_as_integers(rules: Rules) -> None:
     image = {**IMAGE, "account_id": decimal.Decimal(42), "audio_url": "s3://stt-uploads/42/tr-1/a.wav"}
-    plan = resolve("transcripts", rules.tables["transcripts"], image)
+    plan = resolve(rules.compile().tables["transcripts"], image)
     assert plan.is_safe
     assert S3Location("stt-transcripts", "42/tr-1/") in plan.prefixes
 
@@ -71,8 +99,7 @@ def test_uri_lists_and_maps_are_planned_and_non_uris_refused(rules: Rules) -> No
         "input_url": ["s3://stt-llm-gateway/a/r1/in.json", "http://elsewhere/x"],
         "output_url": {"main": "s3://stt-llm-gateway/a/r1/out.json", "bad": decimal.Decimal(3)},
     }
-    table = rules.tables["llm_requests"].model_copy(update={"prefixes": ()})
-    plan = resolve("llm_requests", table, image)
+    plan = resolve(_changed(rules, "llm_requests", prefixes=[]), image)
     assert set(plan.objects) == {
         S3Location("stt-llm-gateway", "a/r1/in.json"),
         S3Location("stt-llm-gateway", "a/r1/out.json"),
@@ -86,32 +113,33 @@ def test_objects_under_a_planned_prefix_are_not_listed_twice(rules: Rules) -> No
         "account_id": "a",
         "input_url": "s3://stt-llm-gateway/a/r1/in.json",
     }
-    plan = resolve("llm_requests", rules.tables["llm_requests"], image)
+    plan = resolve(rules.compile().tables["llm_requests"], image)
     assert plan.objects == ()
     assert plan.prefixes == (S3Location("stt-llm-gateway", "a/r1/"),)
 
 
 def test_an_empty_link_value_is_refused(rules: Rules) -> None:
-    plan = resolve("transcripts", rules.tables["transcripts"], {**IMAGE, "transcript_id": "ok"})
+    plan = resolve(rules.compile().tables["transcripts"], {**IMAGE, "transcript_id": "ok"})
     assert len(plan.links) == 2
-    table = rules.tables["transcripts"]
-    link = table.links[0].model_copy(update={"value_from": "language"})
-    plan = resolve("transcripts", table.model_copy(update={"links": (link,)}), {**IMAGE, "language": ""})
+    link = {"table": "speech_outputs", "attribute": "transcript_id", "value_from": "language"}
+    plan = resolve(_changed(rules, "transcripts", links=[link]), {**IMAGE, "language": ""})
     assert plan.links == ()
     assert [u.reason for u in plan.unsafe] == [UnsafeReason.LINK_VALUE]
 
 
 # --- the scope property -----------------------------------------------------------------------------
 
-SAFE = re.compile(r"[A-Za-z0-9_.:@+=,-]{1,256}")
 tokens = st.sampled_from(
-    ["acct-1", "acct-2", "tr-1", "tr-2", "r1", "..", ".", "", "*", "?", "a/b", "tr-1/..", " "]
-)
-identifiers = st.one_of(tokens, st.text(max_size=12), st.integers(-5, 10**6).map(decimal.Decimal), st.none())
+    ["acct-1", "acct-2", "tr-1", "tr-2", "r1", "..", ".", "", "*", "?", "a/b", "tr-1/..", " ", "JOB#906",
+     "TENANT#acme", "50%", "~x", "a+b", "\u00fcber", "\ud800", "x\x00", "\u0085", "tr-1/"]
+)  # fmt: skip
+# Every code point, surrogates and controls included, and integers as DynamoDB numbers.
+unicode_text = st.text(st.characters(exclude_categories=()), max_size=12)
+identifiers = st.one_of(tokens, unicode_text, st.integers(-5, 10**6).map(decimal.Decimal), st.none())
 buckets = st.sampled_from(
     ["stt-uploads", "stt-transcripts", "stt-understanding", "stt-llm-gateway", "evil", "Bad"]
 )
-segments = st.one_of(tokens, st.text(alphabet="ab./*\\%\x00 ", max_size=5))
+segments = st.one_of(tokens, st.text(alphabet="ab./*\\%\x00 #?", max_size=5), unicode_text)
 uris = st.builds(
     lambda scheme, bucket, parts: f"{scheme}{bucket}/" + "/".join(parts),
     st.sampled_from(["s3://", "s3:/", "S3://", "https://", ""]),
@@ -128,12 +156,15 @@ images = st.fixed_dictionaries(
 
 
 def _text(value: object) -> str | None:
-    """The test's own reading of an identifier: a safe string token or an integral number."""
-    if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
+    """The test's own reading of an identifier: a string (or an integral number) that is one whole path
+    segment: not empty, '.' or '..', no '/', no control character or surrogate, at most 1,024 bytes."""
+    if isinstance(value, decimal.Decimal) and value.is_finite() and value == value.to_integral_value():
         value = str(int(value))
-    if isinstance(value, str) and SAFE.fullmatch(value) and ".." not in value and value != ".":
-        return value
-    return None
+    if not isinstance(value, str) or value in {"", ".", ".."} or "/" in value:
+        return None
+    if any(unicodedata.category(ch) in {"Cc", "Cs"} for ch in value):
+        return None
+    return value if len(value.encode()) <= 1024 else None
 
 
 @settings(max_examples=600)
@@ -164,7 +195,7 @@ def test_no_image_produces_a_target_outside_its_own_scope(rules: Rules, image: d
         "llm_requests": [("stt-llm-gateway", ("account_id", "request_id"))],
     }
     for table, scopes in own.items():
-        plan = resolve(table, rules.tables[table], image)
+        plan = resolve(rules.compile().tables[table], image)
         targets = [*plan.objects, *plan.prefixes]
         for target in targets:
             assert target.bucket in rules.buckets
@@ -179,15 +210,28 @@ def test_no_image_produces_a_target_outside_its_own_scope(rules: Rules, image: d
     # And the other side: with safe identifiers the transcript's own prefix is always planned.
     account, transcript = _text(image["account_id"]), _text(image["transcript_id"])
     if account and transcript:
-        plan = resolve("transcripts", rules.tables["transcripts"], image)
+        plan = resolve(rules.compile().tables["transcripts"], image)
         assert S3Location("stt-transcripts", f"{account}/{transcript}/") in plan.prefixes
+
+
+@settings(max_examples=600)
+@given(identifiers, identifiers, identifiers, identifiers)
+def test_two_different_items_never_render_the_same_prefix(
+    rules: Rules, account_a: object, transcript_a: object, account_b: object, transcript_b: object
+) -> None:
+    """The prefix names the item: everything under it is deleted, so it must be one item's alone."""
+    table = rules.compile().tables["transcripts"]
+    a = resolve(table, {"account_id": account_a, "transcript_id": transcript_a})
+    b = resolve(table, {"account_id": account_b, "transcript_id": transcript_b})
+    if a.prefixes and a.prefixes == b.prefixes:
+        assert (_text(account_a), _text(transcript_a)) == (_text(account_b), _text(transcript_b))
 
 
 def test_a_version_qualified_uri_plans_the_object_it_names_and_the_literal_key(rules: Rules) -> None:
     """s3://b/k?versionId=V names a version of k (every version of a target goes); k?versionId=V is also a
     legal literal key, so both are planned, each checked against the scope."""
     image = {**IMAGE, "audio_url": "s3://stt-uploads/acct-1/tr-1/audio.wav?versionId=3HL4kqtJlcpXroDTDmJ"}
-    plan = resolve("transcripts", rules.tables["transcripts"], image)
+    plan = resolve(rules.compile().tables["transcripts"], image)
     assert plan.objects == (
         S3Location("stt-uploads", "acct-1/tr-1/audio.wav?versionId=3HL4kqtJlcpXroDTDmJ"),
         S3Location("stt-uploads", "acct-1/tr-1/audio.wav"),
@@ -198,14 +242,14 @@ def test_a_version_qualified_uri_plans_the_object_it_names_and_the_literal_key(r
 def test_a_fragment_or_another_query_is_part_of_the_key(rules: Rules) -> None:
     for key in ("acct-1/tr-1/audio.wav#t=10", "acct-1/tr-1/TENANT#acme/a.wav", "acct-1/tr-1/a.wav?x=1"):
         plan = resolve(
-            "transcripts", rules.tables["transcripts"], {**IMAGE, "audio_url": f"s3://stt-uploads/{key}"}
+            rules.compile().tables["transcripts"], {**IMAGE, "audio_url": f"s3://stt-uploads/{key}"}
         )
         assert plan.objects == (S3Location("stt-uploads", key),), key
 
 
 def test_a_version_query_cannot_carry_a_target_out_of_scope(rules: Rules) -> None:
     image = {**IMAGE, "audio_url": "s3://stt-uploads/acct-1/tr-2?versionId=x"}
-    plan = resolve("transcripts", rules.tables["transcripts"], image)
+    plan = resolve(rules.compile().tables["transcripts"], image)
     assert plan.objects == ()
     assert [u.target for u in plan.unsafe] == [
         "s3://stt-uploads/acct-1/tr-2?versionId=x",
@@ -219,9 +263,106 @@ async def test_a_version_qualified_uri_deletes_every_version_of_the_object_it_na
         **world.image("acct-1", "tr-1"),
         "audio_url": "s3://stt-uploads/acct-1/tr-1/audio.wav?versionId=v2",
     }
-    plan = resolve("transcripts", world.rules.tables["transcripts"], image)
+    plan = resolve(world.rules.tables["transcripts"], image)
     result = await world.executor.execute(plan)
     assert result.errors == []
     assert world.artifacts.keys("stt-uploads") == set()
     assert result.tally.object_versions >= 3
     assert world.sample("reconciler_artifacts_total", kind="object", outcome="absent") == 1  # the literal key
+
+
+# --- single-table keys, parts of composite values, parent-scoped links -------------------------------
+
+SINGLE = {
+    "buckets": ["media"],
+    "sources": ["app"],
+    "tables": {
+        "app": {
+            "key": ["PK", "SK"],
+            "entities": {
+                "transcript": {
+                    "match": {"attribute": "SK", "begins_with": "TRANSCRIPT"},
+                    "scopes": ["s3://media/audio/{tenant|after:TENANT#}/{PK|after:JOB#}/"],
+                    "object_attributes": ["audio_url"],
+                    "links": [
+                        {
+                            "table": "gateway", "attribute": "job_ref", "value_from": "PK", "index": "by_job",
+                            "scope": "parent",
+                            "scopes": ["s3://media/llm/{parent.tenant|after:TENANT#}/{parent.PK|after:JOB#}/"],
+                        },
+                    ],
+                },
+            },
+        },
+        "gateway": {"key": ["request_id"], "object_attributes": ["input_url"]},
+    },
+}  # fmt: skip
+APP = Rules.model_validate(SINGLE).compile()
+TRANSCRIPT = {
+    "PK": "JOB#906",
+    "SK": "TRANSCRIPT",
+    "tenant": "TENANT#acme",
+    "audio_url": "s3://media/audio/acme/906/a.wav",
+}
+
+
+def test_a_part_after_a_marker_renders_and_a_value_without_it_renders_nothing() -> None:
+    plan = resolve(APP.tables["app"], TRANSCRIPT)
+    assert plan.is_safe
+    assert plan.scopes == (S3Location("media", "audio/acme/906/"),)
+    for bad in ("906", "X#JOB#906", "JOB#", "JOB#a/b"):
+        plan = resolve(APP.tables["app"], {**TRANSCRIPT, "PK": bad})
+        assert plan.blocked, bad
+        assert not plan.has_work, bad
+
+
+def test_a_parent_scoped_link_hands_on_scopes_rendered_from_the_parent() -> None:
+    (query,) = resolve(APP.tables["app"], TRANSCRIPT).links
+    assert query.inherited == (S3Location("media", "llm/acme/906/"),)
+    child = {"request_id": "r1", "job_ref": "JOB#906", "input_url": "s3://media/llm/acme/906/r1/in.json"}
+    plan = resolve(APP.tables["gateway"], child, via=query)
+    assert plan.objects == (S3Location("media", "llm/acme/906/r1/in.json"),)
+    tampered = {**child, "input_url": "s3://media/llm/acme/907/r1/in.json"}  # a sibling job's file
+    plan = resolve(APP.tables["gateway"], tampered, via=query)
+    assert plan.objects == ()
+    assert [u.reason for u in plan.unsafe] == [UnsafeReason.OUT_OF_SCOPE]
+
+
+def _part(value: object, marker: str) -> str | None:
+    text = _text(value)
+    return _text(text[len(marker) :]) if text is not None and text.startswith(marker) else None
+
+
+@settings(max_examples=500)
+@given(
+    st.one_of(identifiers, identifiers.map(lambda v: f"TENANT#{v}")),
+    st.one_of(identifiers, identifiers.map(lambda v: f"JOB#{v}")),
+    uri_values,
+)
+def test_no_parent_scoped_child_reaches_outside_its_parents_scope(
+    tenant: object, job: object, uri: object
+) -> None:
+    parent = {**TRANSCRIPT, "tenant": tenant, "PK": job}
+    links = resolve(APP.tables["app"], parent).links
+    tenant_part, job_part = _part(tenant, "TENANT#"), _part(job, "JOB#")
+    if tenant_part is None or job_part is None:
+        assert links == ()  # no scope, so nothing linked is planned either
+        return
+    (query,) = links
+    plan = resolve(APP.tables["gateway"], {"request_id": "r1", "input_url": uri}, via=query)
+    for target in plan.objects:
+        assert target.bucket == "media"
+        assert target.key.startswith(f"llm/{tenant_part}/{job_part}/"), target
+
+
+@settings(max_examples=500)
+@given(identifiers, identifiers, identifiers, identifiers)
+def test_two_items_never_render_the_same_scope_through_parts(
+    t1: object, j1: object, t2: object, j2: object
+) -> None:
+    table = APP.tables["app"]
+    first, second = (f"TENANT#{t1}", f"JOB#{j1}"), (f"TENANT#{t2}", f"JOB#{j2}")
+    a = resolve(table, {**TRANSCRIPT, "tenant": first[0], "PK": first[1]})
+    b = resolve(table, {**TRANSCRIPT, "tenant": second[0], "PK": second[1]})
+    if a.scopes and a.scopes == b.scopes:
+        assert first == second

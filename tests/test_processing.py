@@ -98,21 +98,44 @@ async def test_an_out_of_scope_uri_is_never_executed_but_counted_and_dead_letter
     assert letter.targets == ("out_of_scope: s3://stt-uploads/acct-2/victim/audio.wav",)
 
 
-async def test_a_linked_item_with_an_unsafe_target_is_kept_counted_and_dead_lettered(world: World) -> None:
+async def test_a_linked_item_with_a_refused_target_goes_once_the_refusal_is_recorded(world: World) -> None:
+    """The customer data a linked item holds must not outlive its parent; the refused object stays."""
     world.add_transcript("acct-1", "tr-1")
     world.artifacts.put("stt-llm-gateway", "acct-9/other/input.json")  # someone else's
     world.items.tables["llm_requests"][0]["input_url"] = "s3://stt-llm-gateway/acct-9/other/input.json"
+    written_before_delete: list[int] = []
+    real = world.items.delete_linked
 
+    async def watched(query: LinkQuery, key: Mapping[str, object]) -> Image | None:
+        written_before_delete.append(len(world.dead_letters.letters))
+        return await real(query, key)
+
+    world.items.delete_linked = watched  # type: ignore[method-assign]
     outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
 
     assert isinstance(outcome, Deleted)
-    assert [r["request_id"] for r in world.items.tables["llm_requests"]] == ["tr-1-llm0"]  # the pointer
+    assert world.items.tables["llm_requests"] == []
     assert world.items.tables["speech_outputs"] == []
     assert "acct-9/other/input.json" in world.artifacts.keys("stt-llm-gateway")
+    assert written_before_delete[-1] == 1  # the letter naming the refusal existed before the item went
     assert world.sample("reconciler_unsafe_targets_total", table="llm_requests", reason="out_of_scope") == 1
     (letter,) = world.dead_letters.letters.values()
     assert letter.kind == "unsafe"
     assert letter.targets[0].startswith("out_of_scope: s3://stt-llm-gateway/acct-9/other/input.json (linked")
+    assert world.sample("reconciler_dead_letters_total", kind="unsafe") == 1
+
+
+async def test_a_linked_item_with_a_refused_target_is_kept_while_the_refusal_cannot_be_recorded(
+    world: World,
+) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    world.items.tables["llm_requests"][0]["input_url"] = "s3://stt-llm-gateway/acct-9/other/input.json"
+    world.dead_letters.fail = True
+
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
+    assert isinstance(outcome, Pending)
+    assert [r["request_id"] for r in world.items.tables["llm_requests"]] == ["tr-1-llm0"]  # the pointer
 
 
 async def test_object_lock_refusals_are_final_and_dead_lettered(world: World) -> None:

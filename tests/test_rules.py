@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from reconciler.core.classify import Cause
 from reconciler.core.graph import find_cycle
 from reconciler.errors import ConfigError
 from reconciler.rules import Rules, load_rules
@@ -29,7 +30,7 @@ def test_the_demo_rules_are_valid(rules: Rules) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"scopes": ["s3://bkt/fixed/"]}, "must end with '/' and contain a {placeholder}"),
+        ({"scopes": ["s3://bkt/fixed/"]}, "must contain the partition key {id}"),
         ({"scopes": ["s3://bkt/{account}/{id}"]}, "must end with '/'"),
         ({"scopes": ["s3://bkt/{account}{id}/"]}, "must be a whole path segment"),
         ({"scopes": ["s3://bkt/{account}-{id}/"]}, "must be a whole path segment"),
@@ -41,6 +42,31 @@ def test_the_demo_rules_are_valid(rules: Rules) -> None:
         ),
         ({"scopes": ["s3://{bucket}/{id}/"]}, "bucket of a template must be literal"),
         ({"scopes": ["s3://bkt/{id!r}/"]}, "must be a whole path segment"),
+        ({"scopes": ["s3://bkt/{id|after:}/"]}, "must be a whole path segment"),
+        ({"scopes": ["s3://bkt/{id|before:x}/"]}, "must be a whole path segment"),
+        ({"scopes": ["s3://bkt/{parent.id}/"]}, "placeholders belong in a link's scopes"),
+        ({"object_attributes": ["url"], "scopes": []}, "has S3 targets but no scopes"),
+        (
+            {
+                "links": [
+                    {
+                        "table": "t",
+                        "attribute": "id",
+                        "value_from": "id",
+                        "scope": "own",
+                        "scopes": ["s3://bkt/{parent.id}/"],
+                    }
+                ]
+            },
+            "needs scope = 'parent' or 'both'",
+        ),
+        (
+            {"links": [{"table": "u", "attribute": "id", "value_from": "id", "sort_begins_with": "X#"}]},
+            "sort_begins_with needs sort_attribute",
+        ),
+        ({"cascade": {"skip": [{"attribute": "status"}]}}, "a skip condition is either"),
+        ({"cascade": {"skip": [{"attribute": "a", "equals": "x", "principal": "p"}]}}, "a skip condition is"),
+        ({"cascade": {"causes": ["deleted"]}}, "Input should be 'ttl', 'expired' or 'requested'"),
         ({"scopes": ["s3://bkt/{id.attr}/"]}, "must be a whole path segment"),
         ({"scopes": ["https://bkt/{id}/"]}, "not an s3:// URI"),
         ({"scopes": ["s3://other/{id}/"]}, "is not in buckets"),
@@ -94,9 +120,96 @@ def test_load_rules_names_the_file_in_errors(tmp_path: Path) -> None:
 def test_the_json_schema_documents_every_field() -> None:
     schema = Rules.model_json_schema()
     table = schema["$defs"]["TableRules"]["properties"]
-    assert set(table) == {"key", "ttl_attribute", "scopes", "object_attributes", "prefixes", "links"}
+    assert set(table) == {
+        "key", "ttl_attribute", "scopes", "object_attributes", "prefixes", "links", "entities", "cascade",
+    }  # fmt: skip
     assert all("description" in field for field in table.values())
+    link = schema["$defs"]["LinkRule"]["properties"]
+    assert {"sort_attribute", "sort_begins_with", "entity", "scope", "scopes"} <= set(link)
+    assert all("description" in field for field in link.values())
     json.dumps(schema)  # serialisable as printed by `reconciler schema`
+
+
+def test_a_rules_file_of_the_earlier_format_loads_unchanged_and_compiles_alike(rules: Rules) -> None:
+    spec = rules.compile().tables["transcripts"]
+    (entity,) = spec.entities
+    assert entity.name == ""
+    assert [t.source for t in entity.scopes] == list(rules.tables["transcripts"].scopes)
+    assert spec.cascade.causes == frozenset(Cause)
+
+
+SINGLE_TABLE = {
+    "buckets": ["media"],
+    "sources": ["app"],
+    "tables": {
+        "app": {
+            "key": ["PK", "SK"],
+            "entities": {
+                "transcript": {
+                    "match": {"attribute": "SK", "begins_with": "TRANSCRIPT"},
+                    "scopes": ["s3://media/audio/{tenant|after:TENANT#}/{PK|after:JOB#}/"],
+                    "object_attributes": ["audio_url"],
+                    "links": [
+                        {
+                            "table": "app", "attribute": "PK", "value_from": "PK", "sort_attribute": "SK",
+                            "sort_begins_with": "OUTPUT#", "entity": "output",
+                        },
+                        {
+                            "table": "gateway", "attribute": "job_ref", "value_from": "PK", "index": "by_job",
+                            "scope": "parent",
+                            "scopes": ["s3://media/llm/{parent.tenant|after:TENANT#}/{parent.PK|after:JOB#}/"],
+                        },
+                    ],
+                },
+                "output": {
+                    "match": {"attribute": "SK", "begins_with": "OUTPUT#"},
+                    "scopes": ["s3://media/outputs/{tenant|after:TENANT#}/{PK|after:JOB#}/"],
+                    "object_attributes": ["output_url"],
+                },
+            },
+        },
+        "gateway": {"key": ["request_id"], "object_attributes": ["input_url", "output_url"]},
+    },
+}  # fmt: skip
+
+
+def test_a_link_within_one_table_between_entity_types_is_not_a_cycle() -> None:
+    spec = Rules.model_validate(SINGLE_TABLE).compile().tables["app"]
+    assert [e.name for e in spec.entities] == ["transcript", "output"]
+    assert spec.entity_of({"PK": "JOB#906", "SK": "OUTPUT#de"}) == spec.entity("output")
+    assert spec.entity_of({"PK": "JOB#906", "SK": "NOTE#1"}) is None
+
+
+def test_a_real_cycle_between_entity_types_is_refused() -> None:
+    data = json.loads(json.dumps(SINGLE_TABLE))
+    output = data["tables"]["app"]["entities"]["output"]
+    output["links"] = [{"table": "app", "attribute": "PK", "value_from": "PK", "entity": "transcript"}]
+    with pytest.raises(
+        ValidationError, match=r"links form a cycle: app\.transcript -> app\.output -> app\.transcript"
+    ):
+        Rules.model_validate(data)
+
+
+def test_a_table_with_s3_targets_reached_by_an_own_scoped_link_needs_scopes() -> None:
+    data = json.loads(json.dumps(SINGLE_TABLE))
+    data["tables"]["app"]["entities"]["transcript"]["links"][1].update(scope="own", scopes=[])
+    with pytest.raises(ValidationError, match="table 'gateway' has S3 targets but no scopes"):
+        Rules.model_validate(data)
+
+
+def test_an_entity_of_a_source_with_s3_targets_needs_scopes_of_its_own() -> None:
+    """Its REMOVE can arrive on its own (a customer deletes one output): there is no parent to check it by."""
+    data = json.loads(json.dumps(SINGLE_TABLE))
+    data["tables"]["app"]["entities"]["output"]["scopes"] = []
+    with pytest.raises(ValidationError, match="entity 'output' has S3 targets but no scopes"):
+        Rules.model_validate(data)
+
+
+def test_a_link_scope_must_name_the_parents_partition_key() -> None:
+    data = json.loads(json.dumps(SINGLE_TABLE))
+    data["tables"]["app"]["entities"]["transcript"]["links"][1]["scopes"] = ["s3://media/o/{parent.SK}/"]
+    with pytest.raises(ValidationError, match="must contain the parent's partition key"):
+        Rules.model_validate(data)
 
 
 def _table(links: list[str]) -> dict[str, Any]:

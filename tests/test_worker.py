@@ -16,6 +16,7 @@ from conftest import World, fast_settings
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
+from reconciler.core.spec import RuleSet
 from reconciler.errors import ConfigError
 from reconciler.ports import SHARD_END, StreamInfo
 from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
@@ -178,11 +179,10 @@ async def test_a_stream_without_old_images_is_a_config_error(world: World) -> No
 
 async def test_a_missing_source_table_is_reported_by_name_and_the_others_are_consumed(world: World) -> None:
     """Discovery of one source never blocks another: 'missing' is listed first and does not exist."""
-    rules = world.rules.model_copy(
-        update={
-            "sources": ("missing", "transcripts"),
-            "tables": {**world.rules.tables, "missing": world.rules.tables["transcripts"]},
-        }
+    rules = RuleSet.of(
+        world.rules.buckets,
+        ("missing", "transcripts"),
+        {**world.rules.tables, "missing": world.rules.tables["transcripts"]},
     )
     source, checkpoints = FakeStreamSource(missing={"missing"}), FakeCheckpointStore()
     source.add_shard("transcripts", "shardId-1")

@@ -1,7 +1,8 @@
 """Typed outcomes of one stream record, and where the checkpoint may move to.
 
 The checkpoint never passes unfinished work: it advances to the last record before the first one whose
-outcome is not final. Final means deleted (including already gone), ignored, or durably dead-lettered.
+outcome is not final. Final means deleted (including already gone), ignored, filtered, or durably
+dead-lettered.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ class Ignored:
 
 
 @dataclass(frozen=True, slots=True)
+class Filtered:
+    """A removal the table's cascade rules exclude (a cause that does not cascade, a skip condition): final,
+    counted, and nothing is deleted."""
+
+    sequence_number: str
+    cause: Cause
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Deleted:
     """Every safe target is gone; ``unsafe`` ones were refused and recorded."""
 
@@ -68,7 +79,7 @@ class Pending:
     error: str
 
 
-Outcome = Ignored | Deleted | DeadLettered | Pending
+Outcome = Ignored | Filtered | Deleted | DeadLettered | Pending
 
 
 def is_final(outcome: Outcome) -> bool:

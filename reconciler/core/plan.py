@@ -1,8 +1,9 @@
-"""Resolve an item's old image against its table's rules into a ``DeletionPlan``.
+"""Resolve an item's old image against its table's compiled rules into a ``DeletionPlan``.
 
-Scope is enforced here, before anything runs: every S3 target in a plan lies under one of the item's own
-scope prefixes. What fails the check becomes an ``Unsafe`` entry that is counted, logged and dead-lettered,
-and never executed. If an identifier is unsafe the item has no scope at all, so nothing of it is executed.
+Scope is enforced here, before anything runs: every S3 target in a plan lies under one of the item's allowed
+scope prefixes: its own, rendered from its identifiers, or (for a linked item whose link says so) its
+parent's. What fails the check becomes an ``Unsafe`` entry that is counted, logged and dead-lettered, and
+never executed. If an identifier is unsafe the item has no scope at all, so nothing of it is executed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from enum import StrEnum
 
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.scope import S3Location, ScopeViolation, check_in_scope, render_all
-from reconciler.rules import LinkRule, TableRules
+from reconciler.core.spec import EntitySpec, LinkSpec, ScopeMode, TableSpec
 
 
 class UnsafeReason(StrEnum):
@@ -39,12 +40,19 @@ class Unsafe:
 
 @dataclass(frozen=True, slots=True)
 class LinkQuery:
-    """Find the linked items whose ``attribute`` equals ``value`` (through ``index`` if set)."""
+    """Find the linked items whose ``attribute`` equals ``value`` (through ``index`` if set), whose
+    ``sort_attribute`` begins with ``sort_prefix`` if set, and that are of ``entity`` if set."""
 
     table: str
     attribute: str
     value: object
     index: str | None
+    sort_attribute: str | None = None
+    sort_prefix: str | None = None
+    entity: str | None = None
+    scope: ScopeMode = ScopeMode.OWN
+    inherited: tuple[S3Location, ...] = ()
+    """Scopes rendered from the parent, for ``scope`` parent or both."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,11 @@ class DeletionPlan:
     @property
     def is_safe(self) -> bool:
         return not self.unsafe
+
+    @property
+    def blocked(self) -> bool:
+        """An identifier could not render: the item has no scope, and nothing of it is planned."""
+        return any(u.target == "scope" and u.reason is UnsafeReason.IDENTIFIER for u in self.unsafe)
 
     @property
     def has_work(self) -> bool:
@@ -100,11 +113,11 @@ def readings(location: S3Location) -> tuple[S3Location, ...]:
 
 
 def _objects(
-    rules: TableRules, image: Image, scopes: tuple[S3Location, ...]
+    entity: EntitySpec, image: Image, scopes: tuple[S3Location, ...]
 ) -> tuple[list[S3Location], list[Unsafe]]:
     objects: list[S3Location] = []
     unsafe: list[Unsafe] = []
-    for attribute in rules.object_attributes:
+    for attribute in entity.object_attributes:
         if attribute not in image or image[attribute] is None:
             continue  # nothing linked through this attribute
         for candidate in _uris(image[attribute]):
@@ -123,30 +136,65 @@ def _objects(
     return objects, unsafe
 
 
-def _link(rule: LinkRule, image: Image) -> LinkQuery | Unsafe | None:
-    value = image.get(rule.value_from)
+def _link(link: LinkSpec, image: Image, allowed: tuple[S3Location, ...]) -> LinkQuery | Unsafe | None:
+    value = image.get(link.value_from)
     if value is None:
         return None
     if not isinstance(value, str | bytes | decimal.Decimal):
         return Unsafe(
-            rule.value_from,
+            link.value_from,
             UnsafeReason.LINK_VALUE,
             "link value must be a string, number or binary",
         )
     if value in {"", b""}:
-        return Unsafe(rule.value_from, UnsafeReason.LINK_VALUE, "link value is empty")
-    return LinkQuery(table=rule.table, attribute=rule.attribute, value=value, index=rule.index)
+        return Unsafe(link.value_from, UnsafeReason.LINK_VALUE, "link value is empty")
+    inherited: tuple[S3Location, ...] = ()
+    if link.scope is not ScopeMode.OWN:
+        try:
+            # Rendered over this item, the linked items' parent; without scopes of its own, the link passes on
+            # the parent's own allowed scopes.
+            inherited = render_all(link.scopes, {}, parent=image) if link.scopes else allowed
+        except ScopeViolation as exc:
+            return Unsafe(f"link to {link.table}", UnsafeReason.IDENTIFIER, str(exc))
+    return LinkQuery(
+        table=link.table,
+        attribute=link.attribute,
+        value=value,
+        index=link.index,
+        sort_attribute=link.sort_attribute,
+        sort_prefix=link.sort_prefix,
+        entity=link.entity,
+        scope=link.scope,
+        inherited=inherited,
+    )
 
 
-def resolve(table: str, rules: TableRules, image: Image) -> DeletionPlan:
-    """Resolve ``image`` (an item of ``table``) into a scope-checked plan. Pure."""
-    key = {name: image[name] for name in rules.key if name in image}
+def _allowed(mode: ScopeMode, own: tuple[S3Location, ...], via: LinkQuery | None) -> tuple[S3Location, ...]:
+    inherited = via.inherited if via is not None else ()
+    match mode:
+        case ScopeMode.OWN:
+            return own
+        case ScopeMode.PARENT:
+            return inherited
+        case ScopeMode.BOTH:
+            return tuple(dict.fromkeys((*own, *inherited)))
+
+
+def resolve(table: TableSpec, image: Image, via: LinkQuery | None = None) -> DeletionPlan:
+    """Resolve ``image`` (an item of ``table``, reached through ``via`` if it is a linked item) into a
+    scope-checked plan. Pure."""
+    key = {name: image[name] for name in table.key if name in image}
+    entity = table.entity_of(image)
+    if entity is None:  # an item of no kind the rules describe: nothing is linked to it
+        return DeletionPlan(table.name, key, (), (), (), (), ())
+    mode = via.scope if via is not None else ScopeMode.OWN
     try:
-        scopes = render_all(rules.scope_templates(), image)
-        prefixes = render_all(rules.prefix_templates(), image)
+        own = render_all(entity.scopes, image) if mode is not ScopeMode.PARENT else ()
+        prefixes = render_all(entity.prefixes, image)
     except ScopeViolation as exc:
         refused = Unsafe("scope", UnsafeReason.IDENTIFIER, str(exc))
-        return DeletionPlan(table, key, (), (), (), (), (refused,))
+        return DeletionPlan(table.name, key, (), (), (), (), (refused,))
+    scopes = _allowed(mode, own, via)
     unsafe: list[Unsafe] = []
     safe_prefixes: list[S3Location] = []
     for prefix in prefixes:
@@ -156,11 +204,11 @@ def resolve(table: str, rules: TableRules, image: Image) -> DeletionPlan:
             unsafe.append(Unsafe(str(prefix), UnsafeReason.OUT_OF_SCOPE, str(exc)))
         else:
             safe_prefixes.append(prefix)
-    objects, object_unsafe = _objects(rules, image, scopes)
+    objects, object_unsafe = _objects(entity, image, scopes)
     unsafe.extend(object_unsafe)
     links: list[LinkQuery] = []
-    for rule in rules.links:
-        match _link(rule, image):
+    for link in entity.links:
+        match _link(link, image, scopes):
             case LinkQuery() as query:
                 links.append(query)
             case Unsafe() as refused:
@@ -170,7 +218,7 @@ def resolve(table: str, rules: TableRules, image: Image) -> DeletionPlan:
     # An object under a prefix that is deleted anyway needs no call of its own.
     objects = [o for o in dict.fromkeys(objects) if not any(o.is_within(p) for p in safe_prefixes)]
     return DeletionPlan(
-        table=table,
+        table=table.name,
         key=key,
         scopes=scopes,
         objects=tuple(objects),

@@ -52,6 +52,9 @@ class StreamRecord:
     old_image: Image | None
     view_type: StreamViewType | None
     by_ttl_service: bool
+    principal: str | None = None
+    """``userIdentity``'s principal, whichever spelling carried it (cascade filters read it)."""
+    identity_type: str | None = None
 
     @property
     def sequence(self) -> int:
@@ -74,12 +77,13 @@ class Undecodable:
         return int(self.sequence_number)
 
 
-def _is_ttl_service(identity: object) -> bool:
+def _identity(identity: object) -> tuple[str | None, str | None]:
+    """``(principal, type)`` of a ``userIdentity`` in either spelling."""
     if not isinstance(identity, Mapping):
-        return False
+        return None, None
     principal = identity.get("PrincipalId", identity.get("principalId"))
     kind = identity.get("Type", identity.get("type"))
-    return bool(principal == TTL_PRINCIPAL and kind == TTL_IDENTITY_TYPE)
+    return (principal if isinstance(principal, str) else None, kind if isinstance(kind, str) else None)
 
 
 def _created_at(raw: object) -> dt.datetime:
@@ -142,6 +146,7 @@ def _decode(raw: Mapping[str, object], event_id: str, sequence_number: str) -> S
     except ValueError as exc:
         raise DecodeError("StreamViewType is not a known view type") from exc
     old = body.get("OldImage")
+    principal, kind = _identity(raw.get("userIdentity"))
     return StreamRecord(
         event_id=event_id,
         event_name=event_name,
@@ -150,5 +155,7 @@ def _decode(raw: Mapping[str, object], event_id: str, sequence_number: str) -> S
         keys=decode_image(body.get("Keys", {})),
         old_image=decode_image(old) if old is not None else None,
         view_type=view_type,
-        by_ttl_service=_is_ttl_service(raw.get("userIdentity")),
+        by_ttl_service=principal == TTL_PRINCIPAL and kind == TTL_IDENTITY_TYPE,
+        principal=principal,
+        identity_type=kind,
     )

@@ -1,24 +1,28 @@
 """S3 locations, identifier safety and scope checks.
 
 The scope of an item is a set of ``s3://bucket/prefix/`` locations rendered from templates over the item's own
-identifiers. A target is in scope only if it is in the same bucket and its key starts with a rendered scope
-prefix. Identifiers must be plain tokens so that no value can widen or escape a prefix.
+identifiers (or, for a link that says so, its parent's). A target is in scope only if it is in the same bucket
+and its key starts with a rendered scope prefix. An identifier renders as one whole path segment, so it is
+refused only when it could change a path's meaning: empty, ``.``, ``..``, holding ``/``, a control character
+or an unpaired surrogate (not UTF-8, which S3 keys are), or longer than an S3 key (1,024 bytes). ``#``, ``%``,
+``~``, ``+``, spaces and letters of any script are ordinary characters of a segment.
 """
 
 from __future__ import annotations
 
 import decimal
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from reconciler.core.dynamodb_json import Image
 
-# Plain tokens only: UUIDs, account ids, dates. No '/', no wildcard, no whitespace or control characters.
-_SAFE_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:@+=,-]{1,256}")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A placeholder: an attribute, optionally of the parent (parent.NAME), optionally after a marker (|after:M).
+_PLACEHOLDER = re.compile(r"\{(parent\.)?([A-Za-z_][A-Za-z0-9_]*)(?:\|after:([^{}|/]+))?\}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 S3_SCHEME = "s3://"
+MAX_KEY_BYTES = 1024  # https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html
 
 
 class ScopeViolation(ValueError):  # noqa: N818 - a violation is what it is
@@ -60,27 +64,58 @@ def has_unsafe_segments(key: str) -> bool:
     return any(segment in {"", ".", ".."} for segment in inner)
 
 
-def identifier_text(name: str, image: Image) -> str:
-    """The text of identifier ``name`` in ``image``, or ScopeViolation if it is missing or unsafe."""
+def check_segment(text: str, name: str) -> str:
+    """``text`` if it can be one whole path segment, else ScopeViolation naming the identifier ``name``."""
+    if text in {"", ".", ".."} or "/" in text:
+        raise ScopeViolation(f"identifier {name!r} is empty, '.', '..' or holds '/'")
+    if any(unicodedata.category(ch) in {"Cc", "Cs"} for ch in text):
+        raise ScopeViolation(f"identifier {name!r} holds a control character or an unpaired surrogate")
+    if len(text.encode("utf-8")) > MAX_KEY_BYTES:
+        raise ScopeViolation(f"identifier {name!r} is longer than an S3 key")
+    return text
+
+
+def identifier_text(name: str, image: Image, after: str | None = None) -> str:
+    """The text of identifier ``name`` in ``image`` (the part after ``after`` if given), or ScopeViolation if
+    it is missing, lacks the marker, or cannot be a path segment."""
     value = image.get(name)
-    if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
-        text = str(int(value)) if value.is_finite() else ""
+    if isinstance(value, decimal.Decimal) and value.is_finite() and value == value.to_integral_value():
+        text = str(int(value))
     elif isinstance(value, str):
         text = value
     else:
         raise ScopeViolation(f"identifier {name!r} is missing or not a string or integer")
-    if not _SAFE_IDENTIFIER.fullmatch(text) or ".." in text or text == ".":
-        raise ScopeViolation(f"identifier {name!r} is not a safe path token")
-    return text
+    if after is not None:
+        # The value must START with the marker: "X#TENANT#acme" must not render like "TENANT#acme".
+        if not text.startswith(after):
+            raise ScopeViolation(f"identifier {name!r} does not start with its marker")
+        text = text[len(after) :]
+    return check_segment(text, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Placeholder:
+    """One ``{...}`` of a template: an attribute of the item (or of its parent), whole or after a marker."""
+
+    attribute: str
+    after: str | None = None
+    parent: bool = False
+
+    def render(self, image: Image, parent: Image | None) -> str:
+        if self.parent:
+            if parent is None:
+                raise ScopeViolation(f"{{parent.{self.attribute}}} has no parent item to render from")
+            image = parent
+        return identifier_text(self.attribute, image, self.after)
 
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    """An ``s3://bucket/...{name}...`` template. Built only through ``Template.parse``."""
+    """An ``s3://bucket/...{name}...`` template, parsed once. Built only through ``Template.parse``."""
 
     source: str
     bucket: str
-    parts: tuple[tuple[str, str | None], ...]  # (literal, placeholder or None)
+    parts: tuple[tuple[str, Placeholder | None], ...]  # (literal, placeholder or None)
 
     @classmethod
     def parse(cls, source: str) -> Template:
@@ -88,7 +123,7 @@ class Template:
         if "{" in bucket or "}" in bucket:
             raise ScopeViolation("the bucket of a template must be literal")
         location = S3Location.parse(source)
-        parts: list[tuple[str, str | None]] = []
+        parts: list[tuple[str, Placeholder | None]] = []
         literal = ""
         segments = location.key.split("/")
         for index, segment in enumerate(segments):
@@ -103,21 +138,33 @@ class Template:
             match = _PLACEHOLDER.fullmatch(segment)
             if match is None:
                 raise ScopeViolation(
-                    f"{segment!r}: a {{placeholder}} must be a whole path segment, like /{{id}}/"
+                    f"{segment!r}: a placeholder must be a whole path segment, like /{{id}}/,"
+                    " /{id|after:MARKER}/ or /{parent.id}/"
                 )
-            parts.append((literal, match.group(1)))
+            parent, attribute, after = match.groups()
+            parts.append((literal, Placeholder(attribute, after, parent=parent is not None)))
             literal = separator
         if literal:
             parts.append((literal, None))
         return cls(source=source, bucket=location.bucket, parts=tuple(parts))
 
     @property
-    def fields(self) -> tuple[str, ...]:
-        return tuple(field for _, field in self.parts if field is not None)
+    def placeholders(self) -> tuple[Placeholder, ...]:
+        return tuple(p for _, p in self.parts if p is not None)
 
-    def render(self, image: Image) -> S3Location:
-        """Render over ``image``; ScopeViolation if an identifier is missing or unsafe."""
-        key = "".join(literal + (identifier_text(f, image) if f else "") for literal, f in self.parts)
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The item's own attributes the template names (each renders injectively: whole, or after a
+        marker the value must start with)."""
+        return tuple(p.attribute for p in self.placeholders if not p.parent)
+
+    @property
+    def parent_fields(self) -> tuple[str, ...]:
+        return tuple(p.attribute for p in self.placeholders if p.parent)
+
+    def render(self, image: Image, parent: Image | None = None) -> S3Location:
+        """Render over ``image`` (and ``parent``); ScopeViolation if an identifier is missing or unsafe."""
+        key = "".join(literal + (p.render(image, parent) if p else "") for literal, p in self.parts)
         return S3Location(bucket=self.bucket, key=key)
 
 
@@ -129,5 +176,7 @@ def check_in_scope(target: S3Location, scopes: Iterable[S3Location]) -> None:
         raise ScopeViolation("target is outside the item's scope")
 
 
-def render_all(templates: Iterable[Template], image: Mapping[str, object]) -> tuple[S3Location, ...]:
-    return tuple(template.render(image) for template in templates)
+def render_all(
+    templates: Iterable[Template], image: Mapping[str, object], parent: Image | None = None
+) -> tuple[S3Location, ...]:
+    return tuple(template.render(image, parent) for template in templates)

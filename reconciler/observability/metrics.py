@@ -19,8 +19,8 @@ from prometheus_client.registry import Collector
 from reconciler import __version__
 from reconciler.core.classify import Cause
 from reconciler.core.plan import UnsafeReason
+from reconciler.core.spec import RuleSet
 from reconciler.ports import LetterKind
-from reconciler.rules import Rules
 
 # Lag buckets from 1 second to 7 days. prometheus-client renders bounds as le="3600.0"; rules must match.
 LAG_BUCKETS = (
@@ -38,7 +38,7 @@ ARTIFACT_OUTCOMES = (
     ("item", "deleted"),
     ("object", "absent"),
 )
-RECORD_OUTCOMES = ("deleted", "ignored", "dead_lettered", "retry")
+RECORD_OUTCOMES = ("deleted", "ignored", "filtered", "dead_lettered", "retry")
 RECORD_EVENTS = (
     ("INSERT", "none"),
     ("MODIFY", "none"),
@@ -65,7 +65,7 @@ class Metrics:
         )
         self.outcomes = Counter(
             "reconciler_record_outcomes_total",
-            "Final or retried outcomes of stream records: deleted, ignored, dead_lettered, retry.",
+            "Final or retried outcomes of stream records: deleted, ignored, filtered, dead_lettered, retry.",
             ["table", "outcome"],
             registry=registry,
         )
@@ -148,7 +148,7 @@ class Metrics:
             registry=registry,
         )
 
-    def initialize(self, rules: Rules) -> None:
+    def initialize(self, rules: RuleSet) -> None:
         """Create the known label sets at zero, so rates and increases see the first event.
 
         A counter series that appears with value 1 has no earlier sample: ``increase()`` misses it, and an
