@@ -331,8 +331,8 @@ def _throughput_panels() -> Panels:
         ),
         _series(
             "Record outcomes per second",
-            "What became of each stream record: deleted, ignored, dead-lettered or retried; good is"
-            " deleted and ignored only, since retries hold a shard's checkpoint.",
+            "What became of each stream record: deleted, ignored, filtered (a removal the cascade rules"
+            " exclude), dead-lettered or retried; good is no retries, since they hold a shard's checkpoint.",
             "ops",
             _targets((_rate("outcome", "reconciler_record_outcomes_total"), "{{outcome}}")),
         ),

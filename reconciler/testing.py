@@ -82,7 +82,7 @@ class FakeItemStore:
 
     async def find(self, query: LinkQuery, key_attributes: Sequence[str]) -> AsyncIterator[Image]:  # noqa: ARG002
         for item in list(self.tables.get(query.table, [])):
-            if item.get(query.attribute) == query.value:
+            if query.matches(item):
                 yield dict(item)
 
     async def get(self, table: str, key: Mapping[str, object]) -> Image | None:
@@ -95,7 +95,7 @@ class FakeItemStore:
         rows = self.tables.get(query.table, [])
         for row in rows:
             if all(row.get(k) == v for k, v in key.items()):
-                if row.get(query.attribute) != query.value:
+                if not query.matches(row):
                     return None
                 rows.remove(row)
                 return dict(row)

@@ -191,3 +191,15 @@ async def test_linked_items_are_found_and_deleted_only_while_still_linked(stores
     captions = {"transcript_id": "tr-1", "output_type": "captions"}
     assert await stores.items.delete_linked(other, captions) is None  # linked elsewhere: left alone
     assert await stores.items.get("speech_outputs", captions) is not None
+
+
+async def test_a_sort_key_prefix_narrows_what_is_found_and_what_may_be_deleted(stores: Stores) -> None:
+    for output in ("OUTPUT#de", "OUTPUT#fr", "NOTE#1"):
+        await stores.put_item("speech_outputs", {"transcript_id": "tr-1", "output_type": output})
+    query = LinkQuery("speech_outputs", "transcript_id", "tr-1", None, "output_type", "OUTPUT#")
+    found = [image async for image in stores.items.find(query, ("transcript_id", "output_type"))]
+    assert sorted(str(i["output_type"]) for i in found) == ["OUTPUT#de", "OUTPUT#fr"]
+    note = {"transcript_id": "tr-1", "output_type": "NOTE#1"}
+    assert await stores.items.delete_linked(query, note) is None  # not linked by this query: left alone
+    assert await stores.items.get("speech_outputs", note) is not None
+    assert await stores.items.delete_linked(query, {"transcript_id": "tr-1", "output_type": "OUTPUT#de"})

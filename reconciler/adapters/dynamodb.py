@@ -33,12 +33,7 @@ class DynamoDBItemStore:
         self._call = call
 
     async def find(self, query: LinkQuery, key_attributes: Sequence[str]) -> AsyncIterator[Image]:
-        params: dict[str, Any] = {
-            "TableName": query.table,
-            "KeyConditionExpression": "#k = :v",
-            "ExpressionAttributeNames": {"#k": query.attribute},
-            "ExpressionAttributeValues": {":v": encode_value(query.value)},
-        }
+        params: dict[str, Any] = {"TableName": query.table, **_condition(query, "KeyConditionExpression")}
         if query.index:
             params["IndexName"] = query.index
         else:
@@ -54,7 +49,7 @@ class DynamoDBItemStore:
                     if len(key) != len(key_attributes):
                         raise PermanentError(f"index {query.index} of {query.table} does not project the key")
                     current = await self.get(query.table, key)
-                    if current is None or current.get(query.attribute) != query.value:
+                    if current is None or not query.matches(current):
                         continue
                     image = current
                 yield image
@@ -75,9 +70,7 @@ class DynamoDBItemStore:
             self._delete_if,
             TableName=query.table,
             Key=encode_key(key),
-            ConditionExpression="#k = :v",
-            ExpressionAttributeNames={"#k": query.attribute},
-            ExpressionAttributeValues={":v": encode_value(query.value)},
+            **_condition(query, "ConditionExpression"),
             ReturnValues="ALL_OLD",
         )
 
@@ -90,6 +83,18 @@ class DynamoDBItemStore:
             raise
         old = response.get("Attributes")
         return decode_image(old) if old else None
+
+
+def _condition(query: LinkQuery, name: str) -> dict[str, Any]:
+    """``#k = :v`` (and ``begins_with(#s, :p)`` for a sort-key prefix) as ``name`` with its placeholders."""
+    expression = "#k = :v"
+    names = {"#k": query.attribute}
+    values: dict[str, Any] = {":v": encode_value(query.value)}
+    if query.sort_attribute is not None and query.sort_prefix is not None:
+        expression += " AND begins_with(#s, :p)"
+        names["#s"] = query.sort_attribute
+        values[":p"] = {"S": query.sort_prefix}
+    return {name: expression, "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
 
 
 def _padded(sequence_number: str) -> str:

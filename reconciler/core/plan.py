@@ -54,6 +54,15 @@ class LinkQuery:
     inherited: tuple[S3Location, ...] = ()
     """Scopes rendered from the parent, for ``scope`` parent or both."""
 
+    def matches(self, image: Image) -> bool:
+        """Whether ``image`` is linked by this query: the test its Query and conditional delete make."""
+        if image.get(self.attribute) != self.value:
+            return False
+        if self.sort_attribute is None or self.sort_prefix is None:
+            return True
+        sort = image.get(self.sort_attribute)
+        return isinstance(sort, str) and sort.startswith(self.sort_prefix)
+
 
 @dataclass(frozen=True, slots=True)
 class DeletionPlan:

@@ -325,7 +325,7 @@ def _iterator_age(on: str) -> str:
 
 def _failure_ratio(on: str, window: str) -> str:
     failed = f'reconciler_record_outcomes_total{{{on},outcome=~"retry|dead_lettered"}}'
-    attempted = f'reconciler_record_outcomes_total{{{on},outcome!="ignored"}}'
+    attempted = f'reconciler_record_outcomes_total{{{on},outcome!~"ignored|filtered"}}'
     by = "sum by (job, table)"
     return f"{by} (rate({failed}[{window}]))\n/\n{by} (rate({attempted}[{window}]))"
 
