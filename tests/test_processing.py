@@ -9,10 +9,12 @@ from conftest import World
 
 from reconciler.core.classify import Cause
 from reconciler.core.dynamodb_json import Image
-from reconciler.core.outcomes import DeadLettered, Deleted, Ignored, Pending
+from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Pending
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamRecord, Undecodable, decode_record
-from reconciler.processing import Origin
+from reconciler.execution import Executor
+from reconciler.processing import Origin, RecordProcessor
+from reconciler.rules import Rules
 from reconciler.testing import stream_record
 
 ORIGIN = Origin("transcripts", "arn:aws:dynamodb:us-east-1:1:table/transcripts/stream/x", "shardId-0001")
@@ -306,3 +308,60 @@ async def test_a_redelivered_record_rewrites_its_dead_letter_and_counts_it_once(
         await world.processor.process(ORIGIN, _record(world, 1, image))
     assert len(world.dead_letters.letters) == 1
     assert world.sample("reconciler_dead_letters_total", kind="unsafe") == 1
+
+
+def _with_cascade(world: World, rules: Rules, cascade: dict[str, object]) -> RecordProcessor:
+    data = rules.model_dump()
+    data["tables"]["transcripts"]["cascade"] = cascade
+    spec = Rules.model_validate(data).compile()
+    executor = Executor(spec, world.artifacts, world.items, world.metrics)
+    return RecordProcessor(
+        rules=spec,
+        executor=executor,
+        dead_letters=world.dead_letters,
+        metrics=world.metrics,
+        clock=world.clock,
+        items=world.items,
+    )
+
+
+async def test_a_migrations_delete_carrying_the_skip_marker_deletes_nothing_and_is_counted(
+    world: World, rules: Rules
+) -> None:
+    processor = _with_cascade(world, rules, {"skip": [{"attribute": "deleted_by", "equals": "migration"}]})
+    world.add_transcript("acct-1", "tr-1")
+    world.add_transcript("acct-1", "tr-2")
+    moved = {**world.image("acct-1", "tr-1", expires_at=1_900_000_000), "deleted_by": "migration"}
+
+    outcome = await processor.process(ORIGIN, _record(world, 1, moved))
+
+    assert isinstance(outcome, Filtered)
+    assert outcome.cause is Cause.REQUESTED
+    assert world.held_by("acct-1", "tr-1") > 0
+    assert world.sample("reconciler_record_outcomes_total", table="transcripts", outcome="filtered") == 1
+    # A TTL expiry still cascades.
+    expired = await processor.process(
+        ORIGIN, _record(world, 2, world.image("acct-1", "tr-2"), identity="botocore")
+    )
+    assert isinstance(expired, Deleted)
+    assert world.held_by("acct-1", "tr-2") == 0
+
+
+async def test_causes_that_do_not_cascade_and_identities_to_skip_are_filtered(
+    world: World, rules: Rules
+) -> None:
+    processor = _with_cascade(
+        world, rules, {"causes": ["ttl", "expired"], "skip": [{"principal": "dynamodb.amazonaws.com"}]}
+    )
+    world.add_transcript("acct-1", "tr-1")
+    requested = await processor.process(
+        ORIGIN, _record(world, 1, world.image("acct-1", "tr-1", expires_at=1_900_000_000))
+    )
+    by_service = await processor.process(
+        ORIGIN, _record(world, 2, world.image("acct-1", "tr-1"), identity="lambda")
+    )
+    assert isinstance(requested, Filtered)
+    assert requested.reason == "cause requested does not cascade"
+    assert isinstance(by_service, Filtered)
+    assert by_service.reason == "userIdentity matches a skip condition"
+    assert world.held_by("acct-1", "tr-1") > 0
