@@ -11,15 +11,17 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from reconciler import __version__
-from reconciler.core.dynamodb_json import decode_image
-from reconciler.core.plan import DeletionPlan, resolve
 from reconciler.errors import ConfigError, DecodeError, ReconcilerError
 from reconciler.rules import Rules, load_rules
+
+if TYPE_CHECKING:
+    from reconciler.core.spec import RuleSet
+    from reconciler.dry_run import Entry
 from reconciler.settings import Settings
 
 EXIT_FAILURE = 1
@@ -45,10 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "--create-tables", action="store_true", default=None, help="create the worker's own tables"
     )
 
-    plan = commands.add_parser("plan", help="print the deletion plan for one old image (dry run)")
-    plan.add_argument("--config", type=Path, required=True, help="rules file")
-    plan.add_argument("--image", type=Path, required=True, help="old image as DynamoDB JSON")
-    plan.add_argument("--table", help="the image's table (default: the first source)")
+    _add_plan(commands)
 
     commands.add_parser("schema", help="print the JSON Schema of the rules file")
     _add_iam_policy(commands)
@@ -78,6 +77,39 @@ def _add_table_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None
         )
 
 
+PLAN_HELP = """Print what a deletion would do, without deleting anything.
+
+INPUT (a file, or - for stdin) is DynamoDB JSON: a bare old image, `aws dynamodb get-item` output, one
+stream record (GetRecords or Lambda spelling), or a whole Lambda event or GetRecords response. Records are
+classified as the worker would (ignored, filtered by the cascade rules, deleted for a cause).
+
+With --resolve it makes the same read-only calls a real run makes (ListObjectVersions for objects and
+prefixes, Query and GetItem for links) and prints every version, delete marker and linked item a real run
+would delete, and what it would refuse and why, linked items' included.
+
+exit codes: 0 nothing refused; 3 something refused (a target outside its scope, an unusable identifier,
+a record a real run would dead-letter); 2 bad input or rules; 1 AWS refused (--resolve)."""
+
+
+def _add_plan(commands: Any) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="dry run: what a deletion would touch (exit 3 if something is refused)",
+        description=PLAN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument("input", nargs="?", help="DynamoDB JSON file, or - for stdin")
+    plan.add_argument("--config", type=Path, required=True, help="rules file")
+    plan.add_argument("--image", type=Path, help="same as INPUT (earlier spelling)")
+    plan.add_argument("--table", help="the input's table when no record names it (default: the first source)")
+    plan.add_argument(
+        "--resolve", action="store_true", help="list what would be deleted (read-only AWS calls)"
+    )
+    plan.add_argument("--json", action="store_true", help="print JSON instead of text")
+    plan.add_argument("--endpoint-url", help="AWS endpoint for --resolve (RECONCILER_ENDPOINT_URL)")
+    plan.add_argument("--region", help="AWS Region for --resolve (RECONCILER_REGION or AWS_REGION)")
+
+
 def _add_iam_policy(commands: Any) -> None:
     iam = commands.add_parser("iam-policy", help="print the worker's least-privilege IAM policy (JSON)")
     iam.add_argument("--config", type=Path, required=True, help="rules file")
@@ -105,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             case "run":
                 return _run(args)
             case "plan":
-                return _plan(load_rules(args.config), args.image, args.table)
+                return _plan(args)
             case "schema":
                 print(json.dumps(Rules.model_json_schema(), indent=2))
                 return 0
@@ -217,36 +249,58 @@ def _settings(values: dict[str, Any]) -> Settings:
         raise ConfigError("invalid settings: " + "; ".join(problems)) from exc
 
 
-def plan_to_json(plan: DeletionPlan) -> dict[str, Any]:
-    return {
-        "table": plan.table,
-        "key": {k: str(v) for k, v in plan.key.items()},
-        "scopes": [str(s) for s in plan.scopes],
-        "objects": [str(o) for o in plan.objects],
-        "prefixes": [str(p) for p in plan.prefixes],
-        "links": [
-            {"table": q.table, "attribute": q.attribute, "value": str(q.value), "index": q.index}
-            for q in plan.links
-        ],
-        "unsafe": [{"target": u.target, "reason": u.reason.value, "detail": u.detail} for u in plan.unsafe],
-    }
-
-
-def _plan(rules: Rules, image_path: Path, table: str | None) -> int:
-    table = table or rules.sources[0]
-    if table not in rules.tables:
-        raise ConfigError(f"table {table!r} has no rules")
+def _read_input(source: str) -> object:
     try:
-        raw = json.loads(image_path.read_text(encoding="utf-8"))
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        return json.loads(text)
     except OSError as exc:
-        raise DecodeError(f"cannot read image {image_path}: {exc.strerror or exc}") from exc
+        raise DecodeError(f"cannot read {source}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise DecodeError(f"image {image_path} is not UTF-8 text (byte {exc.start})") from exc
+        raise DecodeError(f"{source} is not UTF-8 text (byte {exc.start})") from exc
     except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested beyond any real item
-        raise DecodeError(f"image {image_path} is not JSON that DynamoDB could hold: {exc}") from exc
-    plan = resolve(rules.compile().tables[table], decode_image(raw))
-    print(json.dumps(plan_to_json(plan), indent=2))
-    return 0 if plan.is_safe else EXIT_UNSAFE
+        raise DecodeError(f"{source} is not JSON that DynamoDB could hold: {exc}") from exc
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from reconciler.core.inputs import read_inputs  # noqa: PLC0415 - only this command needs them
+    from reconciler.dry_run import plan_inputs, to_json, to_text  # noqa: PLC0415
+
+    source = args.input or (str(args.image) if args.image else None)
+    if source is None:
+        raise ConfigError("plan needs an INPUT file (or - for stdin)")
+    rules = load_rules(args.config)
+    spec = rules.compile()
+    entries = plan_inputs(spec, read_inputs(_read_input(source)), args.table or rules.sources[0])
+    if args.resolve:
+        asyncio.run(_resolve(args, spec, entries))
+    print(json.dumps(to_json(entries), indent=2) if args.json else to_text(entries))
+    if any(entry.errors for entry in entries):
+        return EXIT_FAILURE
+    return EXIT_UNSAFE if any(entry.refuses for entry in entries) else 0
+
+
+async def _resolve(args: argparse.Namespace, spec: RuleSet, entries: list[Entry]) -> None:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415 - botocore and friends stay lazy
+
+    from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy  # noqa: PLC0415
+    from reconciler.adapters.dynamodb import DynamoDBItemStore  # noqa: PLC0415
+    from reconciler.adapters.s3 import S3ArtifactStore  # noqa: PLC0415
+    from reconciler.dry_run import resolve_entries  # noqa: PLC0415
+    from reconciler.execution import Executor  # noqa: PLC0415
+    from reconciler.observability.metrics import Metrics  # noqa: PLC0415
+
+    flags = {"endpoint_url": args.endpoint_url, "region": args.region}
+    settings = _settings({"config": args.config} | {k: v for k, v in flags.items() if v is not None})
+    call = Caller(RetryPolicy())
+    async with AwsClients(AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)) as clients:
+        executor = Executor(
+            spec,
+            S3ArtifactStore(clients.s3, call),
+            DynamoDBItemStore(clients.dynamodb, call),
+            Metrics(CollectorRegistry()),
+            dry_run=True,
+        )
+        await resolve_entries(entries, executor)
 
 
 def _demo(transcripts: int) -> int:

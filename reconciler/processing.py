@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from reconciler.core.classify import Cause, classify, ttl_expiry
+from reconciler.core.classify import Cause, ttl_expiry
+from reconciler.core.decide import decide
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Outcome, Pending, Tally
 from reconciler.core.plan import key_hash, resolve
@@ -66,24 +67,19 @@ class RecordProcessor:
             self._metrics.records.labels(origin.table, "undecodable", "none").inc()
             log.error("record.undecodable", sequence_number=record.sequence_number, reason=record.reason)
             return await self._dead_letter(origin, record, "undecodable", record.reason)
-        table = self._rules.tables[origin.table]
-        cause = classify(record, table.ttl_attribute)
+        decision = decide(record, self._rules.tables[origin.table])
+        cause = decision.cause
         self._metrics.records.labels(origin.table, record.event_name.value, cause or "none").inc()
         if cause is None:
             return Ignored(record.sequence_number)
-        skip = table.cascade.filtered(cause, record)
-        if skip is not None and (record.old_image is not None or cause not in table.cascade.causes):
+        if decision.verdict == "filtered":
             # Not ours to cascade (a migration's DeleteItem, an admin's): counted, nothing deleted.
-            log.info(
-                "record.filtered", key_hash=key_hash(origin.table, record.keys), cause=cause.value, why=skip
-            )
-            return Filtered(record.sequence_number, cause, skip)
+            key = key_hash(origin.table, record.keys)
+            log.info("record.filtered", key_hash=key, cause=cause.value, why=decision.detail)
+            return Filtered(record.sequence_number, cause, decision.detail)
         if record.old_image is None:
-            # KEYS_ONLY or NEW_IMAGE streams cannot tell us what was linked: an operator must look.
             log.error("record.no_old_image", sequence_number=record.sequence_number)
-            return await self._dead_letter(
-                origin, record, "no_image", "REMOVE record carries no OldImage", cause
-            )
+            return await self._dead_letter(origin, record, "no_image", decision.detail, cause)
         return await self._delete(origin, record, cause, record.old_image)
 
     async def _delete(self, origin: Origin, record: StreamRecord, cause: Cause, image: Image) -> Outcome:

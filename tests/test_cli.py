@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import socket
@@ -31,20 +32,88 @@ def _image(tmp_path: Path, **overrides: dict[str, str]) -> Path:
 
 
 def test_plan_prints_the_targets_of_an_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "--config", str(DEMO_RULES), "--image", str(_image(tmp_path))]) == 0
-    plan = json.loads(capsys.readouterr().out)
+    assert main(["plan", "--config", str(DEMO_RULES), "--json", "--image", str(_image(tmp_path))]) == 0
+    (plan,) = json.loads(capsys.readouterr().out)
+    assert plan["verdict"] == "plan"
     assert plan["objects"] == ["s3://stt-uploads/acct-1/tr-1/audio.wav"]
     assert plan["prefixes"] == ["s3://stt-transcripts/acct-1/tr-1/"]
     assert [link["table"] for link in plan["links"]] == ["speech_outputs", "llm_requests"]
-    assert plan["unsafe"] == []
+    assert plan["refused"] == []
+    assert main(["plan", "--config", str(DEMO_RULES), str(_image(tmp_path))]) == 0
+    text = capsys.readouterr().out
+    assert "image: transcripts transcript_id=tr-1: plan" in text
+    assert "  object    s3://stt-uploads/acct-1/tr-1/audio.wav" in text
 
 
 def test_plan_exits_non_zero_when_a_target_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     image = _image(tmp_path, transcript_id={"S": "../other"})
-    assert main(["plan", "--config", str(DEMO_RULES), "--image", str(image)]) == EXIT_UNSAFE
-    assert json.loads(capsys.readouterr().out)["unsafe"][0]["reason"] == "unsafe_identifier"
+    assert main(["plan", "--config", str(DEMO_RULES), "--json", str(image)]) == EXIT_UNSAFE
+    assert json.loads(capsys.readouterr().out)[0]["refused"][0]["reason"] == "unsafe_identifier"
+
+
+def _old_image() -> dict[str, object]:
+    return {
+        "transcript_id": {"S": "tr-1"},
+        "account_id": {"S": "acct-1"},
+        "expires_at": {"N": "1764000000"},
+        "audio_url": {"S": "s3://stt-uploads/acct-1/tr-1/audio.wav"},
+    }
+
+
+def _lambda_record(number: int, event: str, **identity: str) -> dict[str, object]:
+    record: dict[str, object] = {
+        "eventID": f"e{number}",
+        "eventName": event,
+        "eventSource": "aws:dynamodb",
+        "eventSourceARN": "arn:aws:dynamodb:eu-west-1:123456789012:table/transcripts/stream/2026-01-01T00:00:00.000",
+        "dynamodb": {
+            "ApproximateCreationDateTime": 1767225600,
+            "Keys": {"transcript_id": {"S": "tr-1"}},
+            "SequenceNumber": f"{number:021d}",
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+            **({"OldImage": _old_image()} if event != "INSERT" else {"NewImage": _old_image()}),
+        },
+    }
+    if identity:
+        record["userIdentity"] = identity
+    return record
+
+
+def test_plan_reads_every_accepted_shape_from_a_file_or_stdin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = {"Records": [
+        _lambda_record(1, "INSERT"),
+        _lambda_record(2, "REMOVE", type="Service", principalId="dynamodb.amazonaws.com"),
+    ]}  # fmt: skip
+    shapes: dict[str, object] = {
+        "image": _old_image(),
+        "get-item": {"Item": _old_image()},
+        "record": _lambda_record(2, "REMOVE"),
+        "event": event,
+        "get-records": {"Records": [_lambda_record(2, "REMOVE")], "NextShardIterator": "x"},
+    }
+    verdicts = {}
+    for name, document in shapes.items():
+        monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(document)))
+        assert main(["plan", "--config", str(DEMO_RULES), "--json", "-"]) == 0, name
+        verdicts[name] = [(e["verdict"], e.get("cause")) for e in json.loads(capsys.readouterr().out)]
+    assert verdicts == {
+        "image": [("plan", None)],
+        "get-item": [("plan", None)],
+        "record": [("plan", "expired")],
+        "event": [("ignored", None), ("plan", "ttl")],
+        "get-records": [("plan", "expired")],
+    }
+
+
+def test_plan_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    out = capsys.readouterr().out
+    assert "0 nothing refused; 3 something refused" in out
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -380,7 +380,7 @@ async def test_the_demo_verdict_sees_a_touched_linked_item_and_a_leftover(layout
     await layout.dynamodb.delete_item(
         TableName="speech_outputs", Key={"transcript_id": {"S": "live"}, "output_type": {"S": "translation"}}
     )
-    await layout.dynamodb.delete_item(TableName="llm_requests", Key={"request_id": {"S": "live-llm0"}})
+    await layout.dynamodb.delete_item(TableName="llm_requests", Key={"request_id": {"S": "live#llm0"}})
     assert await touched(layout, [live], before) == 2
     # 2 versions x 5 files, 3 outputs, 2 x 2 LLM objects, 3 speech output items and 2 LLM request items.
     assert await layout.remaining(gone) == 10 + 3 + 4 + 3 + 2

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from reconciler.core.plan import LinkQuery, UnsafeReason, resolve
 from reconciler.core.scope import S3Location
-from reconciler.core.spec import TableSpec
+from reconciler.core.spec import ScopeMode, TableSpec
 from reconciler.rules import Rules
 
 IMAGE = {
@@ -37,7 +37,14 @@ def test_a_clean_image_plans_its_objects_prefixes_and_links(rules: Rules) -> Non
     assert plan.objects == (S3Location("stt-uploads", "acct-1/tr-1/audio.wav"),)
     assert plan.prefixes == (S3Location("stt-transcripts", "acct-1/tr-1/"),)
     assert plan.links == (
-        LinkQuery("speech_outputs", "transcript_id", "tr-1", None),
+        LinkQuery(
+            "speech_outputs",
+            "transcript_id",
+            "tr-1",
+            None,
+            scope=ScopeMode.PARENT,
+            inherited=(S3Location("stt-understanding", "acct-1/tr-1/"),),
+        ),
         LinkQuery("llm_requests", "transcript_id", "tr-1", "by_transcript"),
     )
 
@@ -121,7 +128,7 @@ def test_objects_under_a_planned_prefix_are_not_listed_twice(rules: Rules) -> No
 def test_an_empty_link_value_is_refused(rules: Rules) -> None:
     plan = resolve(rules.compile().tables["transcripts"], {**IMAGE, "transcript_id": "ok"})
     assert len(plan.links) == 2
-    link = {"table": "speech_outputs", "attribute": "transcript_id", "value_from": "language"}
+    link = {"table": "llm_requests", "attribute": "transcript_id", "value_from": "language", "index": "i"}
     plan = resolve(_changed(rules, "transcripts", links=[link]), {**IMAGE, "language": ""})
     assert plan.links == ()
     assert [u.reason for u in plan.unsafe] == [UnsafeReason.LINK_VALUE]

@@ -38,7 +38,7 @@ class Transcript:
 
     @property
     def requests(self) -> tuple[str, ...]:
-        return tuple(f"{self.transcript_id}-llm{n}" for n in range(LLM_REQUESTS_PER_TRANSCRIPT))
+        return tuple(f"{self.transcript_id}#llm{n}" for n in range(LLM_REQUESTS_PER_TRANSCRIPT))
 
     def scopes(self) -> list[tuple[str, str]]:
         """Every (bucket, prefix) holding something of this transcript, linked items included."""
