@@ -53,6 +53,9 @@ def test_plan_exits_non_zero_when_a_target_is_refused(
     assert json.loads(capsys.readouterr().out)[0]["refused"][0]["reason"] == "unsafe_identifier"
 
 
+STREAM_LABEL = "2026-01-01T00:00:00.000"
+
+
 def _old_image() -> dict[str, object]:
     return {
         "transcript_id": {"S": "tr-1"},
@@ -67,7 +70,7 @@ def _lambda_record(number: int, event: str, **identity: str) -> dict[str, object
         "eventID": f"e{number}",
         "eventName": event,
         "eventSource": "aws:dynamodb",
-        "eventSourceARN": "arn:aws:dynamodb:eu-west-1:123456789012:table/transcripts/stream/2026-01-01T00:00:00.000",
+        "eventSourceARN": f"arn:aws:dynamodb:eu-west-1:123456789012:table/transcripts/stream/{STREAM_LABEL}",
         "dynamodb": {
             "ApproximateCreationDateTime": 1767225600,
             "Keys": {"transcript_id": {"S": "tr-1"}},

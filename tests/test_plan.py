@@ -129,8 +129,9 @@ def test_an_empty_link_value_is_refused(rules: Rules) -> None:
     plan = resolve(rules.compile().tables["transcripts"], {**IMAGE, "transcript_id": "ok"})
     assert len(plan.links) == 2
     link = {"table": "llm_requests", "attribute": "transcript_id", "value_from": "language", "index": "i"}
-    plan = resolve(_changed(rules, "transcripts", links=[link]), {**IMAGE, "language": ""})
-    assert plan.links == ()
+    speech = rules.model_dump()["tables"]["transcripts"]["links"][0]  # speech outputs keep their link
+    plan = resolve(_changed(rules, "transcripts", links=[speech, link]), {**IMAGE, "language": ""})
+    assert [q.table for q in plan.links] == ["speech_outputs"]
     assert [u.reason for u in plan.unsafe] == [UnsafeReason.LINK_VALUE]
 
 
