@@ -255,6 +255,7 @@ class Executor:
         result.tally += nested.tally
         result.unsafe.extend(nested.unsafe)
         result.errors.extend(nested.errors)
+        result.planned.extend(nested.planned)
         return not nested.errors
 
     def _count_gone(self, versions: set[ObjectVersion], result: ExecutionResult) -> None:
