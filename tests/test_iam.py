@@ -466,3 +466,17 @@ def test_the_command_reports_unusable_rules_as_a_usage_error(capsys: pytest.Capt
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "fixed first segment" in captured.err
+
+
+def test_a_single_table_layout_grants_its_self_links_entity_links_and_link_scopes() -> None:
+    """Links of entity types and a table's links to itself are reached; a link's parent scopes are granted."""
+    from test_single_table import RULES  # noqa: PLC0415 - the worked example of the README
+
+    document = _policy(Rules.model_validate(tomllib.loads(RULES)))
+    grants = set(_grants(document))
+    table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table"
+    assert ("dynamodb:DeleteItem", f"{table}/app") in grants  # outputs share the source table
+    assert ("dynamodb:Query", f"{table}/gateway/index/by_job") in grants
+    assert ("dynamodb:DeleteItem", f"{table}/segments") in grants  # a grandchild, through an entity's link
+    objects = {r for a, r in grants if a == "s3:DeleteObjectVersion"}
+    assert objects == {f"arn:aws:s3:::media/{p}/*" for p in ("audio", "llm", "outputs")}
