@@ -38,7 +38,7 @@ from reconciler.demo.moto_server import (
 from reconciler.demo.run import local_settings, run_demo, touched
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
-from reconciler.rules import Rules
+from reconciler.rules import Rules, load_rules
 from reconciler.settings import Settings
 from reconciler.testing import eventually
 from reconciler.worker import Worker
@@ -391,3 +391,44 @@ async def test_the_demo_runs_end_to_end_and_keeps_its_promise() -> None:
     assert await run_demo(12, echo=lines.append) == 0
     assert any(line.endswith("artifacts remaining for deleted items: 0") for line in lines)
     assert any(line.endswith("artifacts of live items touched: 0") for line in lines)
+
+
+async def test_a_migrations_marked_delete_cascades_nothing_while_a_ttl_expiry_still_does(
+    endpoint: str, layout: Layout, tmp_path: Path
+) -> None:
+    """The migration footgun: moving an item with DeleteItem + PutItem must not delete its files."""
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(
+        DEMO_RULES.read_text()
+        + '\n[tables.transcripts.cascade]\nskip = [{ attribute = "deleted_by", equals = "migration" }]\n'
+    )
+    rules = load_rules(rules_file)
+    moved = Transcript("acct-1", "tr-moved", expiry(_now(), 30 * 86400))
+    expired = Transcript("acct-1", "tr-expired", expiry(_now(), -600))
+    await layout.add([moved, expired], seed=BackendSeeder())
+    before = await layout.snapshot([moved])
+    registry = CollectorRegistry()
+
+    async with running(endpoint, rules, registry):
+        key = {"transcript_id": {"S": moved.transcript_id}}
+        await layout.dynamodb.update_item(
+            TableName="transcripts",
+            Key=key,
+            UpdateExpression="SET deleted_by = :m",
+            ExpressionAttributeValues={":m": {"S": "migration"}},
+        )
+        await layout.dynamodb.delete_item(TableName="transcripts", Key=key)
+        ttl_delete("transcripts", {"transcript_id": {"S": expired.transcript_id}})
+        await eventually(
+            lambda: (
+                _count(registry, "reconciler_record_outcomes_total", table="transcripts", outcome="filtered")
+                >= 1
+                and _finished(registry)() >= 1
+            ),
+            seconds=60,
+        )
+
+    after = await layout.snapshot([moved])
+    del before[f"transcripts/{moved.transcript_id}"], after[f"transcripts/{moved.transcript_id}"]
+    assert after == before  # every file, output and LLM request of the moved item is still there
+    assert await layout.remaining(expired) == 0
