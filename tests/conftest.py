@@ -15,15 +15,24 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings
+from reconciler.consumer import ShardConsumer
 from reconciler.core.spec import RuleSet
 from reconciler.demo.layout import Layout
 from reconciler.demo.moto_server import CREDENTIALS, REGION, moto_server, reset
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
-from reconciler.processing import RecordProcessor
+from reconciler.ports import Shard
+from reconciler.processing import Origin, RecordProcessor
 from reconciler.rules import Rules, load_rules
 from reconciler.settings import Settings
-from reconciler.testing import FakeArtifactStore, FakeDeadLetterStore, FakeItemStore, FixedClock
+from reconciler.testing import (
+    FakeArtifactStore,
+    FakeCheckpointStore,
+    FakeDeadLetterStore,
+    FakeItemStore,
+    FakeStreamSource,
+    FixedClock,
+)
 
 DEMO_RULES = Path(__file__).parent.parent / "reconciler" / "demo" / "rules.toml"
 
@@ -170,3 +179,19 @@ def world(rules: Rules) -> World:
         rules=spec, executor=executor, dead_letters=dead_letters, metrics=metrics, clock=clock, items=items
     )
     return World(spec, artifacts, items, dead_letters, registry, metrics, clock, executor, processor)
+
+
+def consumer_for(
+    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore, settings: Settings
+) -> ShardConsumer:
+    """A shard consumer of the `transcripts` stream wired to the world's processor."""
+    return ShardConsumer(
+        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
+        shard=shard,
+        source=source,
+        checkpoints=checkpoints,
+        processor=world.processor,
+        metrics=world.metrics,
+        settings=settings,
+        clock=world.clock,
+    )

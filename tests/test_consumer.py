@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from conftest import World, fast_settings
+from conftest import World, consumer_for, fast_settings
 
 from reconciler.consumer import ShardConsumer
 from reconciler.core.outcomes import Outcome
@@ -27,16 +27,7 @@ def _consumer(
     checkpoints: FakeCheckpointStore,
     settings: Settings = FAST,
 ) -> ShardConsumer:
-    return ShardConsumer(
-        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-        shard=shard,
-        source=source,
-        checkpoints=checkpoints,
-        processor=world.processor,
-        metrics=world.metrics,
-        settings=settings,
-        clock=world.clock,
-    )
+    return consumer_for(world, source, shard, checkpoints, settings)
 
 
 async def _run_until(consumer: ShardConsumer, condition: Callable[[], bool]) -> None:

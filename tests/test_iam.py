@@ -470,9 +470,7 @@ def test_the_command_reports_unusable_rules_as_a_usage_error(capsys: pytest.Capt
 
 def test_a_single_table_layout_grants_its_self_links_entity_links_and_link_scopes() -> None:
     """Links of entity types and a table's links to itself are reached; a link's parent scopes are granted."""
-    from test_single_table import RULES  # noqa: PLC0415 - the worked example of the README
-
-    document = _policy(Rules.model_validate(tomllib.loads(RULES)))
+    document = _policy(load_rules(Path(__file__).parent / "rules" / "single_table.toml"))
     grants = set(_grants(document))
     table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table"
     assert ("dynamodb:DeleteItem", f"{table}/app") in grants  # outputs share the source table

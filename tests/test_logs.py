@@ -7,13 +7,11 @@ import json
 import logging
 
 import pytest
-from conftest import World, fast_settings
+from conftest import World, consumer_for, fast_settings
 
-from reconciler.consumer import ShardConsumer
 from reconciler.core.dynamodb_json import Image
 from reconciler.errors import ConfigError, TransientError
 from reconciler.observability.logs import RateLimit, configure_logging, describe_exception
-from reconciler.processing import Origin
 from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
 
 PLANTED = "zq-planted-4f1e@example.invalid"
@@ -39,16 +37,7 @@ async def test_an_unexpected_error_logs_no_image_content_in_its_traceback(
     source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
     shard = source.add_shard("transcripts", "shardId-1")
     source.append("shardId-1", stream_record(1, old_image=image, identity="botocore"))
-    consumer = ShardConsumer(
-        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-        shard=shard,
-        source=source,
-        checkpoints=checkpoints,
-        processor=world.processor,
-        metrics=world.metrics,
-        settings=fast_settings(),
-        clock=world.clock,
-    )
+    consumer = consumer_for(world, source, shard, checkpoints, fast_settings())
     task = asyncio.create_task(consumer.run())
     await eventually(
         lambda: world.sample("reconciler_failures_total", stage="process", error="ValueError") >= 2

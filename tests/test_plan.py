@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import decimal
 import unicodedata
+from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 from conftest import World
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from reconciler.core.plan import LinkQuery, UnsafeReason, resolve
 from reconciler.core.scope import S3Location
 from reconciler.core.spec import ScopeMode, TableSpec
-from reconciler.rules import Rules
+from reconciler.rules import Rules, load_rules
 
 IMAGE = {
     "transcript_id": "tr-1",
@@ -281,37 +283,18 @@ async def test_a_version_qualified_uri_deletes_every_version_of_the_object_it_na
 
 # --- single-table keys, parts of composite values, parent-scoped links -------------------------------
 
-SINGLE = {
-    "buckets": ["media"],
-    "sources": ["app"],
-    "tables": {
-        "app": {
-            "key": ["PK", "SK"],
-            "entities": {
-                "transcript": {
-                    "match": {"attribute": "SK", "begins_with": "TRANSCRIPT"},
-                    "scopes": ["s3://media/audio/{tenant|after:TENANT#}/{PK|after:JOB#}/"],
-                    "object_attributes": ["audio_url"],
-                    "links": [
-                        {
-                            "table": "gateway", "attribute": "job_ref", "value_from": "PK", "index": "by_job",
-                            "scope": "parent",
-                            "scopes": ["s3://media/llm/{parent.tenant|after:TENANT#}/{parent.PK|after:JOB#}/"],
-                        },
-                    ],
-                },
-            },
-        },
-        "gateway": {"key": ["request_id"], "object_attributes": ["input_url"]},
-    },
-}  # fmt: skip
-APP = Rules.model_validate(SINGLE).compile()
+APP = load_rules(Path(__file__).parent / "rules" / "single_table.toml").compile()
 TRANSCRIPT = {
     "PK": "JOB#906",
     "SK": "TRANSCRIPT",
     "tenant": "TENANT#acme",
+    "ref": "acme#906",
     "audio_url": "s3://media/audio/acme/906/a.wav",
 }
+
+
+def _gateway_link(image: Mapping[str, object]) -> list[LinkQuery]:
+    return [q for q in resolve(APP.tables["app"], image).links if q.table == "gateway"]
 
 
 def test_a_part_after_a_marker_renders_and_a_value_without_it_renders_nothing() -> None:
@@ -325,7 +308,7 @@ def test_a_part_after_a_marker_renders_and_a_value_without_it_renders_nothing() 
 
 
 def test_a_parent_scoped_link_hands_on_scopes_rendered_from_the_parent() -> None:
-    (query,) = resolve(APP.tables["app"], TRANSCRIPT).links
+    (query,) = _gateway_link(TRANSCRIPT)
     assert query.inherited == (S3Location("media", "llm/acme/906/"),)
     child = {"request_id": "r1", "job_ref": "JOB#906", "input_url": "s3://media/llm/acme/906/r1/in.json"}
     plan = resolve(APP.tables["gateway"], child, via=query)
@@ -351,10 +334,10 @@ def test_no_parent_scoped_child_reaches_outside_its_parents_scope(
     tenant: object, job: object, uri: object
 ) -> None:
     parent = {**TRANSCRIPT, "tenant": tenant, "PK": job}
-    links = resolve(APP.tables["app"], parent).links
+    links = _gateway_link(parent)
     tenant_part, job_part = _part(tenant, "TENANT#"), _part(job, "JOB#")
     if tenant_part is None or job_part is None:
-        assert links == ()  # no scope, so nothing linked is planned either
+        assert links == []  # no scope, so nothing linked is planned either
         return
     (query,) = links
     plan = resolve(APP.tables["gateway"], {"request_id": "r1", "input_url": uri}, via=query)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -138,39 +139,7 @@ def test_a_rules_file_of_the_earlier_format_loads_unchanged_and_compiles_alike(r
     assert spec.cascade.causes == frozenset(Cause)
 
 
-SINGLE_TABLE = {
-    "buckets": ["media"],
-    "sources": ["app"],
-    "tables": {
-        "app": {
-            "key": ["PK", "SK"],
-            "entities": {
-                "transcript": {
-                    "match": {"attribute": "SK", "begins_with": "TRANSCRIPT"},
-                    "scopes": ["s3://media/audio/{tenant|after:TENANT#}/{PK|after:JOB#}/"],
-                    "object_attributes": ["audio_url"],
-                    "links": [
-                        {
-                            "table": "app", "attribute": "PK", "value_from": "PK", "sort_attribute": "SK",
-                            "sort_begins_with": "OUTPUT#", "entity": "output",
-                        },
-                        {
-                            "table": "gateway", "attribute": "job_ref", "value_from": "PK", "index": "by_job",
-                            "scope": "parent",
-                            "scopes": ["s3://media/llm/{parent.tenant|after:TENANT#}/{parent.PK|after:JOB#}/"],
-                        },
-                    ],
-                },
-                "output": {
-                    "match": {"attribute": "SK", "begins_with": "OUTPUT#"},
-                    "scopes": ["s3://media/outputs/{tenant|after:TENANT#}/{PK|after:JOB#}/"],
-                    "object_attributes": ["output_url"],
-                },
-            },
-        },
-        "gateway": {"key": ["request_id"], "object_attributes": ["input_url", "output_url"]},
-    },
-}  # fmt: skip
+SINGLE_TABLE = tomllib.loads((Path(__file__).parent / "rules" / "single_table.toml").read_text())
 
 
 def test_a_link_within_one_table_between_entity_types_is_not_a_cycle() -> None:
@@ -183,7 +152,7 @@ def test_a_link_within_one_table_between_entity_types_is_not_a_cycle() -> None:
 def test_a_real_cycle_between_entity_types_is_refused() -> None:
     data = json.loads(json.dumps(SINGLE_TABLE))
     output = data["tables"]["app"]["entities"]["output"]
-    output["links"] = [{"table": "app", "attribute": "PK", "value_from": "PK", "entity": "transcript"}]
+    output["links"].append({"table": "app", "attribute": "PK", "value_from": "PK", "entity": "transcript"})
     with pytest.raises(
         ValidationError, match=r"links form a cycle: app\.transcript -> app\.output -> app\.transcript"
     ):

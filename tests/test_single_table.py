@@ -23,54 +23,7 @@ from reconciler.testing import eventually
 
 pytestmark = pytest.mark.integration
 
-RULES = """
-buckets = ["media"]
-sources = ["app"]
-
-[tables.app]
-key = ["PK", "SK"]
-ttl_attribute = "expires_at"
-
-[tables.app.entities.transcript]
-match = { attribute = "SK", begins_with = "TRANSCRIPT" }
-scopes = ["s3://media/audio/{tenant|after:TENANT#}/{PK|after:JOB#}/"]
-object_attributes = ["audio_url"]
-
-[[tables.app.entities.transcript.links]]
-table = "app"
-attribute = "PK"
-value_from = "PK"
-sort_attribute = "SK"
-sort_begins_with = "OUTPUT#"
-entity = "output"
-
-[[tables.app.entities.transcript.links]]
-table = "gateway"
-attribute = "job_ref"
-value_from = "ref"
-index = "by_job"
-scope = "parent"
-scopes = ["s3://media/llm/{parent.tenant|after:TENANT#}/{parent.PK|after:JOB#}/"]
-
-[tables.app.entities.output]
-match = { attribute = "SK", begins_with = "OUTPUT#" }
-scopes = ["s3://media/outputs/{tenant|after:TENANT#}/{PK|after:JOB#}/"]
-object_attributes = ["output_url"]
-
-[[tables.app.entities.output.links]]
-table = "segments"
-attribute = "seg_ref"
-value_from = "seg_ref"
-scope = "parent"
-
-[tables.gateway]
-key = ["request_id"]
-object_attributes = ["input_url"]
-
-[tables.segments]
-key = ["seg_ref", "n"]
-object_attributes = ["chunk_url"]
-"""
+RULES_FILE = Path(__file__).parent / "rules" / "single_table.toml"
 
 
 def _s(value: str) -> dict[str, str]:
@@ -175,8 +128,7 @@ async def test_a_single_table_layout_is_deleted_whole_and_plan_resolve_names_exa
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rules_file = tmp_path / "rules.toml"
-    rules_file.write_text(RULES)
+    rules_file = RULES_FILE
     rules: Rules = load_rules(rules_file)
     expired, live = _job("906", 1_700_000_000), _job("9061", 4_000_000_000)  # the sibling differs after '#'
     tampered = ("app", {"PK": _s("JOB#906"), "SK": _s("OUTPUT#xx"), "tenant": _s("TENANT#acme"),

@@ -131,15 +131,22 @@ def _stuck_second_record(world: World, source: FakeStreamSource) -> None:
     world.items.delete_linked = stuck  # type: ignore[method-assign]
 
 
-async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
+async def _stuck_worker(
+    world: World, grace: float
+) -> tuple[Worker, Task[None], FakeStreamSource, FakeCheckpointStore]:
+    """A worker that has finished the first record and is stuck inside the second."""
     source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
     _stuck_second_record(world, source)
     parts = Collaborators(source, checkpoints, world.processor, world.metrics)
-    worker = Worker(
-        fast_settings(concurrency=1, shutdown_grace_seconds=30), world.rules, parts, clock=world.clock
-    )
+    settings = fast_settings(concurrency=1, shutdown_grace_seconds=grace)
+    worker = Worker(settings, world.rules, parts, clock=world.clock)
     task = asyncio.create_task(worker.run())
     await eventually(lambda: checkpoints.positions.get((source.arn("transcripts"), "shardId-1")) is not None)
+    return worker, task, source, checkpoints
+
+
+async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
+    worker, task, source, checkpoints = await _stuck_worker(world, grace=30)
     await asyncio.sleep(0.05)
 
     worker.handle_exit()  # phase one: drain would wait for the stuck deletion
@@ -154,14 +161,7 @@ async def test_a_second_signal_cancels_a_drain_that_hangs(world: World) -> None:
 async def test_a_drain_that_outlasts_the_grace_period_says_how_many_consumers_it_cancelled(
     world: World,
 ) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
-    _stuck_second_record(world, source)
-    parts = Collaborators(source, checkpoints, world.processor, world.metrics)
-    worker = Worker(
-        fast_settings(concurrency=1, shutdown_grace_seconds=0.2), world.rules, parts, clock=world.clock
-    )
-    task = asyncio.create_task(worker.run())
-    await eventually(lambda: checkpoints.positions.get((source.arn("transcripts"), "shardId-1")) is not None)
+    worker, task, _, _ = await _stuck_worker(world, grace=0.2)
     with structlog.testing.capture_logs() as events:
         worker.handle_exit()
         await asyncio.wait_for(task, timeout=5)

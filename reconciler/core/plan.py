@@ -17,7 +17,7 @@ from enum import StrEnum
 
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.scope import S3Location, ScopeViolation, check_in_scope, render_all
-from reconciler.core.spec import EntitySpec, LinkSpec, ScopeMode, TableSpec
+from reconciler.core.spec import EntitySpec, LinkSpec, ScopeMode, TableSpec, begins_with
 
 
 class UnsafeReason(StrEnum):
@@ -56,12 +56,9 @@ class LinkQuery:
 
     def matches(self, image: Image) -> bool:
         """Whether ``image`` is linked by this query: the test its Query and conditional delete make."""
-        if image.get(self.attribute) != self.value:
-            return False
-        if self.sort_attribute is None or self.sort_prefix is None:
-            return True
-        sort = image.get(self.sort_attribute)
-        return isinstance(sort, str) and sort.startswith(self.sort_prefix)
+        return image.get(self.attribute) == self.value and begins_with(
+            image, self.sort_attribute, self.sort_prefix
+        )
 
 
 @dataclass(frozen=True, slots=True)

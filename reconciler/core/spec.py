@@ -17,6 +17,14 @@ from reconciler.core.records import StreamRecord
 from reconciler.core.scope import Template
 
 
+def begins_with(image: Image, attribute: str | None, prefix: str | None) -> bool:
+    """True without a condition; else whether ``image[attribute]`` is a string starting with ``prefix``."""
+    if attribute is None or prefix is None:
+        return True
+    value = image.get(attribute)
+    return isinstance(value, str) and value.startswith(prefix)
+
+
 class ScopeMode(StrEnum):
     """What a linked item's S3 targets are checked against."""
 
@@ -59,10 +67,7 @@ class EntitySpec:
     match_prefix: str | None = None
 
     def matches(self, image: Image) -> bool:
-        if self.match_attribute is None or self.match_prefix is None:
-            return True
-        value = image.get(self.match_attribute)
-        return isinstance(value, str) and value.startswith(self.match_prefix)
+        return begins_with(image, self.match_attribute, self.match_prefix)
 
 
 @dataclass(frozen=True, slots=True)
