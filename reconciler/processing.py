@@ -115,6 +115,7 @@ class RecordProcessor:
             items=result.tally.items,
             absent=result.tally.absent,
             unsafe=len(result.unsafe),
+            pipeline_lag_seconds=round(max((completed - record.created_at).total_seconds(), 0.0), 3),
         )
         unsafe = tuple(s.unsafe for s in result.unsafe)
         return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
