@@ -1,0 +1,122 @@
+"""A checkpoint follows finished chunks only, and a stop never ends a shard that was not read to its end."""
+
+from __future__ import annotations
+
+from conftest import World, fast_settings
+
+from reconciler.consumer import ShardConsumer
+from reconciler.core.outcomes import Outcome
+from reconciler.core.records import StreamRecord, Undecodable
+from reconciler.ports import SHARD_END, Shard
+from reconciler.processing import Origin
+from reconciler.testing import FakeCheckpointStore, FakeStreamSource, stream_record
+
+IN_PAIRS = fast_settings(batch_size=10, concurrency=2)  # one batch per shard, processed two records at a time
+
+
+def _seq(n: int) -> str:
+    return f"{n:021d}"
+
+
+def _consumer(
+    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore
+) -> ShardConsumer:
+    return ShardConsumer(
+        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
+        shard=shard,
+        source=source,
+        checkpoints=checkpoints,
+        processor=world.processor,
+        metrics=world.metrics,
+        settings=IN_PAIRS,
+        clock=world.clock,
+    )
+
+
+def _closed_shard(world: World, removals: int) -> tuple[FakeStreamSource, Shard]:
+    """A closed shard holding ``removals`` TTL removals, of transcripts tr-1, tr-2, ..."""
+    source = FakeStreamSource()
+    shard = source.add_shard("transcripts", "shardId-1", closed=True)
+    for n in range(1, removals + 1):
+        world.add_transcript("acct-1", f"tr-{n}")
+        source.append(
+            "shardId-1", stream_record(n, old_image=world.image("acct-1", f"tr-{n}"), identity="botocore")
+        )
+    return source, shard
+
+
+def _stop_while_processing(world: World, consumer: ShardConsumer, sequence: int) -> None:
+    """Ask ``consumer`` to stop (as SIGTERM does) while record ``sequence`` is being processed."""
+    real = world.processor.process
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        if record.sequence == sequence:
+            consumer.stop()
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+
+
+def _gone(world: World, removals: int) -> list[bool]:
+    return [world.held_by("acct-1", f"tr-{n}") == 0 for n in range(1, removals + 1)]
+
+
+async def test_a_stop_mid_batch_checkpoints_the_finished_chunk_and_leaves_a_closed_shard_open(
+    world: World,
+) -> None:
+    """Stopped during record 2 of 5, a closed shard is checkpointed at 2, not SHARD_END, and 3-5 wait."""
+    source, shard = _closed_shard(world, 5)
+    checkpoints = FakeCheckpointStore()
+    consumer = _consumer(world, source, shard, checkpoints)
+    _stop_while_processing(world, consumer, 2)
+
+    await consumer.run()
+
+    assert checkpoints.history == [_seq(2)]
+    assert not consumer.finished
+    assert _gone(world, 5) == [True, True, False, False, False]
+
+
+async def test_the_next_owner_of_a_stopped_shard_finishes_it(world: World) -> None:
+    """After a stop mid-batch, the next consumer deletes the rest and only then ends the shard."""
+    source, shard = _closed_shard(world, 5)
+    checkpoints = FakeCheckpointStore()
+    first = _consumer(world, source, shard, checkpoints)
+    _stop_while_processing(world, first, 2)
+    await first.run()
+
+    second = _consumer(world, source, shard, checkpoints)
+    await second.run()
+
+    assert checkpoints.history == [_seq(2), _seq(4), _seq(5), SHARD_END]
+    assert second.finished
+    assert all(_gone(world, 5))
+
+
+async def test_a_stop_during_the_last_chunk_of_a_closed_shard_still_ends_it(world: World) -> None:
+    """Nothing is left after the chunk in hand, so the shard is read to its end and marked SHARD_END."""
+    source, shard = _closed_shard(world, 4)
+    checkpoints = FakeCheckpointStore()
+    consumer = _consumer(world, source, shard, checkpoints)
+    _stop_while_processing(world, consumer, 3)
+
+    await consumer.run()
+
+    assert checkpoints.history == [_seq(2), _seq(4), SHARD_END]
+    assert consumer.finished
+
+
+async def test_a_stop_before_an_unplaceable_record_does_not_end_the_shard(world: World) -> None:
+    """The last decodable chunk is done, but the record that could not be placed is not: no SHARD_END."""
+    source, shard = _closed_shard(world, 2)
+    broken = stream_record(3, old_image=world.image("acct-1", "tr-3"), identity="botocore")
+    broken["dynamodb"]["SequenceNumber"] = "not-a-number"  # type: ignore[index]
+    source.append("shardId-1", broken)
+    checkpoints = FakeCheckpointStore()
+    consumer = _consumer(world, source, shard, checkpoints)
+    _stop_while_processing(world, consumer, 1)
+
+    await consumer.run()
+
+    assert checkpoints.history == [_seq(2)]
+    assert not consumer.finished
