@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import World
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reconciler.core.plan import LinkQuery, UnsafeReason, resolve
@@ -177,7 +177,7 @@ def _text(value: object) -> str | None:
     return value if len(value.encode()) <= 1024 else None
 
 
-@settings(max_examples=600)
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(images)
 @example(
     {
@@ -224,7 +224,7 @@ def test_no_image_produces_a_target_outside_its_own_scope(rules: Rules, image: d
         assert S3Location("stt-transcripts", f"{account}/{transcript}/") in plan.prefixes
 
 
-@settings(max_examples=600)
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(identifiers, identifiers, identifiers, identifiers)
 def test_two_different_items_never_render_the_same_prefix(
     rules: Rules, account_a: object, transcript_a: object, account_b: object, transcript_b: object
@@ -324,7 +324,7 @@ def _part(value: object, marker: str) -> str | None:
     return _text(text[len(marker) :]) if text is not None and text.startswith(marker) else None
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
     st.one_of(identifiers, identifiers.map(lambda v: f"TENANT#{v}")),
     st.one_of(identifiers, identifiers.map(lambda v: f"JOB#{v}")),
@@ -346,7 +346,7 @@ def test_no_parent_scoped_child_reaches_outside_its_parents_scope(
         assert target.key.startswith(f"llm/{tenant_part}/{job_part}/"), target
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(identifiers, identifiers, identifiers, identifiers)
 def test_two_items_never_render_the_same_scope_through_parts(
     t1: object, j1: object, t2: object, j2: object
