@@ -15,9 +15,9 @@ import structlog
 
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import Tally
-from reconciler.core.plan import DeletionPlan, LinkQuery, Unsafe, key_hash, resolve
+from reconciler.core.plan import DeletionPlan, LinkQuery, Unsafe, UnsafeReason, key_hash, resolve
 from reconciler.core.scope import S3Location
-from reconciler.core.spec import RuleSet
+from reconciler.core.spec import RuleSet, ScopeMode
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import ArtifactStore, ItemStore, ObjectVersion
@@ -34,8 +34,9 @@ class ScopedUnsafe:
     unsafe: Unsafe
 
 
-RecordRefusals = Callable[[Sequence[ScopedUnsafe]], Awaitable[None]]
-"""Writes the refusals so far durably (the record's dead letter) before a linked item holding them goes."""
+RecordRefusals = Callable[[Sequence[ScopedUnsafe]], Awaitable[bool]]
+"""Writes the refusals so far durably (the record's dead letter) before a linked item holding them goes;
+False if the letter cannot name them all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,12 +195,13 @@ class Executor:
     ) -> None:
         """Artifacts first, then the item, only while it still links to the deleted one. A linked item with
         refused targets goes too, once the refusals are durably recorded: the refused objects stay, but the
-        customer data the item holds does not outlive its parent."""
+        customer data the item holds does not outlive its parent. Unless the refusals say it may not be
+        this parent's (see ``_keeps``)."""
         table = self._rules.tables[query.table]
         plan = resolve(table, image, via=query)
         nested = await self.execute(plan, record_refusals)
-        if not self._merge(result, nested) or plan.blocked:
-            # Keep the linked item: it is the pointer to what is left (or, unrenderable, to everything).
+        if not self._merge(result, nested) or _keeps(query, plan):
+            # Keep the linked item: it is the pointer to what is left, or it may not be ours.
             log.warning(
                 "deletion.linked_item_kept", table=query.table, key_hash=key_hash(query.table, plan.key)
             )
@@ -208,15 +210,15 @@ class Executor:
             result.planned.append(Planned("item", query.table, _key_text(plan.key)))
             return
         if plan.unsafe:
-            if record_refusals is None:
+            try:
+                recorded = record_refusals is not None and await record_refusals(result.unsafe)
+            except ReconcilerError as exc:
+                result.errors.append(exc)
+                return
+            if not recorded:  # no letter could name every refusal: the item stays the pointer
                 log.warning(
                     "deletion.linked_item_kept", table=query.table, key_hash=key_hash(query.table, plan.key)
                 )
-                return
-            try:
-                await record_refusals(result.unsafe)
-            except ReconcilerError as exc:
-                result.errors.append(exc)
                 return
         old = await self._items.delete_linked(query, plan.key)
         if old is None:
@@ -263,6 +265,20 @@ class Executor:
         result.tally += Tally(object_versions=len(versions) - markers, delete_markers=markers)
         self._metrics.artifacts.labels("object_version", "deleted").inc(len(versions) - markers)
         self._metrics.artifacts.labels("delete_marker", "deleted").inc(markers)
+
+
+def _keeps(query: LinkQuery, plan: DeletionPlan) -> bool:
+    """Whether a linked item must stay although its own work is done.
+
+    It stays when its identifiers cannot render (it is the only pointer to everything it links); when a
+    refusal does not name the target it refused (a value that is not an s3:// URI, an unusable link value
+    or link scope: the item is the only record of it); and, reached through a parent-scoped link, when any
+    of its targets lies outside the parent's scope: evidence that it is not this parent's child (a
+    tampered link value), so deleting it could delete another item's data.
+    """
+    if plan.blocked or any(u.reason is not UnsafeReason.OUT_OF_SCOPE for u in plan.unsafe):
+        return True
+    return bool(plan.unsafe) and query.scope is not ScopeMode.OWN
 
 
 def _key_text(key: Mapping[str, object]) -> str:

@@ -12,7 +12,8 @@ worker can reach (the sources and the tables linked from them; a table that noth
   ``GetItem`` where an index is queried (the item is read again, consistently); ``DeleteItem`` (conditional,
   ``dynamodb.py``). Nothing else is deleted from DynamoDB: TTL itself removes the source items, and
   ``BatchWriteItem`` is never called.
-- the checkpoint table: ``GetItem``, ``UpdateItem``; the dead-letter table: ``PutItem``.
+- the checkpoint table: ``GetItem``, ``UpdateItem``; the dead-letter table: ``UpdateItem`` (a letter
+  written again adds its targets to those it holds).
 - S3: ``ListObjectVersions`` (IAM action ``s3:ListBucketVersions``) on each bucket, only for prefixes under a
   scope (condition key ``s3:prefix``); ``DeleteObjects`` by ``VersionId``, which S3 authorizes per key as
   ``s3:DeleteObject`` and ``s3:DeleteObjectVersion``, only under each scope's static prefix. ``ListObjectsV2``
@@ -104,7 +105,7 @@ def policy(
         _statement(
             "WorkerCheckpoints", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [arns.table(checkpoint_table)]
         ),
-        _statement("WorkerDeadLetters", ["dynamodb:PutItem"], [arns.table(dead_letter_table)]),
+        _statement("WorkerDeadLetters", ["dynamodb:UpdateItem"], [arns.table(dead_letter_table)]),
         *_s3_statements(rules, arns),
     ]
     return {"Version": "2012-10-17", "Statement": sorted(statements, key=lambda s: str(s["Sid"]))}

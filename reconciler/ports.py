@@ -141,6 +141,6 @@ class DeadLetter:
 
 class DeadLetterStore(Protocol):
     async def put(self, letter: DeadLetter) -> bool:
-        """Write ``letter`` durably (overwriting an earlier one with the same id); True if it is new, so a
-        redelivered record's letter is not counted twice."""
+        """Write ``letter`` durably; a letter with the same id is updated, its ``targets`` added to those it
+        held (never dropped). True if the letter is new, so a redelivered record is not counted twice."""
         ...

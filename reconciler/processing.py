@@ -12,7 +12,7 @@ from reconciler.core.classify import Cause, ttl_expiry
 from reconciler.core.decide import decide
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Outcome, Pending, Tally
-from reconciler.core.plan import key_hash, resolve
+from reconciler.core.plan import Unsafe, key_hash, resolve
 from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.core.spec import RuleSet
 from reconciler.errors import ReconcilerError, TransientError
@@ -22,7 +22,7 @@ from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
 
 log = structlog.get_logger("reconciler.processing")
 
-MAX_LETTER_TARGETS = 100
+MAX_LETTER_TARGETS = 1000  # about 200 KB of URIs: a DynamoDB item holds at most 400 KB
 
 Clock = Callable[[], dt.datetime]
 
@@ -121,16 +121,24 @@ class RecordProcessor:
         return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
 
     def _recorder(self, origin: Origin, record: StreamRecord, cause: Cause) -> RecordRefusals:
-        """Writes the record's ``unsafe`` letter with the refusals so far, before a linked item holding
-        refused targets is deleted; the letter is rewritten (same id, counted once) when the record ends."""
+        """Writes the record's ``unsafe`` letter with every refusal so far, before a linked item holding
+        refused targets is deleted. Refusals only accumulate: each call adds to what earlier calls (other
+        linked items, other nesting levels) recorded, and the store adds a letter's targets to those it
+        already holds, so a redelivered record never drops the refusals of items deleted the first time.
+        False, and nothing is deleted, when one letter could not name them all."""
+        seen: dict[tuple[str, str, Unsafe], ScopedUnsafe] = {}
 
-        async def record_refusals(refusals: Sequence[ScopedUnsafe]) -> None:
-            reason = f"{len(refusals)} targets refused by the scope check"
+        async def record_refusals(refusals: Sequence[ScopedUnsafe]) -> bool:
+            seen.update({(s.table, key_hash(s.table, s.key), s.unsafe): s for s in refusals})
+            if len(seen) > MAX_LETTER_TARGETS:
+                return False
+            reason = f"{len(seen)} targets refused by the scope check"
             letter = await self._dead_letter(
-                origin, record, "unsafe", reason, cause, ExecutionResult(unsafe=list(refusals))
+                origin, record, "unsafe", reason, cause, ExecutionResult(unsafe=list(seen.values()))
             )
             if isinstance(letter, Pending):
                 raise TransientError(letter.error)
+            return True
 
         return record_refusals
 
@@ -222,7 +230,7 @@ class RecordProcessor:
             + ("" if s.table == origin.table else f" (linked {s.table} {key_hash(s.table, s.key)})")
             for s in refused[:MAX_LETTER_TARGETS]
         )
-        if len(refused) > MAX_LETTER_TARGETS:  # a DynamoDB item holds at most 400 KB
+        if len(refused) > MAX_LETTER_TARGETS:  # linked items holding the rest were kept (see _recorder)
             targets += (f"... and {len(refused) - MAX_LETTER_TARGETS} more",)
         letter = DeadLetter(
             source_table=origin.table,

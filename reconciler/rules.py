@@ -284,6 +284,21 @@ class TableRules(_Artifacts):
             entity.check_names_item(self.key)
         return self
 
+    @model_validator(mode="after")
+    def _prefixes_of_kinds_never_meet(self) -> Self:
+        """Everything under a prefix is deleted, so two kinds' prefix templates must not be able to render
+        the same (or a nested) prefix: `x/{SK|after:A#}/` and `x/{SK|after:B#}/` both render `x/1/`."""
+        found = [(kind, _template(p)) for kind, rules in self.kinds().items() for p in rules.prefixes]
+        for n, (kind, first) in enumerate(found):
+            for other, second in found[n + 1 :]:
+                same = first.source == second.source and not _has_parts(first)
+                if kind != other and first.bucket == second.bucket and not same and _can_meet(first, second):
+                    raise ValueError(
+                        f"prefixes {first.source!r} and {second.source!r} could render the same prefix for"
+                        " items of two kinds; give them different literal segments"
+                    )
+        return self
+
     def kinds(self) -> dict[str, _Artifacts]:
         """The entity types, then the table's own rules (named "")."""
         return {**self.entities, "": self}
@@ -363,6 +378,30 @@ class Rules(_Frozen):
             for source in link.scopes:
                 if table.key[0] not in _template(source).parent_fields:
                     raise ValueError(f"link scope {source!r} must contain the parent's partition key")
+            if link.scope != "own" and not link.scopes and not self._has_scopes(name, kind, rules):
+                raise ValueError(
+                    f"{where}: the link to {link.table!r} hands on this item's scopes, but it has none;"
+                    " give the link scopes of its own"
+                )
+
+    def _has_scopes(self, table: str, kind: str, rules: _Artifacts) -> bool:
+        """Whether items of this kind have scopes at run time: their own, or their parents' through links that
+        all hand theirs on (a chain is followed up to a source; cycles are refused elsewhere)."""
+        if rules.scopes:
+            return True
+        if table in self.sources:
+            return False
+        links = [
+            (name, k, r, link)
+            for name, t in self.tables.items()
+            for k, r in t.kinds().items()
+            for link in r.links
+            if link.table == table and (link.entity == kind if link.entity else True)
+        ]
+        return bool(links) and all(
+            link.scope != "own" and (link.scopes or self._has_scopes(name, k, r))
+            for name, k, r, link in links
+        )
 
     def _links_into(self, table: str, kind: str) -> list[LinkRule]:
         target = self.tables[table]
@@ -409,6 +448,25 @@ class Rules(_Frozen):
         """The rules as the core's immutable specs (compiled once, when the file was validated)."""
         assert self._compiled is not None  # noqa: S101 - set by the validator of every instance
         return self._compiled
+
+
+def _shape(template: Template) -> list[str | None]:
+    """The key's segments: literal text, or None for a placeholder."""
+    shape: list[str | None] = []
+    for literal, placeholder in template.parts:
+        shape += [segment for segment in literal.split("/") if segment]
+        if placeholder is not None:
+            shape.append(None)
+    return shape
+
+
+def _can_meet(first: Template, second: Template) -> bool:
+    """Whether some rendering of one could equal, or lie under, some rendering of the other."""
+    return all(a is None or b is None or a == b for a, b in zip(_shape(first), _shape(second), strict=False))
+
+
+def _has_parts(template: Template) -> bool:
+    return any(p.after is not None for p in template.placeholders)
 
 
 def _node(table: str, kind: str) -> str:

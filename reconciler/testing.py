@@ -7,6 +7,7 @@ key or index, records delivered in order from a checkpoint, checkpoints that nev
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ class FakeStreamSource:
     trimmed: set[str] = field(default_factory=set)  # shards that lost records before the first one held
     disabled: bool = False  # the stream was switched off
     missing: set[str] = field(default_factory=set)  # tables that do not exist (ResourceNotFoundException)
+    view_types: dict[str, StreamViewType] = field(default_factory=dict)  # per table, else ``view_type``
     reads: int = 0
     reads_by_shard: dict[str, int] = field(default_factory=dict)
 
@@ -134,7 +136,7 @@ class FakeStreamSource:
             raise AccessError("AWS refused the request: ResourceNotFoundException")
         if self.disabled:
             raise ConfigError(f"table {table!r} has no stream enabled")
-        return StreamInfo(table, self.arn(table), self.view_type)
+        return StreamInfo(table, self.arn(table), self.view_types.get(table, self.view_type))
 
     async def shards(self, stream_arn: str) -> list[Shard]:
         return list(self.by_stream.get(stream_arn, []))
@@ -194,9 +196,13 @@ class FakeDeadLetterStore:
     async def put(self, letter: DeadLetter) -> bool:
         if self.fail:
             raise TransientError("dead-letter table throttled")
-        new = letter.letter_id not in self.letters
+        held = self.letters.get(letter.letter_id)
+        if held is not None:
+            letter = dataclasses.replace(
+                letter, targets=tuple(dict.fromkeys((*held.targets, *letter.targets)))
+            )
         self.letters[letter.letter_id] = letter
-        return new
+        return held is None
 
 
 class FixedClock:

@@ -53,6 +53,7 @@ class Worker:
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._heartbeat = clock()
         self._problems: dict[str, str] = dict.fromkeys(rules.sources, "not discovered yet")
+        self._discovered_once = False
         self.http: HttpServer | None = None
 
     # -- signals ---------------------------------------------------------------------------------------
@@ -138,8 +139,8 @@ class Worker:
             try:
                 await self._discover_table(group, table)
             except ConfigError as exc:
-                if not self._consumers:
-                    raise  # at start: a deployment mistake, reported plainly
+                if not self._discovered_once:
+                    raise  # at start: a deployment mistake, reported plainly, whichever source it is
                 # Later (a stream disabled to change its view type, say): keep draining what is running.
                 self._source_down(table, exc)
                 log.error("stream.unusable", table=table, error=str(exc))
@@ -153,6 +154,7 @@ class Worker:
                 if self._problems.pop(table, None) is not None:
                     log.info("source.available", table=table)
                 self._parts.metrics.source_up.labels(table).set(1)
+        self._discovered_once = True
 
     def _source_down(self, table: str, exc: Exception) -> None:
         message = str(exc) if isinstance(exc, ReconcilerError) else "unexpected error"

@@ -203,3 +203,37 @@ async def test_a_sort_key_prefix_narrows_what_is_found_and_what_may_be_deleted(s
     assert await stores.items.delete_linked(query, note) is None  # not linked by this query: left alone
     assert await stores.items.get("speech_outputs", note) is not None
     assert await stores.items.delete_linked(query, {"transcript_id": "tr-1", "output_type": "OUTPUT#de"})
+
+
+async def test_a_letter_written_again_keeps_the_targets_it_named_before(stores: Stores) -> None:
+    """A redelivered record's letter may name fewer refusals (linked items deleted the first time are gone);
+    the letter keeps the ones named before."""
+    first = _with_targets(("out_of_scope: s3://b/x", "out_of_scope: s3://b/y"))
+    assert await stores.dead_letters.put(first) is True
+    assert await stores.dead_letters.put(_with_targets(("out_of_scope: s3://b/z",))) is False
+    held = await _targets(stores, first)
+    assert held == {"out_of_scope: s3://b/x", "out_of_scope: s3://b/y", "out_of_scope: s3://b/z"}
+
+
+def _with_targets(targets: tuple[str, ...]) -> DeadLetter:
+    return DeadLetter(
+        source_table="transcripts",
+        stream_arn=ARN,
+        shard_id="shardId-1",
+        sequence_number=_seq(9),
+        event_id="e9",
+        kind="unsafe",
+        reason="refused",
+        created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        targets=targets,
+    )
+
+
+async def _targets(stores: Stores, letter: DeadLetter) -> set[str]:
+    if isinstance(stores.dead_letters, FakeDeadLetterStore):
+        return set(stores.dead_letters.letters[letter.letter_id].targets)
+    assert stores.layout is not None
+    item = await stores.layout.dynamodb.get_item(
+        TableName="letters", Key={"letter_id": {"S": letter.letter_id}}
+    )
+    return set(item["Item"]["targets"]["SS"])

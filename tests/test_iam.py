@@ -191,7 +191,7 @@ def test_each_kind_of_resource_gets_only_its_own_actions() -> None:
         f"{table}llm_requests": {"dynamodb:GetItem", "dynamodb:DeleteItem"},
         f"{table}llm_requests/index/by_transcript": {"dynamodb:Query"},
         f"{table}checkpoints": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
-        f"{table}dead-letters": {"dynamodb:PutItem"},
+        f"{table}dead-letters": {"dynamodb:UpdateItem"},
         **{f"arn:aws:s3:::{b}": {"s3:ListBucketVersions"} for b in rules.buckets},
         **{
             f"arn:aws:s3:::{b}/{p}*": {"s3:DeleteObject", "s3:DeleteObjectVersion"}

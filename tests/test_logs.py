@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+import structlog
 from conftest import World, consumer_for, fast_settings
 
 from reconciler.core.dynamodb_json import Image
@@ -125,3 +126,21 @@ def test_a_flood_from_one_logger_is_rate_limited_and_the_next_line_says_how_many
 def test_an_unknown_log_level_is_a_config_error_naming_the_choices() -> None:
     with pytest.raises(ConfigError, match="'LOUD' is not one of CRITICAL, ERROR, WARNING, INFO, DEBUG"):
         configure_logging(json=True, level="LOUD")
+
+
+@pytest.mark.parametrize("json_logs", [True, False])
+def test_an_exception_logs_safely_in_both_renderers(
+    json_logs: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The readable renderer (a terminal, the demo) gets the same safe description, as text."""
+    configure_logging(json=json_logs, level="INFO")
+    log = structlog.get_logger("reconciler.test")
+    try:
+        _fail_with_content()
+    except ValueError:
+        log.exception("record.crashed")
+    err = capsys.readouterr().err
+    assert "record.crashed" in err
+    assert "builtins.ValueError" in err
+    assert "_fail_with_content" in err
+    assert PLANTED not in err

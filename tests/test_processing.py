@@ -12,6 +12,7 @@ from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Pending
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamRecord, Undecodable, decode_record
+from reconciler.errors import TransientError
 from reconciler.execution import Executor
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.rules import Rules
@@ -365,3 +366,63 @@ async def test_causes_that_do_not_cascade_and_identities_to_skip_are_filtered(
     assert isinstance(by_service, Filtered)
     assert by_service.reason == "userIdentity matches a skip condition"
     assert world.held_by("acct-1", "tr-1") > 0
+
+
+async def test_a_parent_scoped_child_pointing_outside_its_parents_scope_is_kept(world: World) -> None:
+    """Reached through a parent-scoped link, a target outside the parent's scope says the child may be
+    another parent's (a tampered link value): it is refused, recorded and the child stays."""
+    world.add_transcript("acct-1", "tr-1")
+    translation = next(o for o in world.items.tables["speech_outputs"] if o["output_type"] == "translation")
+    translation["output_url"] = "s3://stt-understanding/acct-2/tr-9/translation.json"
+
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
+    assert isinstance(outcome, Deleted)
+    assert [o["output_type"] for o in world.items.tables["speech_outputs"]] == ["translation"]
+    (letter,) = world.dead_letters.letters.values()
+    assert letter.targets[0].startswith("out_of_scope: s3://stt-understanding/acct-2/tr-9/translation.json")
+
+
+async def test_a_linked_item_whose_refusal_names_no_target_is_kept(world: World) -> None:
+    """A value that is not an s3:// URI is recorded by its attribute only: the item is its only record."""
+    world.add_transcript("acct-1", "tr-1")
+    world.items.tables["llm_requests"][0]["input_url"] = "https://stt-llm-gateway.s3.amazonaws.com/x/in.json"
+
+    await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
+    assert [r["request_id"] for r in world.items.tables["llm_requests"]] == ["tr-1-llm0"]
+
+
+async def test_refusals_accumulate_across_linked_items_and_redeliveries(world: World) -> None:
+    """Every refusal of every deleted linked item stays named in the letter, even after a redelivery in
+    which the items deleted the first time are gone."""
+    world.add_transcript("acct-1", "tr-1")
+    request = world.items.tables["llm_requests"][0]
+    request["input_url"] = "s3://stt-llm-gateway/acct-9/a/in.json"
+    world.items.put(
+        "llm_requests",
+        {**request, "request_id": "tr-1-llm1", "input_url": "s3://stt-llm-gateway/acct-9/b/in.json"},
+    )
+    real = world.items.delete_linked
+    calls = 0
+
+    async def second_fails_once(query: LinkQuery, key: Mapping[str, object]) -> Image | None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # the second LLM request, on the first delivery
+            raise TransientError("throttled")
+        return await real(query, key)
+
+    world.items.delete_linked = second_fails_once  # type: ignore[method-assign]
+    first = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+    again = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
+    assert isinstance(first, Pending)
+    assert isinstance(again, Deleted)
+    assert world.items.tables["llm_requests"] == []
+    (letter,) = world.dead_letters.letters.values()
+    assert {t.split(" (")[0] for t in letter.targets} == {
+        "out_of_scope: s3://stt-llm-gateway/acct-9/a/in.json",
+        "out_of_scope: s3://stt-llm-gateway/acct-9/b/in.json",
+    }
+    assert world.sample("reconciler_dead_letters_total", kind="unsafe") == 1

@@ -7,6 +7,7 @@ import urllib.parse
 from typing import Any
 
 import pytest
+import structlog.testing
 from botocore.exceptions import ClientError
 
 from reconciler.adapters.aws import Caller, RetryPolicy, translate
@@ -189,3 +190,31 @@ async def test_keys_xml_cannot_carry_are_deleted_one_by_one_with_the_key_in_the_
     assert stub.single == [("p/a\x01b", "v"), ("p/c\rd", "v")]
     assert [[o["Key"] for o in r] for r in stub.requests] == [["p/e f+g%41", "p/h\u00e9#1?x=2", "p/plain"]]
     assert set(report.deleted) == set(versions)
+
+
+async def test_retries_are_logged_by_error_code_never_by_the_errors_text() -> None:
+    """A library's error text may quote a value: the retry event names the code only."""
+
+    class SlowOnce(StubS3):
+        async def delete_objects(self, *, Bucket: str, Delete: dict[str, Any]) -> dict[str, Any]:  # noqa: N803
+            if not self.requests:
+                self.requests.append(Delete["Objects"])
+                error: Any = {
+                    "Error": {"Code": "SlowDown", "Message": "value zq-planted"},
+                    "ResponseMetadata": {},
+                }
+                raise ClientError(error, "DeleteObjects")
+            return await super().delete_objects(Bucket=Bucket, Delete=Delete)
+
+    with structlog.testing.capture_logs() as events:
+        await _store(SlowOnce([])).delete_versions("bkt", [ObjectVersion("k", "v")])
+    retries = [e for e in events if "retry" in str(e["event"])]
+    assert retries == [
+        {
+            "event": "aws.retry_scheduled",
+            "log_level": "warning",
+            "error": "SlowDown",
+            "retry_num": 1,
+            "wait_for": 0.0,
+        }
+    ]

@@ -247,3 +247,18 @@ async def test_a_stream_switched_off_while_running_does_not_stop_the_running_con
         )
         assert not task.done()
         assert world.sample("reconciler_shards_consuming", table="transcripts") == 1
+
+
+async def test_a_later_source_without_old_images_stops_the_worker_at_start(world: World) -> None:
+    """The first discovery pass judges every source: a mistake in the second is as fatal as in the first."""
+    rules = RuleSet.of(
+        world.rules.buckets,
+        ("transcripts", "other"),
+        {**world.rules.tables, "other": world.rules.tables["transcripts"]},
+    )
+    source = FakeStreamSource(view_types={"other": StreamViewType.KEYS_ONLY})
+    source.add_shard("transcripts", "shardId-1")
+    parts = Collaborators(source, FakeCheckpointStore(), world.processor, world.metrics)
+    worker = Worker(SETTINGS, rules, parts, clock=world.clock)
+    with pytest.raises(ConfigError, match="'other' streams KEYS_ONLY"):
+        await asyncio.wait_for(worker.run(), timeout=5)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import aiohttp
 import stamina
+import stamina.instrumentation
+import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import (
@@ -32,11 +34,13 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from reconciler.errors import AccessError, CredentialsError, PermanentError, ReconcilerError, TransientError
 
 if TYPE_CHECKING:
+    from stamina.instrumentation import RetryDetails
     from types_aiobotocore_dynamodb import DynamoDBClient
     from types_aiobotocore_dynamodbstreams import DynamoDBStreamsClient
     from types_aiobotocore_s3 import S3Client
 
 T = TypeVar("T")
+log = structlog.get_logger("reconciler.aws")
 
 # https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html (throttling and transient codes)
 THROTTLING_CODES = frozenset(
@@ -140,10 +144,22 @@ class RetryPolicy:
     wait_max: float = 10.0
 
 
+def log_retry(details: RetryDetails) -> None:
+    """stamina's own structlog hook writes ``repr()`` of the error, which for a library's error may quote
+    a value: this one names the error code or class only."""
+    cause = details.caused_by
+    error = error_code(cause) if isinstance(cause, ClientError) else type(cause).__name__
+    log.warning(
+        "aws.retry_scheduled", error=error, retry_num=details.retry_num, wait_for=round(details.wait_for, 3)
+    )
+
+
 class Caller:
     """Runs AWS calls under the retry policy and translates what still fails."""
 
     def __init__(self, policy: RetryPolicy) -> None:
+        # Retries counted by stamina's Prometheus hook (stamina_retries_total) and logged by ours.
+        stamina.instrumentation.set_on_retry_hooks([log_retry, stamina.instrumentation.PrometheusOnRetryHook])
         self._retrying = stamina.AsyncRetryingCaller(
             attempts=policy.attempts,
             timeout=policy.timeout,

@@ -160,8 +160,9 @@ class DynamoDBDeadLetterStore:
         self._table = table
 
     async def put(self, letter: DeadLetter) -> bool:
-        item: dict[str, Any] = {
-            "letter_id": {"S": letter.letter_id},
+        """``UpdateItem``: the letter's fields are set, its targets ADDed to a string set, so a letter
+        written again (a redelivered record) never loses the targets an earlier write named."""
+        fields: dict[str, Any] = {
             "source_table": {"S": letter.source_table},
             "stream_arn": {"S": letter.stream_arn},
             "shard_id": {"S": letter.shard_id},
@@ -172,14 +173,24 @@ class DynamoDBDeadLetterStore:
             "created_at": {"S": letter.created_at.isoformat()},
         }
         if letter.cause:
-            item["cause"] = {"S": letter.cause}
+            fields["cause"] = {"S": letter.cause}
         if letter.item_table:
-            item["item_table"] = {"S": letter.item_table}
+            fields["item_table"] = {"S": letter.item_table}
         if letter.item_key:
-            item["item_key"] = {"M": encode_key(letter.item_key)}
+            fields["item_key"] = {"M": encode_key(letter.item_key)}
+        names = {f"#f{n}": name for n, name in enumerate(fields)}
+        values = {f":f{n}": value for n, value in enumerate(fields.values())}
+        update = "SET " + ", ".join(f"#f{n} = :f{n}" for n in range(len(fields)))
         if letter.targets:
-            item["targets"] = {"L": [{"S": t} for t in letter.targets]}
+            names["#t"], values[":t"] = "targets", {"SS": list(dict.fromkeys(letter.targets))}
+            update += " ADD #t :t"
         response = await self._call(
-            self._client.put_item, TableName=self._table, Item=item, ReturnValues="ALL_OLD"
+            self._client.update_item,
+            TableName=self._table,
+            Key={"letter_id": {"S": letter.letter_id}},
+            UpdateExpression=update,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            ReturnValues="ALL_OLD",
         )
-        return "Attributes" not in response  # no old image: the letter is new
+        return "Attributes" not in response  # nothing was there before: the letter is new

@@ -72,15 +72,19 @@ class EntitySpec:
 
 @dataclass(frozen=True, slots=True)
 class ImageCondition:
-    """An old-image attribute that equals (or, with ``negate``, does not equal) ``value``."""
+    """An old-image attribute that equals (or, with ``negate``, does not equal) ``value``. It holds only when
+    the attribute is present: an item written before the attribute existed still cascades. Values compare
+    by kind too: ``true`` is not the number 1."""
 
     attribute: str
     value: object
     negate: bool = False
 
     def holds(self, image: Image | None) -> bool:
-        present = image is not None and self.attribute in image
-        equal = present and image is not None and image[self.attribute] == self.value
+        if image is None or self.attribute not in image:
+            return False
+        actual = image[self.attribute]
+        equal = type(actual) is type(self.value) and actual == self.value
         return not equal if self.negate else equal
 
 

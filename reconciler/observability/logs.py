@@ -83,6 +83,18 @@ def safe_exception(_: object, __: str, event_dict: MutableMapping[str, Any]) -> 
     return event_dict
 
 
+def _exception_text(_: object, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """For the console renderer, which expects ``exception`` as text: the same safe description, as lines."""
+    chain = event_dict.get("exception")
+    if isinstance(chain, list):
+        lines = []
+        for entry in chain:
+            lines.append(f"{entry['type']}: {entry['message']}")
+            lines += [f"  {frame}" for frame in entry["frames"]]
+        event_dict["exception"] = "\n".join(lines)
+    return event_dict
+
+
 def _foreign_event(_: object, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A stdlib record becomes a dotted event named for its logger; its text goes to ``message``."""
     record = event_dict.get("_record")
@@ -143,6 +155,8 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         safe_exception,
     ]
+    if not use_json:
+        shared.append(_exception_text)
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(number),
