@@ -12,9 +12,9 @@ from conftest import World
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from reconciler.core.plan import LinkQuery, UnsafeReason, resolve
-from reconciler.core.scope import S3Location
-from reconciler.core.spec import ScopeMode, TableSpec
+from reconciler.core.plan import LinkQuery, UnsafeReason, readings, resolve
+from reconciler.core.scope import S3Location, ScopeViolation, Template, identifier_text
+from reconciler.core.spec import EntitySpec, ScopeMode, TableSpec
 from reconciler.rules import Rules, load_rules
 
 IMAGE = {
@@ -357,3 +357,86 @@ def test_two_items_never_render_the_same_scope_through_parts(
     b = resolve(table, {**TRANSCRIPT, "tenant": second[0], "PK": second[1]})
     if a.scopes and a.scopes == b.scopes:
         assert first == second
+
+
+# --- what mutation testing showed untested ------------------------------------------------------------
+
+
+def test_a_sort_key_link_carries_its_prefix_and_entity_into_the_query() -> None:
+    table = load_rules(Path(__file__).parent / "rules" / "single_table.toml").compile().tables["app"]
+    (outputs,) = [q for q in resolve(table, TRANSCRIPT).links if q.table == "app"]
+    assert (outputs.attribute, outputs.value, outputs.index) == ("PK", "JOB#906", None)
+    assert (outputs.sort_attribute, outputs.sort_prefix, outputs.entity) == ("SK", "OUTPUT#", "output")
+    assert outputs.scope is ScopeMode.OWN
+
+
+def test_a_parent_link_without_scopes_hands_on_the_parents_own(rules: Rules) -> None:
+    link = {
+        "table": "speech_outputs",
+        "attribute": "transcript_id",
+        "value_from": "transcript_id",
+        "scope": "parent",
+    }
+    table = _changed(rules, "transcripts", links=[link])
+    (query,) = resolve(table, IMAGE).links
+    assert query.inherited == resolve(table, IMAGE).scopes
+    assert query.inherited
+
+
+def test_a_link_whose_parent_scopes_cannot_render_is_refused_by_name() -> None:
+    parent = {**TRANSCRIPT, "tenant": "ACME"}  # no TENANT# marker: the link's scope cannot render
+    plan = resolve(APP.tables["app"], {**parent, "audio_url": None})
+    assert plan.blocked  # the transcript's own scope needs the marker too
+
+
+def test_a_both_scoped_child_may_use_its_own_scope_or_its_parents() -> None:
+    parent_scope = S3Location("media", "llm/acme/906/")
+    own = Template.parse("s3://media/own/{id}/")
+    table = TableSpec("c", ("id",), entities=(EntitySpec("", scopes=(own,), object_attributes=("u",)),))
+    via = LinkQuery("c", "job", "x", None, scope=ScopeMode.BOTH, inherited=(parent_scope,))
+    for uri in ("s3://media/own/c1/a", "s3://media/llm/acme/906/b"):
+        plan = resolve(table, {"id": "c1", "u": uri}, via=via)
+        assert plan.objects == (S3Location.parse(uri),), uri
+    assert resolve(table, {"id": "c1", "u": "s3://media/llm/acme/907/b"}, via=via).objects == ()
+    only_parent = LinkQuery("c", "job", "x", None, scope=ScopeMode.PARENT, inherited=(parent_scope,))
+    assert resolve(table, {"id": "c1", "u": "s3://media/own/c1/a"}, via=only_parent).objects == ()
+
+
+def test_an_item_of_no_described_kind_plans_nothing_but_keeps_its_name() -> None:
+    plan = resolve(APP.tables["app"], {"PK": "JOB#906", "SK": "NOTE#1"})
+    assert (plan.table, plan.key) == ("app", {"PK": "JOB#906", "SK": "NOTE#1"})
+    assert not plan.has_work
+    assert plan.is_safe
+
+
+def test_a_key_that_is_only_a_version_query_is_taken_literally() -> None:
+    location = S3Location("b", "?versionId=x")
+    assert readings(location) == (location,)
+    assert readings(S3Location("b", "k?versionId=x")) == (
+        location.__class__("b", "k?versionId=x"),
+        S3Location("b", "k"),
+    )
+
+
+def test_parts_render_inside_a_test_as_they_do_when_loaded() -> None:
+    template = Template.parse("s3://bkt/{PK|after:JOB#}/{parent.tenant|after:T#}/")
+    assert template.render({"PK": "JOB#9"}, parent={"tenant": "T#acme"}) == S3Location("bkt", "9/acme/")
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ({"id": "a\x01"}, "identifier 'id' holds a control character or an unpaired surrogate"),
+        ({"id": "x" * 1025}, "identifier 'id' is longer than an S3 key"),
+        ({"id": "NOPE"}, "identifier 'id' does not start with its marker"),
+    ],
+)
+def test_identifier_refusals_say_why(image: dict[str, object], message: str) -> None:
+    marker = "J#" if image["id"] == "NOPE" else None
+    with pytest.raises(ScopeViolation, match=message):
+        identifier_text("id", image, marker)
+
+
+def test_a_parent_placeholder_without_a_parent_is_refused_by_name() -> None:
+    with pytest.raises(ScopeViolation, match=r"\{parent.tenant\} has no parent item to render from"):
+        Template.parse("s3://bkt/{parent.tenant}/").render({})
