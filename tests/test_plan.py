@@ -12,9 +12,9 @@ from conftest import World
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from reconciler.core.plan import LinkQuery, UnsafeReason, readings, resolve
+from reconciler.core.plan import DeletionPlan, LinkQuery, Unsafe, UnsafeReason, readings, resolve
 from reconciler.core.scope import S3Location, ScopeViolation, Template, identifier_text
-from reconciler.core.spec import EntitySpec, ScopeMode, TableSpec
+from reconciler.core.spec import EntitySpec, LinkSpec, ScopeMode, TableSpec
 from reconciler.rules import Rules, load_rules
 
 IMAGE = {
@@ -440,3 +440,31 @@ def test_identifier_refusals_say_why(image: dict[str, object], message: str) -> 
 def test_a_parent_placeholder_without_a_parent_is_refused_by_name() -> None:
     with pytest.raises(ScopeViolation, match=r"\{parent.tenant\} has no parent item to render from"):
         Template.parse("s3://bkt/{parent.tenant}/").render({})
+
+
+def test_a_link_whose_own_scopes_cannot_render_from_the_parent_is_refused_by_name() -> None:
+    link = LinkSpec(
+        "c", "p", "id", scope=ScopeMode.PARENT, scopes=(Template.parse("s3://bkt/{parent.x|after:M#}/"),)
+    )
+    parent = TableSpec(
+        "p", ("id",), entities=(EntitySpec("", scopes=(Template.parse("s3://bkt/{id}/"),), links=(link,)),)
+    )
+    plan = resolve(parent, {"id": "p1", "x": "no-marker"})
+    assert plan.links == ()
+    assert plan.unsafe == (
+        Unsafe("link to c", UnsafeReason.IDENTIFIER, "identifier 'x' does not start with its marker"),
+    )
+
+
+def test_an_item_of_no_described_kind_has_an_empty_plan() -> None:
+    key = {"PK": "JOB#906", "SK": "NOTE#1"}
+    assert resolve(APP.tables["app"], key) == DeletionPlan("app", key, (), (), (), (), ())
+
+
+def test_a_parent_scoped_child_does_not_need_its_own_scopes_to_render() -> None:
+    own = Template.parse("s3://bkt/own/{missing}/")
+    table = TableSpec("c", ("id",), entities=(EntitySpec("", scopes=(own,), object_attributes=("u",)),))
+    via = LinkQuery("c", "p", "x", None, scope=ScopeMode.PARENT, inherited=(S3Location("bkt", "p/x/"),))
+    plan = resolve(table, {"id": "c1", "u": "s3://bkt/p/x/f"}, via=via)
+    assert plan.objects == (S3Location("bkt", "p/x/f"),)
+    assert not plan.blocked
