@@ -32,6 +32,7 @@ from reconciler.testing import (
     FakeItemStore,
     FakeStreamSource,
     FixedClock,
+    stream_record,
 )
 
 DEMO_RULES = Path(__file__).parent.parent / "reconciler" / "demo" / "rules.toml"
@@ -195,3 +196,15 @@ def consumer_for(
         settings=settings,
         clock=world.clock,
     )
+
+
+def closed_shard(world: World, removals: int) -> tuple[FakeStreamSource, Shard]:
+    """A closed shard holding ``removals`` TTL removals, of transcripts tr-1, tr-2, ..."""
+    source = FakeStreamSource()
+    shard = source.add_shard("transcripts", "shardId-1", closed=True)
+    for n in range(1, removals + 1):
+        world.add_transcript("acct-1", f"tr-{n}")
+        source.append(
+            "shardId-1", stream_record(n, old_image=world.image("acct-1", f"tr-{n}"), identity="botocore")
+        )
+    return source, shard

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import World, fast_settings
+from conftest import World, closed_shard, consumer_for, fast_settings
 
 from reconciler.consumer import ShardConsumer
 from reconciler.core.outcomes import Outcome
@@ -21,28 +21,7 @@ def _seq(n: int) -> str:
 def _consumer(
     world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore
 ) -> ShardConsumer:
-    return ShardConsumer(
-        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-        shard=shard,
-        source=source,
-        checkpoints=checkpoints,
-        processor=world.processor,
-        metrics=world.metrics,
-        settings=IN_PAIRS,
-        clock=world.clock,
-    )
-
-
-def _closed_shard(world: World, removals: int) -> tuple[FakeStreamSource, Shard]:
-    """A closed shard holding ``removals`` TTL removals, of transcripts tr-1, tr-2, ..."""
-    source = FakeStreamSource()
-    shard = source.add_shard("transcripts", "shardId-1", closed=True)
-    for n in range(1, removals + 1):
-        world.add_transcript("acct-1", f"tr-{n}")
-        source.append(
-            "shardId-1", stream_record(n, old_image=world.image("acct-1", f"tr-{n}"), identity="botocore")
-        )
-    return source, shard
+    return consumer_for(world, source, shard, checkpoints, IN_PAIRS)
 
 
 def _stop_while_processing(world: World, consumer: ShardConsumer, sequence: int) -> None:
@@ -65,7 +44,7 @@ async def test_a_stop_mid_batch_checkpoints_the_finished_chunk_and_leaves_a_clos
     world: World,
 ) -> None:
     """Stopped during record 2 of 5, a closed shard is checkpointed at 2, not SHARD_END, and 3-5 wait."""
-    source, shard = _closed_shard(world, 5)
+    source, shard = closed_shard(world, 5)
     checkpoints = FakeCheckpointStore()
     consumer = _consumer(world, source, shard, checkpoints)
     _stop_while_processing(world, consumer, 2)
@@ -79,7 +58,7 @@ async def test_a_stop_mid_batch_checkpoints_the_finished_chunk_and_leaves_a_clos
 
 async def test_the_next_owner_of_a_stopped_shard_finishes_it(world: World) -> None:
     """After a stop mid-batch, the next consumer deletes the rest and only then ends the shard."""
-    source, shard = _closed_shard(world, 5)
+    source, shard = closed_shard(world, 5)
     checkpoints = FakeCheckpointStore()
     first = _consumer(world, source, shard, checkpoints)
     _stop_while_processing(world, first, 2)
@@ -95,7 +74,7 @@ async def test_the_next_owner_of_a_stopped_shard_finishes_it(world: World) -> No
 
 async def test_a_stop_during_the_last_chunk_of_a_closed_shard_still_ends_it(world: World) -> None:
     """Nothing is left after the chunk in hand, so the shard is read to its end and marked SHARD_END."""
-    source, shard = _closed_shard(world, 4)
+    source, shard = closed_shard(world, 4)
     checkpoints = FakeCheckpointStore()
     consumer = _consumer(world, source, shard, checkpoints)
     _stop_while_processing(world, consumer, 3)
@@ -108,7 +87,7 @@ async def test_a_stop_during_the_last_chunk_of_a_closed_shard_still_ends_it(worl
 
 async def test_a_stop_before_an_unplaceable_record_does_not_end_the_shard(world: World) -> None:
     """The last decodable chunk is done, but the record that could not be placed is not: no SHARD_END."""
-    source, shard = _closed_shard(world, 2)
+    source, shard = closed_shard(world, 2)
     broken = stream_record(3, old_image=world.image("acct-1", "tr-3"), identity="botocore")
     broken["dynamodb"]["SequenceNumber"] = "not-a-number"  # type: ignore[index]
     source.append("shardId-1", broken)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import structlog.testing
-from conftest import World, fast_settings
+from conftest import World, consumer_for, fast_settings
 
 from reconciler.consumer import ShardConsumer
 from reconciler.core.outcomes import Outcome
@@ -27,16 +27,7 @@ BACKOFF = fast_settings(idle_poll_seconds=1, max_idle_poll_seconds=4, retry_back
 def _consumer(
     world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore, settings: Settings
 ) -> ShardConsumer:
-    return ShardConsumer(
-        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-        shard=shard,
-        source=source,
-        checkpoints=checkpoints,
-        processor=world.processor,
-        metrics=world.metrics,
-        settings=settings,
-        clock=world.clock,
-    )
+    return consumer_for(world, source, shard, checkpoints, settings)
 
 
 def _removal(world: World, n: int) -> dict[str, object]:

@@ -7,7 +7,7 @@ import asyncio
 import datetime as dt
 
 import structlog.testing
-from conftest import World, fast_settings
+from conftest import World, closed_shard, consumer_for, fast_settings
 
 from reconciler.consumer import ShardConsumer
 from reconciler.core.outcomes import Ignored, Outcome
@@ -22,27 +22,7 @@ IN_PAIRS = fast_settings(batch_size=10, concurrency=2)
 
 def _consumer(world: World, source: FakeStreamSource, shard: Shard) -> ShardConsumer:
     """A consumer of ``shard`` that processes two records at a time."""
-    return ShardConsumer(
-        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-        shard=shard,
-        source=source,
-        checkpoints=FakeCheckpointStore(),
-        processor=world.processor,
-        metrics=world.metrics,
-        settings=IN_PAIRS,
-        clock=world.clock,
-    )
-
-
-def _closed_shard(world: World, removals: int) -> tuple[FakeStreamSource, Shard]:
-    source = FakeStreamSource()
-    shard = source.add_shard("transcripts", "shardId-1", closed=True)
-    for n in range(1, removals + 1):
-        world.add_transcript("acct-1", f"tr-{n}")
-        source.append(
-            "shardId-1", stream_record(n, old_image=world.image("acct-1", f"tr-{n}"), identity="botocore")
-        )
-    return source, shard
+    return consumer_for(world, source, shard, FakeCheckpointStore(), IN_PAIRS)
 
 
 def _failures(world: World) -> float:
@@ -57,7 +37,7 @@ def _failures(world: World) -> float:
 
 async def test_a_consumer_is_busy_while_it_processes_a_chunk_and_idle_after(world: World) -> None:
     """The worker's liveness probe does not count a long chunk as a hang, but does count an idle consumer."""
-    source, shard = _closed_shard(world, 3)
+    source, shard = closed_shard(world, 3)
     consumer = _consumer(world, source, shard)
     seen: list[bool] = []
     real = world.processor.process
@@ -75,7 +55,7 @@ async def test_a_consumer_is_busy_while_it_processes_a_chunk_and_idle_after(worl
 
 async def test_a_consumer_is_fresh_right_after_a_slow_chunk(world: World) -> None:
     """Its last activity is when the chunk finished, not when the poll that brought it began."""
-    source, shard = _closed_shard(world, 1)
+    source, shard = closed_shard(world, 1)
     consumer = _consumer(world, source, shard)
     real = world.processor.process
 
@@ -91,7 +71,7 @@ async def test_a_consumer_is_fresh_right_after_a_slow_chunk(world: World) -> Non
 
 
 async def test_a_clean_closed_shard_is_read_once_without_failures(world: World) -> None:
-    source, shard = _closed_shard(world, 5)
+    source, shard = closed_shard(world, 5)
     consumer = _consumer(world, source, shard)
 
     await asyncio.wait_for(consumer.run(), timeout=5)
@@ -102,7 +82,7 @@ async def test_a_clean_closed_shard_is_read_once_without_failures(world: World) 
 
 
 async def test_an_unplaceable_record_is_logged_with_its_reason_and_position(world: World) -> None:
-    source, shard = _closed_shard(world, 2)
+    source, shard = closed_shard(world, 2)
     broken = stream_record(3)
     broken["dynamodb"]["SequenceNumber"] = "not-a-number"  # type: ignore[index]
     source.append("shardId-1", broken)
@@ -176,7 +156,7 @@ async def test_poll_errors_are_logged_counted_and_backed_off_and_the_shard_conte
 
 async def test_a_finished_shard_leaves_no_series_behind(world: World) -> None:
     """Closed shards come and go: their per-shard gauges are dropped when their consumer returns."""
-    source, shard = _closed_shard(world, 1)
+    source, shard = closed_shard(world, 1)
     await asyncio.wait_for(_consumer(world, source, shard).run(), timeout=5)
     labels = {"table": "transcripts", "shard": "shardId-1"}
     for name in ("reconciler_iterator_age_seconds", "reconciler_last_successful_poll_timestamp_seconds"):

@@ -6,6 +6,7 @@ fake that drifts from its adapter makes the unit tests prove things about a worl
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -131,20 +132,9 @@ async def test_a_dead_letter_is_new_once_and_rewritten_after(stores: Stores) -> 
     )
     assert await stores.dead_letters.put(letter) is True
     assert await stores.dead_letters.put(letter) is False
-    assert await stores.dead_letters.put(_with_kind(letter, "failed")) is True  # another letter of the record
-
-
-def _with_kind(letter: DeadLetter, kind: str) -> DeadLetter:
-    return DeadLetter(
-        source_table=letter.source_table,
-        stream_arn=letter.stream_arn,
-        shard_id=letter.shard_id,
-        sequence_number=letter.sequence_number,
-        event_id=letter.event_id,
-        kind=kind,  # type: ignore[arg-type]
-        reason=letter.reason,
-        created_at=letter.created_at,
-    )
+    assert (
+        await stores.dead_letters.put(dataclasses.replace(letter, kind="failed")) is True
+    )  # another letter of the record
 
 
 async def test_listing_exact_keeps_only_the_key_and_a_prefix_lists_every_version(stores: Stores) -> None:

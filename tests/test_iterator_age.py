@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from conftest import World, fast_settings
+from conftest import World, consumer_for, fast_settings
 
 from reconciler.consumer import ShardConsumer
 from reconciler.ports import RecordsPage, Shard
-from reconciler.processing import Origin
 from reconciler.settings import Settings
 from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
 
@@ -30,16 +29,7 @@ class AgeRecordingSource(FakeStreamSource):
 
 
 def _consumer(world: World, source: FakeStreamSource, shard: Shard, settings: Settings) -> ShardConsumer:
-    return ShardConsumer(
-        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-        shard=shard,
-        source=source,
-        checkpoints=FakeCheckpointStore(),
-        processor=world.processor,
-        metrics=world.metrics,
-        settings=settings,
-        clock=world.clock,
-    )
+    return consumer_for(world, source, shard, FakeCheckpointStore(), settings)
 
 
 async def test_the_iterator_age_resets_to_zero_when_a_poll_comes_back_empty(world: World) -> None:
