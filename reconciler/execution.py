@@ -130,23 +130,26 @@ class Executor:
         reported: set[ObjectVersion] = set()
         absent: set[ObjectVersion] = set()
         refused: dict[ObjectVersion, str] = {}
+        still: list[ObjectVersion] = []
         more = True
-        while more:
-            todo, more = await self._next_page(location, scopes, set(refused), exact=exact)
-            if not todo:
-                break
-            if still := [v for v in todo if v in reported | absent]:
-                self._count_gone(reported - set(still), result)
-                raise PermanentError(
-                    f"S3 reported {len(still)} versions under {location} deleted that are still listed"
-                )
-            report = await self._artifacts.delete_versions(location.bucket, todo)
-            reported.update(report.deleted)
-            absent.update(report.absent)
-            refused.update(report.refused)
-        self._count_gone(reported, result)
-        if absent:
-            self._metrics.artifacts.labels("object_version", "absent").inc(len(absent))
+        try:
+            while more:
+                todo, more = await self._next_page(location, scopes, set(refused), exact=exact)
+                if not todo:
+                    break
+                if still := [v for v in todo if v in reported | absent]:
+                    raise PermanentError(
+                        f"S3 reported {len(still)} versions under {location} deleted that are still listed"
+                    )
+                report = await self._artifacts.delete_versions(location.bucket, todo)
+                reported.update(report.deleted)
+                absent.update(report.absent)
+                refused.update(report.refused)
+        finally:
+            # What went is counted even when a later page fails: a retry will find it absent.
+            self._count_gone(reported - set(still), result)
+            if absent - set(still):
+                self._metrics.artifacts.labels("object_version", "absent").inc(len(absent - set(still)))
         if not reported and not refused:
             result.tally += Tally(absent=1)
             self._metrics.artifacts.labels("object", "absent").inc()

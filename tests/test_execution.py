@@ -9,7 +9,7 @@ from conftest import World
 
 from reconciler.core.plan import DeletionPlan
 from reconciler.core.scope import S3Location
-from reconciler.errors import PermanentError
+from reconciler.errors import PermanentError, TransientError
 from reconciler.execution import Executor
 from reconciler.ports import DeleteReport, ObjectVersion
 from reconciler.testing import FakeArtifactStore
@@ -115,3 +115,22 @@ async def test_versions_s3_says_were_gone_already_count_as_absent_not_deleted(wo
     assert result.tally.object_versions == 0
     assert world.sample("reconciler_artifacts_total", kind="object_version", outcome="absent") == 3
     assert world.sample("reconciler_artifacts_total", kind="object_version", outcome="deleted") == 0
+
+
+async def test_versions_deleted_before_a_later_page_fails_are_still_counted(world: World) -> None:
+    class FailsSecondPage(FakeArtifactStore):
+        calls = 0
+
+        async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
+            self.calls += 1
+            if self.calls == 2:
+                raise TransientError("throttled")
+            return await super().delete_versions(bucket, versions)
+
+    store = FailsSecondPage(page_size=2)
+    store.put("stt-transcripts", "acct-1/tr-1/a", versions=4)
+    result = await Executor(world.rules, store, world.items, world.metrics).execute(_plan(SCOPE))
+
+    assert [type(e) for e in result.errors] == [TransientError]
+    assert result.tally.object_versions == 2  # the first page went, and says so
+    assert world.sample("reconciler_artifacts_total", kind="object_version", outcome="deleted") == 2
