@@ -70,7 +70,7 @@ async def test_a_dry_run_lists_delete_markers_as_such(world: World) -> None:
 
 async def test_a_link_to_an_entity_type_skips_other_kinds_under_the_same_key(world: World) -> None:
     items = FakeItemStore()
-    for sk in ("OUTPUT#de", "NOTE#1"):
+    for sk in ("NOTE#1", "OUTPUT#de"):  # the other kind first: it is skipped, and the search goes on
         items.put("app", {"PK": "JOB#906", "SK": sk, "tenant": "TENANT#acme"})
     query = LinkQuery(
         "app", "PK", "JOB#906", None, entity="output"
@@ -82,3 +82,16 @@ async def test_a_link_to_an_entity_type_skips_other_kinds_under_the_same_key(wor
     assert result.errors == []
     assert [row["SK"] for row in items.tables["app"]] == ["NOTE#1"]
     assert result.tally.items == 1
+
+
+async def test_a_dry_run_lists_an_objects_own_versions_only_and_every_page(world: World) -> None:
+    world.artifacts.page_size = 1
+    world.artifacts.put("stt-uploads", "acct-1/tr-1/audio.wav", versions=3)
+    world.artifacts.put("stt-uploads", "acct-1/tr-1/audio.wav.bak")  # shares the object's key as a prefix
+    plan = resolve(world.rules.tables["transcripts"], world.image("acct-1", "tr-1"))
+    dry = await Executor(world.rules, world.artifacts, world.items, world.metrics, dry_run=True).execute(plan)
+    uploads = [p for p in dry.planned if p.where.startswith("s3://stt-uploads/")]
+    assert [(p.kind, p.where) for p in uploads] == [
+        ("object_version", "s3://stt-uploads/acct-1/tr-1/audio.wav")
+    ] * 3
+    assert dry.tally.absent == 1  # the transcript prefix held nothing; three pages of audio were found
