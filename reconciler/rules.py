@@ -384,35 +384,31 @@ class Rules(_Frozen):
                     " give the link scopes of its own"
                 )
 
-    def _has_scopes(self, table: str, kind: str, rules: _Artifacts) -> bool:
+    def _has_scopes(
+        self, table: str, kind: str, rules: _Artifacts, seen: frozenset[str] = frozenset()
+    ) -> bool:
         """Whether items of this kind have scopes at run time: their own, or their parents' through links that
-        all hand theirs on (a chain is followed up to a source; cycles are refused elsewhere)."""
+        all hand theirs on (followed up the chain; a cycle hands on nothing, and is refused elsewhere)."""
         if rules.scopes:
             return True
-        if table in self.sources:
+        node = _node(table, kind)
+        if table in self.sources or node in seen:
             return False
-        links = [
+        links = self._links_into(table, kind)
+        return bool(links) and all(
+            link.scope != "own" and bool(link.scopes or self._has_scopes(name, k, r, seen | {node}))
+            for name, k, r, link in links
+        )
+
+    def _links_into(self, table: str, kind: str) -> list[tuple[str, str, _Artifacts, LinkRule]]:
+        """Every link that reaches items of ``kind`` in ``table``, with the table and kind it starts from."""
+        return [
             (name, k, r, link)
             for name, t in self.tables.items()
             for k, r in t.kinds().items()
             for link in r.links
-            if link.table == table and (link.entity == kind if link.entity else True)
+            if link.table == table and (link.entity is None or link.entity == kind)
         ]
-        return bool(links) and all(
-            link.scope != "own" and (link.scopes or self._has_scopes(name, k, r))
-            for name, k, r, link in links
-        )
-
-    def _links_into(self, table: str, kind: str) -> list[LinkRule]:
-        target = self.tables[table]
-        found = []
-        for source in self.tables.values():
-            for rules in source.kinds().values():
-                for link in rules.links:
-                    reaches = link.entity == kind if link.entity else kind in target.kinds()
-                    if link.table == table and reaches:
-                        found.append(link)
-        return found
 
     def _check_own_scopes(self) -> None:
         """Items with S3 targets need scopes: their own, or their parent's through every link into them."""
@@ -423,7 +419,7 @@ class Rules(_Frozen):
                 where = f"table {name!r}" + (f" entity {kind!r}" if kind else "")
                 if name in self.sources:
                     raise ValueError(f"{where} has S3 targets but no scopes (a source has no parent)")
-                links = self._links_into(name, kind)
+                links = [link for *_, link in self._links_into(name, kind)]
                 if rules.prefixes or not links or any(link.scope == "own" for link in links):
                     raise ValueError(
                         f"{where} has S3 targets but no scopes: give it scopes, or link to it only with"

@@ -285,3 +285,18 @@ def test_a_link_handing_on_the_scopes_of_a_parent_without_any_is_refused() -> No
     data["tables"]["u"] = {"key": ["id"], "object_attributes": ["url"]}
     with pytest.raises(ValidationError, match="hands on this item's scopes, but it has none"):
         Rules.model_validate(data)
+
+
+def test_a_cycle_of_links_that_hand_on_scopes_is_refused_not_followed_forever() -> None:
+    data = _rules(links=[{"table": "u", "attribute": "id", "value_from": "id", "scope": "parent"}])
+    data["tables"]["u"] = {
+        "key": ["id"],
+        "object_attributes": ["url"],
+        "links": [{"table": "v", "attribute": "id", "value_from": "id", "scope": "parent"}],
+    }
+    data["tables"]["v"] = {
+        "key": ["id"],
+        "links": [{"table": "u", "attribute": "id", "value_from": "id", "scope": "parent"}],
+    }
+    with pytest.raises(ValidationError, match="hands on this item's scopes, but it has none"):
+        Rules.model_validate(data)
