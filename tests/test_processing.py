@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import pytest
 import structlog.testing
 from conftest import World
 
 from reconciler.core.classify import Cause
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Pending
-from reconciler.core.plan import LinkQuery
+from reconciler.core.plan import LinkQuery, Unsafe, UnsafeReason
 from reconciler.core.records import StreamRecord, Undecodable, decode_record
 from reconciler.errors import TransientError
-from reconciler.execution import Executor
+from reconciler.execution import Executor, ScopedUnsafe
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.rules import Rules
 from reconciler.testing import stream_record
@@ -426,3 +427,21 @@ async def test_refusals_accumulate_across_linked_items_and_redeliveries(world: W
         "out_of_scope: s3://stt-llm-gateway/acct-9/b/in.json",
     }
     assert world.sample("reconciler_dead_letters_total", kind="unsafe") == 1
+
+
+async def test_the_recorder_counts_refusals_across_its_calls_against_the_cap(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nested linked items hand it only their own level's refusals: it adds them up, so the cap holds."""
+    monkeypatch.setattr("reconciler.processing.MAX_LETTER_TARGETS", 1)
+    record = _record(world, 1, world.image("acct-1", "tr-1"))
+    assert isinstance(record, StreamRecord)
+    record_refusals = world.processor._recorder(ORIGIN, record, Cause.TTL)
+    first, second = (
+        ScopedUnsafe("notes", {"note_id": n}, Unsafe(f"s3://b/{n}", UnsafeReason.OUT_OF_SCOPE, "outside"))
+        for n in ("n1", "n2")
+    )
+    assert await record_refusals([first]) is True
+    assert await record_refusals([second]) is False  # two in all: more than one letter may name
+    (letter,) = world.dead_letters.letters.values()
+    assert [t.split(" (")[0] for t in letter.targets] == ["out_of_scope: s3://b/n1"]
