@@ -30,11 +30,31 @@ class Settings(BaseSettings):
     checkpoint_table: str = "reconciler-checkpoints"
     dead_letter_table: str = "reconciler-dead-letters"
     create_tables: bool = Field(default=False, description="Create the worker's own tables if missing.")
-    worker_id: str = Field(
-        default="", description="Name of this replica in checkpoints (default: host name)."
-    )
+    worker_id: str = Field(default="", description="Name of this replica in leases (default: host name).")
     batch_size: int = Field(default=1000, ge=1, le=1000, description="GetRecords Limit.")
-    concurrency: int = Field(default=32, ge=1, description="Records of one batch deleted at once.")
+    concurrency: int = Field(
+        default=32, ge=1, description="Records of one shard in flight at once (the pipeline window)."
+    )
+    record_fanout: int = Field(
+        default=16, ge=1, description="Independent steps of one record (prefixes, linked items) at once."
+    )
+    max_records_in_flight: int = Field(
+        default=256, ge=1, description="Records in flight across all shards of this worker (bounds memory)."
+    )
+    checkpoint_seconds: float = Field(
+        default=2.0, ge=0, description="Longest wait before a checkpoint that moved is written."
+    )
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="A lease not renewed for this long is expired and may be taken."
+    )
+    heartbeat_seconds: float = Field(
+        default=10.0, gt=0, description="How often held leases are renewed and free ones looked for."
+    )
+    leases_to_take: int = Field(default=2, ge=1, description="Most leases taken in one heartbeat.")
+    max_leases: int = Field(default=64, ge=1, description="Most shard leases one worker holds.")
+    describe_stream_per_second: float = Field(
+        default=2.0, gt=0, le=10, description="DescribeStream calls per second from this worker (AWS: 10/s)."
+    )
     idle_poll_seconds: float = Field(default=1.0, gt=0, description="First wait after an empty GetRecords.")
     max_idle_poll_seconds: float = Field(default=10.0, gt=0, description="Longest wait between empty polls.")
     retry_backoff_seconds: float = Field(default=5.0, gt=0, description="Wait before redelivering a batch.")

@@ -38,6 +38,7 @@ ARTIFACT_OUTCOMES = (
     ("item", "deleted"),
     ("object", "absent"),
 )
+LEASE_TRANSITIONS = ("taken", "expired", "stolen", "released", "lost")
 RECORD_OUTCOMES = ("deleted", "ignored", "filtered", "dead_lettered", "retry")
 RECORD_EVENTS = (
     ("INSERT", "none"),
@@ -148,6 +149,45 @@ class Metrics:
             registry=registry,
         )
 
+        self.leases_held = Gauge(
+            "reconciler_leases_held",
+            "Shard leases this worker holds now.",
+            ["table"],
+            registry=registry,
+        )
+        self.lease_transitions = Counter(
+            "reconciler_lease_transitions_total",
+            "Lease changes made or seen by this worker: taken (free), expired (taken after its owner stopped"
+            " renewing), stolen (taken from a live owner to balance), released (given up on shutdown), lost"
+            " (found taken by another worker).",
+            ["table", "transition"],
+            registry=registry,
+        )
+        self.shards_ended = Counter(
+            "reconciler_shards_ended_total",
+            "Closed shards this worker read to their end and checkpointed as ended.",
+            ["table"],
+            registry=registry,
+        )
+        self.shards_unleased = Gauge(
+            "reconciler_shards_unleased",
+            "Readable shards (parents finished) that no live worker holds, as this worker saw them last.",
+            ["table"],
+            registry=registry,
+        )
+        self.lease_owners = Gauge(
+            "reconciler_lease_owners",
+            "Live workers holding leases on a source table's stream, as this worker saw them last.",
+            ["table"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "reconciler_records_in_flight",
+            "Stream records read and not yet finished, by source table.",
+            ["table"],
+            registry=registry,
+        )
+
     def initialize(self, rules: RuleSet) -> None:
         """Create the known label sets at zero, so rates and increases see the first event.
 
@@ -155,8 +195,7 @@ class Metrics:
         alert on it would never fire for a first occurrence.
         """
         for table in rules.sources:
-            self.shards.labels(table)
-            self.source_up.labels(table).set(0)
+            self._initialize_source(table)
             for outcome in RECORD_OUTCOMES:
                 self.outcomes.labels(table, outcome)
             for event, cause in RECORD_EVENTS:
@@ -174,6 +213,17 @@ class Metrics:
             self.dead_letters.labels(kind)
         for kind, outcome in ARTIFACT_OUTCOMES:
             self.artifacts.labels(kind, outcome)
+
+    def _initialize_source(self, table: str) -> None:
+        self.shards.labels(table)
+        self.source_up.labels(table).set(0)
+        self.leases_held.labels(table)
+        self.shards_ended.labels(table)
+        self.shards_unleased.labels(table)
+        self.lease_owners.labels(table)
+        self.in_flight.labels(table)
+        for transition in LEASE_TRANSITIONS:
+            self.lease_transitions.labels(table, transition)
 
     def forget_shard(self, table: str, shard: str) -> None:
         """Drop a finished shard's series so closed shards do not pile up."""
