@@ -34,7 +34,7 @@ from reconciler.ports import RecordsPage, Shard, StreamInfo
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.rules import load_rules
 from reconciler.settings import Settings
-from reconciler.testing import FakeArtifactStore, FakeCheckpointStore, FakeDeadLetterStore, FakeItemStore
+from reconciler.testing import FakeArtifactStore, FakeDeadLetterStore, FakeItemStore, FakeLeaseStore
 
 DEMO_RULES = Path(__file__).parent.parent / "reconciler" / "demo" / "rules.toml"
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/transcripts/stream/2026-01-01T00:00:00.000"
@@ -134,7 +134,7 @@ class BacklogSource:
         return RecordsPage(page, None if end >= self.total else str(end))
 
 
-class Checkpoints(FakeCheckpointStore):
+class Checkpoints(FakeLeaseStore):
     """The fake's promise without its history list, which would grow with the run and not be the worker's."""
 
     async def put(self, stream_arn: str, shard_id: str, position: str) -> None:

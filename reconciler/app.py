@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import socket
 from collections.abc import AsyncIterator
 
@@ -11,11 +12,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy, translate
-from reconciler.adapters.dynamodb import (
-    DynamoDBCheckpointStore,
-    DynamoDBDeadLetterStore,
-    DynamoDBItemStore,
-)
+from reconciler.adapters.dynamodb import DynamoDBDeadLetterStore, DynamoDBItemStore
+from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.tables import create_worker_tables
@@ -29,6 +27,12 @@ from reconciler.worker import Collaborators, Worker
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def worker_id(settings: Settings) -> str:
+    """This replica's name in the lease table: ``worker_id`` (the pod name in Kubernetes), else host and
+    process, so two workers on one host never share a name."""
+    return settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 @contextlib.asynccontextmanager
@@ -73,11 +77,17 @@ async def build_worker(
             clock=utcnow,
             items=items,
         )
-        owner = settings.worker_id or socket.gethostname()
+        owner = worker_id(settings)
+        leases = DynamoDBLeaseStore(
+            clients.dynamodb, call, settings.checkpoint_table, owner, lease_seconds=settings.lease_seconds
+        )
         parts = Collaborators(
-            source=DynamoDBStreamSource(clients.dynamodb, clients.streams, call),
-            checkpoints=DynamoDBCheckpointStore(clients.dynamodb, call, settings.checkpoint_table, owner),
+            source=DynamoDBStreamSource(
+                clients.dynamodb, clients.streams, call, settings.describe_stream_per_second
+            ),
+            leases=leases,
             processor=processor,
             metrics=metrics,
+            owner=owner,
         )
         yield Worker(settings, spec, parts, clock=utcnow)

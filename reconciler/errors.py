@@ -50,3 +50,7 @@ class ExpiredIteratorError(ReconcilerError):
 
 class TrimmedDataError(ReconcilerError):
     """The stream no longer holds the records after the checkpoint (24-hour retention exceeded)."""
+
+
+class LeaseLostError(ReconcilerError):
+    """Another worker holds this shard's lease now: stop reading it before writing anything more."""

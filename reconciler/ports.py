@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from reconciler.core.dynamodb_json import Image
+from reconciler.core.leases import Lease
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
-
-SHARD_END = "SHARD_END"
-"""Checkpoint value of a closed shard that has been read to its end."""
 
 LetterKind = Literal["undecodable", "no_image", "unsafe", "failed", "recreated", "trimmed"]
 """Why a dead letter was written; also the ``kind`` label of ``reconciler_dead_letters_total``."""
@@ -107,12 +105,41 @@ class StreamSource(Protocol):
 
     async def records(self, iterator: str, limit: int) -> RecordsPage: ...
 
+    async def children(self, shard: Shard) -> list[Shard]:
+        """The shards split from ``shard`` (DescribeStream with a CHILD_SHARDS filter); may lag briefly."""
+        ...
 
-class CheckpointStore(Protocol):
-    async def get(self, stream_arn: str, shard_id: str) -> str | None: ...
 
-    async def put(self, stream_arn: str, shard_id: str, position: str) -> None:
-        """Record a sequence number (or ``SHARD_END``); never moves an existing checkpoint backwards."""
+class LeaseStore(Protocol):
+    """The lease table. Every write is conditional; a lost race is an answer (None, False), not an error,
+    except for a checkpoint, which raises ``LeaseLostError`` so its shard stops at once."""
+
+    async def create(self, lease: Lease) -> bool:
+        """Add an unowned lease for a shard if it has none; True if this call added it."""
+        ...
+
+    async def leases(self, stream_arn: str) -> list[Lease]:
+        """Every lease of a stream, strongly consistent."""
+        ...
+
+    async def get(self, stream_arn: str, shard_id: str) -> Lease | None: ...
+
+    async def take(self, lease: Lease, owner: str) -> Lease | None:
+        """Own ``lease`` if it is unchanged since it was read (same counter); the taken lease with a new
+        token, or None if another worker moved first."""
+        ...
+
+    async def renew(self, lease: Lease) -> Lease | None:
+        """Move the counter of a lease held under ``lease.token``; None if it is no longer held."""
+        ...
+
+    async def checkpoint(self, lease: Lease, position: str) -> None:
+        """Record a sequence number under ``lease.token`` (``LeaseLostError`` if not held); never moves an
+        existing checkpoint backwards. ``SHARD_END`` also gives the lease up: nothing is left to read."""
+        ...
+
+    async def release(self, lease: Lease) -> bool:
+        """Give up a lease held under ``lease.token`` so a peer takes it at once; False if not held."""
         ...
 
 

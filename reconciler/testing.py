@@ -1,7 +1,8 @@
 """In-memory fakes of every port, for unit tests and the benchmark. No AWS, no network.
 
 They keep the semantics the pipeline relies on: versions and delete markers, per-key refusals, items found by
-key or index, records delivered in order from a checkpoint, checkpoints that never move backwards.
+key or index, records delivered in order from a checkpoint, shards that split and close, iterators that
+expire, reads that are throttled, and leases whose every write is conditional.
 """
 
 from __future__ import annotations
@@ -9,16 +10,31 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 
 from reconciler.core.dynamodb_json import Image, encode_key
+from reconciler.core.leases import SHARD_END, Lease
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
-from reconciler.errors import AccessError, ConfigError, TransientError, TrimmedDataError
+from reconciler.errors import (
+    AccessError,
+    ConfigError,
+    ExpiredIteratorError,
+    LeaseLostError,
+    TransientError,
+    TrimmedDataError,
+)
 from reconciler.ports import (
-    SHARD_END,
     DeadLetter,
     DeleteReport,
     ObjectVersion,
@@ -105,7 +121,11 @@ class FakeItemStore:
 
 @dataclass
 class FakeStreamSource:
-    """One stream per table; records per shard are raw ``GetRecords`` dicts in sequence order."""
+    """One stream per table; records per shard are raw ``GetRecords`` dicts in sequence order.
+
+    Shards split (``split``: the parent closes, its children appear); ``children`` may miss a new child
+    for a few calls (``hide_children``), as DescribeStream may; ``expire`` and ``throttle`` make the next
+    reads of a shard fail with an expired iterator or a throttle."""
 
     view_type: StreamViewType = StreamViewType.NEW_AND_OLD_IMAGES
     by_stream: dict[str, list[Shard]] = field(default_factory=dict)
@@ -114,8 +134,12 @@ class FakeStreamSource:
     disabled: bool = False  # the stream was switched off
     missing: set[str] = field(default_factory=set)  # tables that do not exist (ResourceNotFoundException)
     view_types: dict[str, StreamViewType] = field(default_factory=dict)  # per table, else ``view_type``
+    hide_children: int = 0
+    expire: dict[str, int] = field(default_factory=dict)
+    throttle: dict[str, int] = field(default_factory=dict)
     reads: int = 0
     reads_by_shard: dict[str, int] = field(default_factory=dict)
+    listings: int = 0
 
     def arn(self, table: str) -> str:
         return f"arn:aws:dynamodb:us-east-1:123456789012:table/{table}/stream/2026-01-01T00:00:00.000"
@@ -128,8 +152,20 @@ class FakeStreamSource:
         self.records_by_shard.setdefault(shard_id, [])
         return shard
 
+    def close(self, shard_id: str) -> None:
+        for shards in self.by_stream.values():
+            shards[:] = [dataclasses.replace(s, closed=True) if s.shard_id == shard_id else s for s in shards]
+
+    def split(self, table: str, parent: str, children: Sequence[str]) -> list[Shard]:
+        """Close ``parent``; new records go to ``children``."""
+        self.close(parent)
+        return [self.add_shard(table, child, parent=parent) for child in children]
+
     def append(self, shard_id: str, record: Mapping[str, object]) -> None:
         self.records_by_shard[shard_id].append(record)
+
+    def shard(self, shard_id: str) -> Shard:
+        return next(s for shards in self.by_stream.values() for s in shards if s.shard_id == shard_id)
 
     async def describe(self, table: str) -> StreamInfo:
         if table in self.missing:
@@ -139,7 +175,15 @@ class FakeStreamSource:
         return StreamInfo(table, self.arn(table), self.view_types.get(table, self.view_type))
 
     async def shards(self, stream_arn: str) -> list[Shard]:
+        self.listings += 1
         return list(self.by_stream.get(stream_arn, []))
+
+    async def children(self, shard: Shard) -> list[Shard]:
+        self.listings += 1
+        if self.hide_children > 0:
+            self.hide_children -= 1
+            return []
+        return [s for s in self.by_stream.get(shard.stream_arn, []) if s.parent_id == shard.shard_id]
 
     async def iterator(self, shard: Shard, after: str | None) -> str:
         records = self.records_by_shard[shard.shard_id]
@@ -152,16 +196,22 @@ class FakeStreamSource:
             if not sequence.isdigit() or int(sequence) > int(after or 0):
                 break
             position += 1
-        return f"{shard.shard_id}|{position}|{int(shard.closed)}"
+        return f"{shard.shard_id}|{position}"
 
     async def records(self, iterator: str, limit: int) -> RecordsPage:
         self.reads += 1
-        shard_id, position, closed = iterator.split("|")
+        shard_id, position = iterator.split("|")
         self.reads_by_shard[shard_id] = self.reads_by_shard.get(shard_id, 0) + 1
+        if self.expire.get(shard_id, 0) > 0:
+            self.expire[shard_id] -= 1
+            raise ExpiredIteratorError("shard iterator expired")
+        if self.throttle.get(shard_id, 0) > 0:
+            self.throttle[shard_id] -= 1
+            raise TransientError("AWS call failed after retries: LimitExceededException")
         records = self.records_by_shard[shard_id][int(position) : int(position) + limit]
         end = int(position) + len(records)
-        done = closed == "1" and end >= len(self.records_by_shard[shard_id])
-        return RecordsPage(records, None if done else f"{shard_id}|{end}|{closed}")
+        done = self.shard(shard_id).closed and end >= len(self.records_by_shard[shard_id])
+        return RecordsPage(records, None if done else f"{shard_id}|{end}")
 
 
 def _seq(record: Mapping[str, object]) -> str:
@@ -171,21 +221,108 @@ def _seq(record: Mapping[str, object]) -> str:
 
 
 @dataclass
-class FakeCheckpointStore:
-    positions: dict[tuple[str, str], str] = field(default_factory=dict)
+class FakeLeaseStore:
+    """The lease table in memory, with the adapter's conditions: a take needs an unchanged counter, a renewal,
+    checkpoint or release the taker's token; a checkpoint never moves backwards and SHARD_END is final.
+    ``positions`` and ``history`` show checkpoints as written."""
+
+    rows: dict[tuple[str, str], Lease] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)
+    writes: int = 0
+    fail_renewals: bool = False  # a worker cut off from the table: it cannot renew
+    _tokens: int = 0
 
-    async def get(self, stream_arn: str, shard_id: str) -> str | None:
-        return self.positions.get((stream_arn, shard_id))
+    @property
+    def positions(self) -> _Positions:
+        """Checkpoints by (stream ARN, shard id); setting one seeds a lease's checkpoint."""
+        return _Positions(self)
 
-    async def put(self, stream_arn: str, shard_id: str, position: str) -> None:
-        current = self.positions.get((stream_arn, shard_id))
+    def grant(self, stream_arn: str, shard_id: str, table: str, owner: str = "test") -> Lease:
+        """Create (if needed) and take a lease at once, outside any event loop: for tests."""
+        held = self.rows.get((stream_arn, shard_id)) or Lease(stream_arn, shard_id, table)
+        self.rows[held.key] = held
+        self._tokens += 1
+        return self._write(held, owner=owner, token=f"token-{self._tokens}", counter=held.counter + 1)
+
+    async def create(self, lease: Lease) -> bool:
+        if lease.key in self.rows:
+            return False
+        self.writes += 1
+        self.rows[lease.key] = dataclasses.replace(lease, owner=None, token=None, counter=0)
+        return True
+
+    async def leases(self, stream_arn: str) -> list[Lease]:
+        return [lease for key, lease in self.rows.items() if key[0] == stream_arn]
+
+    async def get(self, stream_arn: str, shard_id: str) -> Lease | None:
+        return self.rows.get((stream_arn, shard_id))
+
+    async def take(self, lease: Lease, owner: str) -> Lease | None:
+        held = self.rows.get(lease.key)
+        if held is None or held.counter != lease.counter:
+            return None
+        self._tokens += 1
+        return self._write(held, owner=owner, token=f"token-{self._tokens}", counter=held.counter + 1)
+
+    async def renew(self, lease: Lease) -> Lease | None:
+        held = self.rows.get(lease.key)
+        if self.fail_renewals:
+            raise TransientError("lease table throttled")
+        if held is None or held.token is None or held.token != lease.token:
+            return None
+        return self._write(held, counter=held.counter + 1)
+
+    async def checkpoint(self, lease: Lease, position: str) -> None:
+        held = self.rows.get(lease.key)
+        if held is None or held.token is None or held.token != lease.token:
+            raise LeaseLostError(f"the lease of shard {lease.shard_id} is held by another worker")
+        current = held.checkpoint
         if current == SHARD_END or (
             current is not None and position != SHARD_END and int(position) < int(current)
         ):
             return
-        self.positions[(stream_arn, shard_id)] = position
         self.history.append(position)
+        if position == SHARD_END:
+            self._write(held, checkpoint=position, owner=None, token=None, counter=held.counter + 1)
+        else:
+            self._write(held, checkpoint=position)
+
+    async def release(self, lease: Lease) -> bool:
+        held = self.rows.get(lease.key)
+        if held is None or held.token is None or held.token != lease.token:
+            return False
+        self._write(held, owner=None, token=None, counter=held.counter + 1)
+        return True
+
+    def _write(self, held: Lease, **changes: object) -> Lease:
+        self.writes += 1
+        updated = dataclasses.replace(held, **changes)  # type: ignore[arg-type]
+        self.rows[held.key] = updated
+        return updated
+
+
+class _Positions(MutableMapping[tuple[str, str], str]):
+    def __init__(self, store: FakeLeaseStore) -> None:
+        self._rows = store.rows
+
+    def __getitem__(self, key: tuple[str, str]) -> str:
+        checkpoint = self._rows[key].checkpoint
+        if checkpoint is None:
+            raise KeyError(key)
+        return checkpoint
+
+    def __setitem__(self, key: tuple[str, str], position: str) -> None:
+        held = self._rows.get(key) or Lease(*key, table="")
+        self._rows[key] = dataclasses.replace(held, checkpoint=position)
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        self._rows[key] = dataclasses.replace(self._rows[key], checkpoint=None)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return (key for key, lease in self._rows.items() if lease.checkpoint is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""The supervisor: find streams and shards, run one consumer per shard, serve HTTP, shut down in two phases.
+"""The supervisor: coordinate leases, run one consumer per leased shard, serve HTTP, shut down in two phases.
 
-One ``asyncio.TaskGroup`` owns every task. SIGTERM (first signal): stop claiming work, let consumers finish
-and checkpoint their batch under ``shutdown_grace_seconds``, then cancel what is left. A second signal
-cancels at once. Work that was not checkpointed is delivered again to whoever reads the shard next.
+One ``asyncio.TaskGroup`` owns every task. Every heartbeat the ``Coordinator`` renews held leases (a lost
+one stops its consumer), the shard-sync holder adds leases for new shards, and free, expired or surplus
+leases are taken; a shard that ends wakes the loop so its children start at once. SIGTERM (first signal):
+stop claiming work, let consumers finish and checkpoint what is in flight under ``shutdown_grace_seconds``,
+cancel what is left, then release every lease so peers take the shards at their next heartbeat. A second
+signal cancels at once. Work that was not checkpointed is delivered again to whoever reads the shard next.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from dataclasses import dataclass
 import structlog
 
 from reconciler.consumer import ShardConsumer
+from reconciler.coordination import Coordinator
+from reconciler.core.leases import Lease
 from reconciler.core.spec import RuleSet
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.observability.http import HttpServer
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import SHARD_END, CheckpointStore, Shard, StreamSource
+from reconciler.ports import LeaseStore, StreamSource
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.settings import Settings
 
@@ -30,9 +35,10 @@ log = structlog.get_logger("reconciler.worker")
 @dataclass(frozen=True, slots=True)
 class Collaborators:
     source: StreamSource
-    checkpoints: CheckpointStore
+    leases: LeaseStore
     processor: RecordProcessor
     metrics: Metrics
+    owner: str = "worker"
 
 
 class Worker:
@@ -49,11 +55,21 @@ class Worker:
         self._clock = clock
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self.coordinator = Coordinator(
+            settings=settings,
+            rules=rules,
+            source=parts.source,
+            leases=parts.leases,
+            metrics=parts.metrics,
+            owner=parts.owner,
+        )
+        self._slots = asyncio.Semaphore(settings.max_records_in_flight)
         self._consumers: dict[tuple[str, str], ShardConsumer] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._heartbeat = clock()
         self._problems: dict[str, str] = dict.fromkeys(rules.sources, "not discovered yet")
         self._discovered_once = False
+        self._ended = 0
         self.http: HttpServer | None = None
 
     # -- signals ---------------------------------------------------------------------------------------
@@ -110,6 +126,7 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 await self._supervise(group)
                 await self._drain()
+                await self._release()
         except ExceptionGroup as group:
             config = group.subgroup(ConfigError)
             if config is None:
@@ -117,27 +134,24 @@ class Worker:
             raise config.exceptions[0] from group  # a deployment mistake, reported plainly
         finally:
             await self.http.close()
-        log.info(
-            "worker.stopped",
-            shards=len(self._consumers),
-            finished=sum(c.finished for c in self._consumers.values()),
-        )
+        log.info("worker.stopped", shards=len(self._consumers), ended=self._ended)
 
     async def _supervise(self, group: asyncio.TaskGroup) -> None:
         next_discovery = self._clock()
         while not self._stopping.is_set():
             self._heartbeat = self._clock()
-            if self._clock() >= next_discovery or self._wake.is_set():
-                self._wake.clear()
-                await self._discover(group)
+            if self._clock() >= next_discovery:
+                await self._discover()
                 next_discovery = self._clock() + dt.timedelta(seconds=self._settings.discovery_seconds)
-            await _wait_any(self._stopping, self._wake, seconds=1.0)
+            self._wake.clear()
+            await self._coordinate(group)
+            await _wait_any(self._stopping, self._wake, seconds=self._settings.heartbeat_seconds)
 
-    async def _discover(self, group: asyncio.TaskGroup) -> None:
+    async def _discover(self) -> None:
         """Each source on its own: one missing table or broken stream never keeps the others unread."""
         for table in self._rules.sources:
             try:
-                await self._discover_table(group, table)
+                await self.coordinator.discover(table)
             except ConfigError as exc:
                 if not self._discovered_once:
                     raise  # at start: a deployment mistake, reported plainly, whichever source it is
@@ -155,6 +169,39 @@ class Worker:
                     log.info("source.available", table=table)
                 self._parts.metrics.source_up.labels(table).set(1)
         self._discovered_once = True
+        await self._sync()
+
+    async def _sync(self) -> None:
+        """The shard-sync holder lists every discovered stream's shards and adds leases for new ones."""
+        try:
+            await self.coordinator.lead()
+            if not self.coordinator.leading:
+                return
+            for table in self._rules.sources:
+                if table in self.coordinator.streams and table not in self._problems:
+                    await self.coordinator.sync(table)
+        except ReconcilerError as exc:
+            self._parts.metrics.failures.labels("discover", type(exc).__name__).inc()
+            log.warning("lineage.sync_failed", error=str(exc), error_type=type(exc).__name__)
+
+    async def _coordinate(self, group: asyncio.TaskGroup) -> None:
+        """Renew, stop what was lost, take what the share allows and start it."""
+        try:
+            if self.coordinator.leading:
+                await self.coordinator.lead()  # renew the shard-sync lease every heartbeat
+            for key in await self.coordinator.renew():
+                if (consumer := self._consumers.get(key)) is not None:
+                    consumer.lose()
+            if self._stopping.is_set():
+                return
+            for lease in await self.coordinator.balance():
+                self._start(group, lease)
+        except ReconcilerError as exc:
+            self._parts.metrics.failures.labels("lease", type(exc).__name__).inc()
+            log.warning("lease.pass_failed", error=str(exc), error_type=type(exc).__name__)
+        except Exception as exc:  # a bug in one pass must not stop the worker: the next pass tries again
+            self._parts.metrics.failures.labels("lease", type(exc).__name__).inc()
+            log.exception("lease.pass_crashed", error_type=type(exc).__name__)
 
     def _source_down(self, table: str, exc: Exception) -> None:
         message = str(exc) if isinstance(exc, ReconcilerError) else "unexpected error"
@@ -162,55 +209,42 @@ class Worker:
         self._parts.metrics.source_up.labels(table).set(0)
         self._parts.metrics.failures.labels("discover", type(exc).__name__).inc()
 
-    async def _discover_table(self, group: asyncio.TaskGroup, table: str) -> None:
-        info = await self._parts.source.describe(table)  # each time: a re-enabled stream has a new ARN
-        if info.view_type is None or not info.view_type.has_old_image:
-            raise ConfigError(
-                f"table {table!r} streams {info.view_type}; OLD_IMAGE or NEW_AND_OLD_IMAGES is needed"
-            )
-        shards = await self._parts.source.shards(info.arn)
-        for shard in await self._ready(shards):
-            self._start(group, table, shard)
-
-    async def _ready(self, shards: list[Shard]) -> list[Shard]:
-        """Shards to start now: not started yet, and parent (if still listed) read to its end."""
-        listed = {s.shard_id for s in shards}
-        ready = []
-        for shard in shards:
-            if (shard.stream_arn, shard.shard_id) in self._consumers:
-                continue
-            parent = shard.parent_id
-            if parent and parent in listed:
-                running = self._consumers.get((shard.stream_arn, parent))
-                done = (
-                    running.finished
-                    if running
-                    else (await self._parts.checkpoints.get(shard.stream_arn, parent) == SHARD_END)
-                )
-                if not done:
-                    continue
-            ready.append(shard)
-        return ready
-
-    def _start(self, group: asyncio.TaskGroup, table: str, shard: Shard) -> None:
+    def _start(self, group: asyncio.TaskGroup, lease: Lease) -> None:
         if self._stopping.is_set():
-            return  # a signal arrived while discovery was awaiting: claim nothing new
+            return  # a signal arrived while leases were being taken: they are released with the rest
         consumer = ShardConsumer(
-            origin=Origin(table, shard.stream_arn, shard.shard_id),
-            shard=shard,
+            origin=Origin(lease.table, lease.stream_arn, lease.shard_id),
+            lease=lease,
             source=self._parts.source,
-            checkpoints=self._parts.checkpoints,
+            leases=self._parts.leases,
             processor=self._parts.processor,
             metrics=self._parts.metrics,
             settings=self._settings,
             clock=self._clock,
+            slots=self._slots,
         )
-        key = (shard.stream_arn, shard.shard_id)
-        self._consumers[key] = consumer
-        task = group.create_task(consumer.run(), name=f"shard:{table}:{shard.shard_id}")
-        task.add_done_callback(lambda _: self._wake.set())  # a finished parent may free its children
-        self._tasks[key] = task
-        log.info("shard.started", table=table, shard=shard.shard_id)
+        self._consumers[lease.key] = consumer
+        self._tasks[lease.key] = group.create_task(
+            self._consume(consumer), name=f"shard:{lease.table}:{lease.shard_id}"
+        )
+        log.info("shard.started", table=lease.table, shard=lease.shard_id, checkpoint=lease.checkpoint)
+
+    async def _consume(self, consumer: ShardConsumer) -> None:
+        key = consumer.lease.key
+        try:
+            await consumer.run()
+            if consumer.finished:
+                self._ended += 1
+                await self.coordinator.shard_ended(consumer.lease)
+            elif consumer.lost:
+                self.coordinator.drop(key)
+        except ReconcilerError as exc:  # the shard-sync holder's next listing finds the children
+            log.warning("lineage.children_lookup_failed", shard=key[1], error=str(exc))
+        finally:
+            if not self._stopping.is_set():
+                self._consumers.pop(key, None)
+                self._tasks.pop(key, None)
+            self._wake.set()  # a finished parent frees its children; a stopped shard may be taken again
 
     async def _drain(self) -> None:
         pending = [t for t in self._tasks.values() if not t.done()]
@@ -223,6 +257,13 @@ class Worker:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+
+    async def _release(self) -> None:
+        """After the drain: hand every lease back, so peers take the shards at once."""
+        try:
+            await asyncio.wait_for(self.coordinator.release_all(), timeout=self._settings.lease_seconds)
+        except TimeoutError:
+            log.warning("lease.release_timeout")
 
 
 async def _wait_any(*events: asyncio.Event, seconds: float) -> None:

@@ -27,9 +27,9 @@ from reconciler.rules import Rules, load_rules
 from reconciler.settings import Settings
 from reconciler.testing import (
     FakeArtifactStore,
-    FakeCheckpointStore,
     FakeDeadLetterStore,
     FakeItemStore,
+    FakeLeaseStore,
     FakeStreamSource,
     FixedClock,
     stream_record,
@@ -88,6 +88,9 @@ def fast_settings(**overrides: object) -> Settings:
         "retry_backoff_seconds": 0.01,
         "discovery_seconds": 0.05,
         "shutdown_grace_seconds": 2,
+        "checkpoint_seconds": 0,
+        "heartbeat_seconds": 0.02,
+        "lease_seconds": 0.2,
     }
     return Settings.model_validate(fast | overrides)
 
@@ -183,14 +186,14 @@ def world(rules: Rules) -> World:
 
 
 def consumer_for(
-    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore, settings: Settings
+    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeLeaseStore, settings: Settings
 ) -> ShardConsumer:
-    """A shard consumer of the `transcripts` stream wired to the world's processor."""
+    """A shard consumer of the `transcripts` stream wired to the world's processor, holding its lease."""
     return ShardConsumer(
         origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-        shard=shard,
+        lease=checkpoints.grant(shard.stream_arn, shard.shard_id, "transcripts"),
         source=source,
-        checkpoints=checkpoints,
+        leases=checkpoints,
         processor=world.processor,
         metrics=world.metrics,
         settings=settings,

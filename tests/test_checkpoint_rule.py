@@ -1,17 +1,18 @@
-"""A checkpoint follows finished chunks only, and a stop never ends a shard that was not read to its end."""
+"""A checkpoint follows finished records only, and a stop never ends a shard that was not read to its end."""
 
 from __future__ import annotations
 
 from conftest import World, closed_shard, consumer_for, fast_settings
 
 from reconciler.consumer import ShardConsumer
+from reconciler.core.leases import SHARD_END
 from reconciler.core.outcomes import Outcome
 from reconciler.core.records import StreamRecord, Undecodable
-from reconciler.ports import SHARD_END, Shard
+from reconciler.ports import Shard
 from reconciler.processing import Origin
-from reconciler.testing import FakeCheckpointStore, FakeStreamSource, stream_record
+from reconciler.testing import FakeLeaseStore, FakeStreamSource, stream_record
 
-IN_PAIRS = fast_settings(batch_size=10, concurrency=2)  # one batch per shard, processed two records at a time
+IN_PAIRS = fast_settings(batch_size=10, concurrency=2)  # one page per shard, two records in flight at a time
 
 
 def _seq(n: int) -> str:
@@ -19,7 +20,7 @@ def _seq(n: int) -> str:
 
 
 def _consumer(
-    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore
+    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeLeaseStore
 ) -> ShardConsumer:
     return consumer_for(world, source, shard, checkpoints, IN_PAIRS)
 
@@ -40,26 +41,28 @@ def _gone(world: World, removals: int) -> list[bool]:
     return [world.held_by("acct-1", f"tr-{n}") == 0 for n in range(1, removals + 1)]
 
 
-async def test_a_stop_mid_batch_checkpoints_the_finished_chunk_and_leaves_a_closed_shard_open(
+async def test_a_stop_mid_page_checkpoints_the_finished_records_and_leaves_a_closed_shard_open(
     world: World,
 ) -> None:
-    """Stopped during record 2 of 5, a closed shard is checkpointed at 2, not SHARD_END, and 3-5 wait."""
+    """Stopped during record 2 of 5 (two in flight), a closed shard is checkpointed at 2, not SHARD_END,
+    and 3-5 wait: nothing is admitted to the window after a stop."""
     source, shard = closed_shard(world, 5)
-    checkpoints = FakeCheckpointStore()
+    checkpoints = FakeLeaseStore()
     consumer = _consumer(world, source, shard, checkpoints)
     _stop_while_processing(world, consumer, 2)
 
     await consumer.run()
 
-    assert checkpoints.history == [_seq(2)]
+    assert checkpoints.positions[shard.stream_arn, shard.shard_id] == _seq(2)
+    assert checkpoints.history == sorted(checkpoints.history)
     assert not consumer.finished
     assert _gone(world, 5) == [True, True, False, False, False]
 
 
 async def test_the_next_owner_of_a_stopped_shard_finishes_it(world: World) -> None:
-    """After a stop mid-batch, the next consumer deletes the rest and only then ends the shard."""
+    """After a stop mid-page, the next owner deletes the rest and only then ends the shard."""
     source, shard = closed_shard(world, 5)
-    checkpoints = FakeCheckpointStore()
+    checkpoints = FakeLeaseStore()
     first = _consumer(world, source, shard, checkpoints)
     _stop_while_processing(world, first, 2)
     await first.run()
@@ -67,35 +70,37 @@ async def test_the_next_owner_of_a_stopped_shard_finishes_it(world: World) -> No
     second = _consumer(world, source, shard, checkpoints)
     await second.run()
 
-    assert checkpoints.history == [_seq(2), _seq(4), _seq(5), SHARD_END]
+    assert checkpoints.history[-2:] == [_seq(5), SHARD_END]
+    assert checkpoints.history[:-1] == sorted(checkpoints.history[:-1])
     assert second.finished
     assert all(_gone(world, 5))
 
 
-async def test_a_stop_during_the_last_chunk_of_a_closed_shard_still_ends_it(world: World) -> None:
-    """Nothing is left after the chunk in hand, so the shard is read to its end and marked SHARD_END."""
+async def test_a_stop_after_the_last_record_was_admitted_still_ends_the_shard(world: World) -> None:
+    """Every record of a closed shard is in flight when the stop comes and all finish: the shard was read
+    to its end, so it is marked SHARD_END and its children may start."""
     source, shard = closed_shard(world, 4)
-    checkpoints = FakeCheckpointStore()
-    consumer = _consumer(world, source, shard, checkpoints)
+    checkpoints = FakeLeaseStore()
+    consumer = consumer_for(world, source, shard, checkpoints, fast_settings(concurrency=10))
     _stop_while_processing(world, consumer, 3)
 
     await consumer.run()
 
-    assert checkpoints.history == [_seq(2), _seq(4), SHARD_END]
+    assert checkpoints.history[-2:] == [_seq(4), SHARD_END]
     assert consumer.finished
 
 
 async def test_a_stop_before_an_unplaceable_record_does_not_end_the_shard(world: World) -> None:
-    """The last decodable chunk is done, but the record that could not be placed is not: no SHARD_END."""
+    """The records before it are done, but the record that could not be placed is not: no SHARD_END."""
     source, shard = closed_shard(world, 2)
     broken = stream_record(3, old_image=world.image("acct-1", "tr-3"), identity="botocore")
     broken["dynamodb"]["SequenceNumber"] = "not-a-number"  # type: ignore[index]
     source.append("shardId-1", broken)
-    checkpoints = FakeCheckpointStore()
+    checkpoints = FakeLeaseStore()
     consumer = _consumer(world, source, shard, checkpoints)
     _stop_while_processing(world, consumer, 1)
 
     await consumer.run()
 
-    assert checkpoints.history == [_seq(2)]
+    assert checkpoints.history[-1] == _seq(2)
     assert not consumer.finished

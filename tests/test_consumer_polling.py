@@ -12,20 +12,21 @@ import structlog.testing
 from conftest import World, consumer_for, fast_settings
 
 from reconciler.consumer import ShardConsumer
+from reconciler.core.leases import SHARD_END
 from reconciler.core.outcomes import Outcome
 from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.errors import ExpiredIteratorError
-from reconciler.ports import SHARD_END, RecordsPage, Shard
+from reconciler.ports import RecordsPage, Shard
 from reconciler.processing import Origin
 from reconciler.settings import Settings
-from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
+from reconciler.testing import FakeLeaseStore, FakeStreamSource, eventually, stream_record
 
 LABELS = {"table": "transcripts", "shard": "shardId-1"}
 BACKOFF = fast_settings(idle_poll_seconds=1, max_idle_poll_seconds=4, retry_backoff_seconds=30)
 
 
 def _consumer(
-    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeCheckpointStore, settings: Settings
+    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeLeaseStore, settings: Settings
 ) -> ShardConsumer:
     return consumer_for(world, source, shard, checkpoints, settings)
 
@@ -55,7 +56,7 @@ def _record_sleeps(consumer: ShardConsumer, source: FakeStreamSource, stop_after
 async def test_empty_polls_back_off_doubling_up_to_the_cap_and_a_record_resets_the_backoff(
     world: World,
 ) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
     shard = source.add_shard("transcripts", "shardId-1")
     consumer = _consumer(world, source, shard, checkpoints, BACKOFF)
     asked = _record_sleeps(consumer, source, stop_after=7)
@@ -69,13 +70,13 @@ async def test_a_consumer_is_active_from_the_moment_it_is_created(world: World) 
     """The liveness probe may ask before the first poll."""
     source = FakeStreamSource()
     shard = source.add_shard("transcripts", "shardId-1")
-    consumer = _consumer(world, source, shard, FakeCheckpointStore(), BACKOFF)
+    consumer = _consumer(world, source, shard, FakeLeaseStore(), BACKOFF)
     assert consumer.last_activity == world.clock.now
     assert not consumer.busy
 
 
 async def test_a_shard_checkpointed_at_its_end_is_finished_without_reading(world: World) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
     shard = source.add_shard("transcripts", "shardId-1", closed=True)
     checkpoints.positions[(shard.stream_arn, shard.shard_id)] = SHARD_END
 
@@ -85,7 +86,7 @@ async def test_a_shard_checkpointed_at_its_end_is_finished_without_reading(world
 
 
 async def test_the_end_of_a_closed_shard_is_logged(world: World) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
     shard = source.add_shard("transcripts", "shardId-1", closed=True)
     source.append("shardId-1", _removal(world, 1))
 
@@ -104,7 +105,7 @@ class _ExpiresOnce(FakeStreamSource):
 
 
 async def test_an_expired_iterator_is_logged_and_replaced_from_the_checkpoint(world: World) -> None:
-    source, checkpoints = _ExpiresOnce(), FakeCheckpointStore()
+    source, checkpoints = _ExpiresOnce(), FakeLeaseStore()
     shard = source.add_shard("transcripts", "shardId-1", closed=True)
     source.append("shardId-1", _removal(world, 1))
 
@@ -116,7 +117,7 @@ async def test_an_expired_iterator_is_logged_and_replaced_from_the_checkpoint(wo
 
 
 async def test_a_trimmed_gap_is_logged_and_counted_as_a_poll_failure(world: World) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
     shard = source.add_shard("transcripts", "shardId-1", closed=True)
     checkpoints.positions[(shard.stream_arn, shard.shard_id)] = f"{1:021d}"
     source.trimmed.add("shardId-1")
@@ -150,7 +151,7 @@ async def test_each_successful_poll_is_time_stamped_for_its_shard(world: World) 
     source = _SlowPolls(world)
     shard = source.add_shard("transcripts", "shardId-1")
     started = world.clock.now.timestamp()
-    consumer = _consumer(world, source, shard, FakeCheckpointStore(), fast_settings())
+    consumer = _consumer(world, source, shard, FakeLeaseStore(), fast_settings())
     task = asyncio.create_task(consumer.run())
     try:
         await eventually(lambda: len(source.last_polls) >= 3)
@@ -162,7 +163,7 @@ async def test_each_successful_poll_is_time_stamped_for_its_shard(world: World) 
 
 
 async def test_a_crashing_record_is_logged_with_its_sequence_number(world: World) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
     shard = source.add_shard("transcripts", "shardId-1", closed=True)
     source.append("shardId-1", _removal(world, 1))
     consumer = _consumer(world, source, shard, checkpoints, BACKOFF)

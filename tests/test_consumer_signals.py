@@ -15,14 +15,14 @@ from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.errors import TransientError
 from reconciler.ports import Shard
 from reconciler.processing import Origin
-from reconciler.testing import FakeCheckpointStore, FakeStreamSource, stream_record
+from reconciler.testing import FakeLeaseStore, FakeStreamSource, stream_record
 
 IN_PAIRS = fast_settings(batch_size=10, concurrency=2)
 
 
 def _consumer(world: World, source: FakeStreamSource, shard: Shard) -> ShardConsumer:
     """A consumer of ``shard`` that processes two records at a time."""
-    return consumer_for(world, source, shard, FakeCheckpointStore(), IN_PAIRS)
+    return consumer_for(world, source, shard, FakeLeaseStore(), IN_PAIRS)
 
 
 def _failures(world: World) -> float:
@@ -141,7 +141,8 @@ async def test_poll_errors_are_logged_counted_and_backed_off_and_the_shard_conte
     with structlog.testing.capture_logs() as logs:
         await asyncio.wait_for(consumer.run(), timeout=5)
 
-    assert waits == [IN_PAIRS.retry_backoff_seconds] * 2
+    backoff = IN_PAIRS.retry_backoff_seconds
+    assert waits == [backoff, 2 * backoff]  # this shard backs off exponentially, alone
     assert bound == [{"table": "transcripts", "shard": "shardId-1"}]
     assert [(e["event"], e["log_level"], e.get("error_type"), e.get("error")) for e in logs] == [
         ("shard.error", "warning", "TransientError", "GetShardIterator: throttled"),

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import pytest
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
-from reconciler.adapters.dynamodb import DynamoDBCheckpointStore, DynamoDBDeadLetterStore, DynamoDBItemStore
+from reconciler.adapters.dynamodb import DynamoDBDeadLetterStore, DynamoDBItemStore
+from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.tables import create_worker_tables
 from reconciler.core.dynamodb_json import encode_key
@@ -23,15 +24,14 @@ from reconciler.core.scope import S3Location
 from reconciler.demo.layout import Layout
 from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, reset
 from reconciler.ports import (
-    SHARD_END,
     ArtifactStore,
-    CheckpointStore,
     DeadLetter,
     DeadLetterStore,
     ItemStore,
+    LeaseStore,
     ObjectVersion,
 )
-from reconciler.testing import FakeArtifactStore, FakeCheckpointStore, FakeDeadLetterStore, FakeItemStore
+from reconciler.testing import FakeArtifactStore, FakeDeadLetterStore, FakeItemStore, FakeLeaseStore
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/transcripts/stream/2026-01-01T00:00:00.000"
 OTHER_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/other/stream/2026-01-01T00:00:00.000"
@@ -40,7 +40,7 @@ BUCKET = "stt-transcripts"
 
 @dataclass
 class Stores:
-    checkpoints: CheckpointStore
+    checkpoints: LeaseStore
     dead_letters: DeadLetterStore
     items: ItemStore
     artifacts: ArtifactStore
@@ -73,7 +73,7 @@ class Stores:
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
     if request.param == "fake":
         artifacts, items = FakeArtifactStore(), FakeItemStore()
-        yield Stores(FakeCheckpointStore(), FakeDeadLetterStore(), items, artifacts, artifacts, items, None)
+        yield Stores(FakeLeaseStore(), FakeDeadLetterStore(), items, artifacts, artifacts, items, None)
         return
     endpoint = request.getfixturevalue("endpoint")
     reset(endpoint)
@@ -84,7 +84,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
         await create_worker_tables(layout.dynamodb, "checkpoints", "letters")
         call = Caller(RetryPolicy(attempts=3))
         yield Stores(
-            DynamoDBCheckpointStore(layout.dynamodb, call, "checkpoints", "test"),
+            DynamoDBLeaseStore(layout.dynamodb, call, "checkpoints", "test"),
             DynamoDBDeadLetterStore(layout.dynamodb, call, "letters"),
             DynamoDBItemStore(layout.dynamodb, call),
             S3ArtifactStore(layout.s3, call),
@@ -96,25 +96,6 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
 
 def _seq(n: int) -> str:
     return f"{n:021d}"
-
-
-async def test_a_checkpoint_never_moves_backwards_and_shard_end_is_final(stores: Stores) -> None:
-    cp = stores.checkpoints
-    assert await cp.get(ARN, "shardId-1") is None
-    await cp.put(ARN, "shardId-1", _seq(200))
-    await cp.put(ARN, "shardId-1", _seq(100))  # a redelivered batch finishing late
-    assert await cp.get(ARN, "shardId-1") == _seq(200)
-    await cp.put(ARN, "shardId-1", "9" * 39)  # longer sequence numbers are larger, whatever their text says
-    assert await cp.get(ARN, "shardId-1") == "9" * 39
-    await cp.put(ARN, "shardId-1", SHARD_END)
-    await cp.put(ARN, "shardId-1", _seq(300))
-    assert await cp.get(ARN, "shardId-1") == SHARD_END
-
-
-async def test_checkpoints_are_kept_per_stream_and_shard(stores: Stores) -> None:
-    await stores.checkpoints.put(ARN, "shardId-1", _seq(5))
-    assert await stores.checkpoints.get(OTHER_ARN, "shardId-1") is None  # shard ids repeat across streams
-    assert await stores.checkpoints.get(ARN, "shardId-2") is None
 
 
 async def test_a_dead_letter_is_new_once_and_rewritten_after(stores: Stores) -> None:

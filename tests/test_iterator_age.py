@@ -10,7 +10,7 @@ from conftest import World, consumer_for, fast_settings
 from reconciler.consumer import ShardConsumer
 from reconciler.ports import RecordsPage, Shard
 from reconciler.settings import Settings
-from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
+from reconciler.testing import FakeLeaseStore, FakeStreamSource, eventually, stream_record
 
 LABELS = {"table": "transcripts", "shard": "shardId-1"}
 
@@ -29,7 +29,7 @@ class AgeRecordingSource(FakeStreamSource):
 
 
 def _consumer(world: World, source: FakeStreamSource, shard: Shard, settings: Settings) -> ShardConsumer:
-    return consumer_for(world, source, shard, FakeCheckpointStore(), settings)
+    return consumer_for(world, source, shard, FakeLeaseStore(), settings)
 
 
 async def test_the_iterator_age_resets_to_zero_when_a_poll_comes_back_empty(world: World) -> None:

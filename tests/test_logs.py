@@ -13,7 +13,7 @@ from conftest import World, consumer_for, fast_settings
 from reconciler.core.dynamodb_json import Image
 from reconciler.errors import ConfigError, TransientError
 from reconciler.observability.logs import RateLimit, configure_logging, describe_exception
-from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
+from reconciler.testing import FakeLeaseStore, FakeStreamSource, eventually, stream_record
 
 PLANTED = "zq-planted-4f1e@example.invalid"
 
@@ -35,7 +35,7 @@ async def test_an_unexpected_error_logs_no_image_content_in_its_traceback(
         raise ValueError(f"cannot resolve {dict(old_image)!r}")
 
     monkeypatch.setattr("reconciler.processing.resolve", explode)
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
     shard = source.add_shard("transcripts", "shardId-1")
     source.append("shardId-1", stream_record(1, old_image=image, identity="botocore"))
     consumer = consumer_for(world, source, shard, checkpoints, fast_settings())

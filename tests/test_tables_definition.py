@@ -14,11 +14,11 @@ from aiobotocore.session import get_session
 from cfnlint.api import lint_file  # type: ignore[import-untyped]
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
-from reconciler.adapters.dynamodb import FINISHED_SHARD_RETENTION, DynamoDBCheckpointStore
+from reconciler.adapters.leases import FINISHED_SHARD_RETENTION, DynamoDBLeaseStore
 from reconciler.adapters.tables import CHECKPOINTS, WORKER_TABLES, create_worker_tables
 from reconciler.cli import main
+from reconciler.core.leases import SHARD_END, Lease
 from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
-from reconciler.ports import SHARD_END
 from reconciler.settings import Settings
 
 TEMPLATE = Path(__file__).parent.parent / "deploy" / "aws" / "tables.cfn.yaml"
@@ -194,12 +194,16 @@ async def test_only_a_finished_shards_checkpoint_expires(aws_env: str) -> None:
     aws = AwsSettings(region=REGION, endpoint_url=aws_env, credentials=CREDENTIALS)
     async with AwsClients(aws) as clients:
         await create_worker_tables(clients.dynamodb, "checkpoints", "dead-letters")
-        store = DynamoDBCheckpointStore(
-            clients.dynamodb, Caller(RetryPolicy(attempts=2)), "checkpoints", "w1"
-        )
-        await store.put("arn:stream", "shardId-live", "100")
-        await store.put("arn:stream", "shardId-done", "200")
-        await store.put("arn:stream", "shardId-done", SHARD_END)
+        store = DynamoDBLeaseStore(clients.dynamodb, Caller(RetryPolicy(attempts=2)), "checkpoints", "w1")
+        for shard_id in ("shardId-live", "shardId-done"):
+            await store.create(Lease("arn:stream", shard_id, "transcripts"))
+        live = await store.take(Lease("arn:stream", "shardId-live", "transcripts"), "w1")
+        done = await store.take(Lease("arn:stream", "shardId-done", "transcripts"), "w1")
+        assert live is not None
+        assert done is not None
+        await store.checkpoint(live, "100")
+        await store.checkpoint(done, "200")
+        await store.checkpoint(done, SHARD_END)
         rows = {
             i["shard_id"]["S"]: i for i in (await clients.dynamodb.scan(TableName="checkpoints"))["Items"]
         }

@@ -14,18 +14,19 @@ import structlog
 from conftest import World, fast_settings
 
 from reconciler.core.dynamodb_json import Image
+from reconciler.core.leases import SHARD_END
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.core.spec import RuleSet
 from reconciler.errors import ConfigError
-from reconciler.ports import SHARD_END, StreamInfo
-from reconciler.testing import FakeCheckpointStore, FakeStreamSource, eventually, stream_record
+from reconciler.ports import StreamInfo
+from reconciler.testing import FakeLeaseStore, FakeStreamSource, eventually, stream_record
 from reconciler.worker import Collaborators, Worker
 
 SETTINGS = fast_settings()
 
 
-def _worker(world: World, source: FakeStreamSource, checkpoints: FakeCheckpointStore) -> Worker:
+def _worker(world: World, source: FakeStreamSource, checkpoints: FakeLeaseStore) -> Worker:
     parts = Collaborators(source, checkpoints, world.processor, world.metrics)
     return Worker(SETTINGS, world.rules, parts, clock=world.clock)
 
@@ -36,7 +37,7 @@ async def _one_shard_worker(
 ) -> AsyncIterator[tuple[Worker, Task[None]]]:
     """A worker on one empty shard, ready; stopped gracefully on exit."""
     source.add_shard("transcripts", "shardId-1")
-    worker = _worker(world, source, FakeCheckpointStore())
+    worker = _worker(world, source, FakeLeaseStore())
     task = asyncio.create_task(worker.run())
     await eventually(lambda: worker.readiness()[0])
     try:
@@ -56,7 +57,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 async def test_children_start_only_after_their_parent_is_read_to_its_end(world: World) -> None:
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
     parent = source.add_shard("transcripts", "shardId-parent", closed=True)
     child = source.add_shard("transcripts", "shardId-child", parent="shardId-parent")
     world.add_transcript("acct-1", "tr-1")
@@ -107,9 +108,11 @@ async def test_liveness_fails_when_a_consumer_goes_silent(world: World) -> None:
         (consumer,) = worker._consumers.values()
         consumer.last_activity = world.clock.now - dt.timedelta(seconds=SETTINGS.liveness_seconds + 1)
         assert worker.liveness() == (False, "shard shardId-1 silent for 301s")
-        consumer.busy = True  # inside a long batch: its calls have timeouts of their own
+        in_flight = asyncio.create_task(asyncio.Event().wait())
+        consumer._tasks.add(in_flight)  # a record in flight: its calls have timeouts of their own
         assert worker.liveness() == (True, "ok")
-        consumer.busy = False
+        consumer._tasks.discard(in_flight)
+        in_flight.cancel()
         world.clock.advance(SETTINGS.liveness_seconds + 1)  # and the supervisor itself stalls
         assert worker.liveness() == (False, "supervisor heartbeat is stale")
 
@@ -133,9 +136,9 @@ def _stuck_second_record(world: World, source: FakeStreamSource) -> None:
 
 async def _stuck_worker(
     world: World, grace: float
-) -> tuple[Worker, Task[None], FakeStreamSource, FakeCheckpointStore]:
+) -> tuple[Worker, Task[None], FakeStreamSource, FakeLeaseStore]:
     """A worker that has finished the first record and is stuck inside the second."""
-    source, checkpoints = FakeStreamSource(), FakeCheckpointStore()
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
     _stuck_second_record(world, source)
     parts = Collaborators(source, checkpoints, world.processor, world.metrics)
     settings = fast_settings(concurrency=1, shutdown_grace_seconds=grace)
@@ -172,7 +175,7 @@ async def test_a_drain_that_outlasts_the_grace_period_says_how_many_consumers_it
 async def test_a_stream_without_old_images_is_a_config_error(world: World) -> None:
     source = FakeStreamSource(view_type=StreamViewType.KEYS_ONLY)
     source.add_shard("transcripts", "shardId-1")
-    worker = _worker(world, source, FakeCheckpointStore())
+    worker = _worker(world, source, FakeLeaseStore())
     with pytest.raises(ConfigError, match="OLD_IMAGE"):
         await asyncio.wait_for(worker.run(), timeout=5)
 
@@ -184,7 +187,7 @@ async def test_a_missing_source_table_is_reported_by_name_and_the_others_are_con
         ("missing", "transcripts"),
         {**world.rules.tables, "missing": world.rules.tables["transcripts"]},
     )
-    source, checkpoints = FakeStreamSource(missing={"missing"}), FakeCheckpointStore()
+    source, checkpoints = FakeStreamSource(missing={"missing"}), FakeLeaseStore()
     source.add_shard("transcripts", "shardId-1")
     world.add_transcript("acct-1", "tr-1")
     source.append("shardId-1", stream_record(1, old_image=world.image("acct-1", "tr-1")))
@@ -221,7 +224,7 @@ async def test_a_crash_while_discovering_one_source_is_logged_and_retried_not_fa
 
     source.describe = flaky  # type: ignore[method-assign]
     source.add_shard("transcripts", "shardId-1")
-    worker = _worker(world, source, FakeCheckpointStore())
+    worker = _worker(world, source, FakeLeaseStore())
     task = asyncio.create_task(worker.run())
     await eventually(
         lambda: world.sample("reconciler_failures_total", stage="discover", error="RuntimeError") == 1
@@ -258,7 +261,7 @@ async def test_a_later_source_without_old_images_stops_the_worker_at_start(world
     )
     source = FakeStreamSource(view_types={"other": StreamViewType.KEYS_ONLY})
     source.add_shard("transcripts", "shardId-1")
-    parts = Collaborators(source, FakeCheckpointStore(), world.processor, world.metrics)
+    parts = Collaborators(source, FakeLeaseStore(), world.processor, world.metrics)
     worker = Worker(SETTINGS, rules, parts, clock=world.clock)
     with pytest.raises(ConfigError, match="'other' streams KEYS_ONLY"):
         await asyncio.wait_for(worker.run(), timeout=5)

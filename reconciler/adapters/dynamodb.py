@@ -1,4 +1,4 @@
-"""DynamoDB: linked items (Query, GetItem, conditional DeleteItem), checkpoints and dead letters.
+"""DynamoDB: linked items (Query, GetItem, conditional DeleteItem) and dead letters (leases: ``leases.py``).
 
 A linked item is deleted with ``DeleteItem`` conditioned on it still being linked, returning ``ALL_OLD``, so a
 re-linked item is never deleted and a changed one is seen.
@@ -7,24 +7,19 @@ https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_DeleteItem.ht
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from reconciler.adapters.aws import Caller, error_code
-from reconciler.adapters.tables import CHECKPOINTS
 from reconciler.core.dynamodb_json import Image, decode_image, encode_key, encode_value
 from reconciler.core.plan import LinkQuery
 from reconciler.errors import PermanentError
-from reconciler.ports import SHARD_END, DeadLetter
+from reconciler.ports import DeadLetter
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
-
-FINISHED_SHARD_RETENTION = dt.timedelta(days=7)
-_SEQUENCE_WIDTH = 40  # sequence numbers have 21-40 digits; zero-padded they compare as text
 
 
 class DynamoDBItemStore:
@@ -95,62 +90,6 @@ def _condition(query: LinkQuery, name: str) -> dict[str, Any]:
         names["#s"] = query.sort_attribute
         values[":p"] = {"S": query.sort_prefix}
     return {name: expression, "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
-
-
-def _padded(sequence_number: str) -> str:
-    return sequence_number.zfill(_SEQUENCE_WIDTH)
-
-
-class DynamoDBCheckpointStore:
-    """Checkpoints keyed by stream ARN + shard id (shard ids repeat across streams)."""
-
-    def __init__(self, client: DynamoDBClient, call: Caller, table: str, owner: str) -> None:
-        self._client = client
-        self._call = call
-        self._table = table
-        self._owner = owner
-
-    async def get(self, stream_arn: str, shard_id: str) -> str | None:
-        response = await self._call(
-            self._client.get_item,
-            TableName=self._table,
-            Key={"stream_arn": {"S": stream_arn}, "shard_id": {"S": shard_id}},
-            ConsistentRead=True,
-        )
-        item = response.get("Item", {})
-        return item["checkpoint"]["S"] if "checkpoint" in item else None
-
-    async def put(self, stream_arn: str, shard_id: str, position: str) -> None:
-        ordered = "~" if not position.isdigit() else _padded(position)  # SHARD_END sorts after every number
-        now = dt.datetime.now(dt.UTC)
-        update = "SET checkpoint = :c, checkpoint_order = :o, updated_at = :t, updated_by = :w"
-        values: dict[str, Any] = {
-            ":c": {"S": position},
-            ":o": {"S": ordered},
-            ":t": {"S": now.isoformat()},
-            ":w": {"S": self._owner},
-        }
-        if position == SHARD_END:
-            # A closed shard is listed by DescribeStream only until its records age out (24 h); its row is
-            # not read after that, so DynamoDB's TTL removes it a week on instead of the table growing.
-            update += f", {CHECKPOINTS.ttl_attribute} = :x"
-            values[":x"] = {"N": str(int((now + FINISHED_SHARD_RETENTION).timestamp()))}
-        await self._call(
-            self._update,
-            TableName=self._table,
-            Key={"stream_arn": {"S": stream_arn}, "shard_id": {"S": shard_id}},
-            UpdateExpression=update,
-            ConditionExpression="attribute_not_exists(checkpoint_order) OR checkpoint_order <= :o",
-            ExpressionAttributeValues=values,
-        )
-
-    async def _update(self, **kwargs: Any) -> None:
-        try:
-            await self._client.update_item(**kwargs)
-        except ClientError as exc:
-            # A checkpoint further on is already stored (a redelivered batch): never move it backwards.
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
 
 
 class DynamoDBDeadLetterStore:

@@ -7,6 +7,8 @@ https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_streams_GetRe
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +36,36 @@ async def _mapped(fn: Callable[..., Awaitable[Any]], **kwargs: Any) -> Any:
         raise
 
 
+class RateLimit:
+    """At most ``per_second`` calls a second from this process, spaced evenly (DescribeStream allows 10 a
+    second per account and Region: the shard-sync holder's listing and the children lookups share it)."""
+
+    def __init__(self, per_second: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._interval = 1.0 / per_second
+        self._monotonic = monotonic
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:
+            delay = self._next - self._monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._next = max(self._next, self._monotonic()) + self._interval
+
+
 class DynamoDBStreamSource:
-    def __init__(self, dynamodb: DynamoDBClient, streams: DynamoDBStreamsClient, call: Caller) -> None:
+    def __init__(
+        self,
+        dynamodb: DynamoDBClient,
+        streams: DynamoDBStreamsClient,
+        call: Caller,
+        describe_per_second: float = 2.0,
+    ) -> None:
         self._dynamodb = dynamodb
         self._streams = streams
         self._call = call
+        self._describe_limit = RateLimit(describe_per_second)
 
     async def describe(self, table: str) -> StreamInfo:
         response = await self._call(self._dynamodb.describe_table, TableName=table)
@@ -51,14 +78,28 @@ class DynamoDBStreamSource:
         return StreamInfo(table=table, arn=arn, view_type=StreamViewType(view) if view else None)
 
     async def shards(self, stream_arn: str) -> list[Shard]:
+        return await self._describe({"StreamArn": stream_arn})
+
+    async def children(self, shard: Shard) -> list[Shard]:
+        found = await self._describe(
+            {
+                "StreamArn": shard.stream_arn,
+                "ShardFilter": {"Type": "CHILD_SHARDS", "ShardId": shard.shard_id},
+            }
+        )
+        # Filtered again here: an endpoint that ignores ShardFilter (moto does) answers with every shard.
+        return [child for child in found if child.parent_id == shard.shard_id]
+
+    async def _describe(self, params: dict[str, Any]) -> list[Shard]:
+        """Every page of a DescribeStream answer, each call within the rate limit."""
         shards: list[Shard] = []
-        params: dict[str, Any] = {"StreamArn": stream_arn}
         while True:
+            await self._describe_limit.wait()
             response = await self._call(self._streams.describe_stream, **params)
             description = response["StreamDescription"]
             shards.extend(
                 Shard(
-                    stream_arn=stream_arn,
+                    stream_arn=params["StreamArn"],
                     shard_id=shard["ShardId"],
                     parent_id=shard.get("ParentShardId"),
                     closed="EndingSequenceNumber" in shard.get("SequenceNumberRange", {}),
@@ -68,7 +109,7 @@ class DynamoDBStreamSource:
             last = description.get("LastEvaluatedShardId")
             if not last:
                 return shards
-            params["ExclusiveStartShardId"] = last
+            params = params | {"ExclusiveStartShardId": last}
 
     async def iterator(self, shard: Shard, after: str | None) -> str:
         params: dict[str, Any] = {"StreamArn": shard.stream_arn, "ShardId": shard.shard_id}

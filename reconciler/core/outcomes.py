@@ -8,7 +8,6 @@ dead-lettered.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from reconciler.core.classify import Cause
@@ -86,11 +85,35 @@ def is_final(outcome: Outcome) -> bool:
     return not isinstance(outcome, Pending)
 
 
-def checkpoint_after(outcomes: Sequence[Outcome]) -> str | None:
-    """Sequence number to checkpoint after a batch (in stream order), or None if it must not move."""
-    position: str | None = None
-    for outcome in outcomes:
-        if not is_final(outcome):
-            break
-        position = outcome.sequence_number
-    return position
+class Window:
+    """Records of one shard in flight, in stream order, finishing in any order.
+
+    ``position`` is the checkpoint: the last record before the lowest unfinished one. It moves whenever the
+    lowest unfinished record finishes, never past a record still in flight, and never backwards.
+    """
+
+    def __init__(self, position: str | None = None) -> None:
+        self.position = position
+        self._open: dict[str, bool] = {}  # sequence number -> finished; insertion order is stream order
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, sequence_number: str) -> None:
+        """A record read after every record added so far."""
+        self._open[sequence_number] = False
+
+    def finish(self, outcome: Outcome) -> bool:
+        """Mark a record's outcome; True if the position moved. A non-final outcome changes nothing."""
+        sequence_number = outcome.sequence_number
+        if not is_final(outcome) or sequence_number not in self._open:
+            return False
+        self._open[sequence_number] = True
+        moved = False
+        while self._open:
+            first = next(iter(self._open))
+            if not self._open[first]:
+                break
+            del self._open[first]
+            self.position, moved = first, True
+        return moved
