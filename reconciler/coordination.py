@@ -65,6 +65,7 @@ class Coordinator:
         self._renewed: dict[Key, float] = {}
         self._seen: dict[Key, _Seen] = {}
         self._leader: Lease | None = None
+        self._started = monotonic()
 
     @property
     def leading(self) -> bool:
@@ -82,9 +83,18 @@ class Coordinator:
     async def lead(self) -> None:
         """Keep or take the shard-sync lease."""
         if self._leader is not None:
-            self._leader = await self._leases.renew(self._leader)
+            key = self._leader.key
+            try:
+                self._leader = await self._leases.renew(self._leader)
+            except ReconcilerError as exc:
+                log.warning("lease.renew_failed", shard=key[1], error=str(exc))
+                if self._monotonic() - self._renewed.get(key, 0.0) < self._settings.lease_seconds:
+                    return
+                self._leader = None  # unrenewable for a lease period: another worker may hold it now
             if self._leader is None:
                 log.info("lease.shard_sync_lost")
+            else:
+                self._renewed[key] = self._monotonic()
             return
         row = await self._leases.get(*SHARD_SYNC.key)
         if row is None:
@@ -93,6 +103,7 @@ class Coordinator:
         if row is not None and self._open_to_me(row, self._observe([row])):
             self._leader = await self._leases.take(row, self.owner)
             if self._leader is not None:
+                self._renewed[row.key] = self._monotonic()
                 log.info("lease.shard_sync_taken")
 
     async def sync(self, table: str) -> int:
@@ -158,6 +169,9 @@ class Coordinator:
             expired=expired,
             take_at_most=self._settings.leases_to_take,
             max_leases=self._settings.max_leases,
+            # After a lease period, a lease in this worker's name that it does not hold was given up by
+            # this process (unrenewable), not left by an earlier one: it waits to expire like any other.
+            reclaim=self._monotonic() - self._started < self._settings.lease_seconds,
         )
         taken: list[Lease] = []
         for take in plan.takes:
@@ -208,7 +222,8 @@ class Coordinator:
         }
 
     def _open_to_me(self, lease: Lease, expired: set[Key]) -> bool:
-        return lease.owner is None or lease.owner == self.owner or lease.key in expired
+        earlier_life = self._monotonic() - self._started < self._settings.lease_seconds
+        return lease.owner is None or (earlier_life and lease.owner == self.owner) or lease.key in expired
 
     def _report(self, rows: Sequence[Lease], expired: set[Key]) -> None:
         for table, arn in self.streams.items():

@@ -139,7 +139,8 @@ class FakeStreamSource:
     throttle: dict[str, int] = field(default_factory=dict)
     reads: int = 0
     reads_by_shard: dict[str, int] = field(default_factory=dict)
-    listings: int = 0
+    listings: int = 0  # full DescribeStream listings
+    child_lookups: int = 0
 
     def arn(self, table: str) -> str:
         return f"arn:aws:dynamodb:us-east-1:123456789012:table/{table}/stream/2026-01-01T00:00:00.000"
@@ -179,7 +180,7 @@ class FakeStreamSource:
         return list(self.by_stream.get(stream_arn, []))
 
     async def children(self, shard: Shard) -> list[Shard]:
-        self.listings += 1
+        self.child_lookups += 1
         if self.hide_children > 0:
             self.hide_children -= 1
             return []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -137,12 +138,12 @@ class Worker:
         log.info("worker.stopped", shards=len(self._consumers), ended=self._ended)
 
     async def _supervise(self, group: asyncio.TaskGroup) -> None:
-        next_discovery = self._clock()
+        next_discovery = time.monotonic()  # schedules run on the monotonic clock; ``clock`` stamps events
         while not self._stopping.is_set():
             self._heartbeat = self._clock()
-            if self._clock() >= next_discovery:
+            if time.monotonic() >= next_discovery:
                 await self._discover()
-                next_discovery = self._clock() + dt.timedelta(seconds=self._settings.discovery_seconds)
+                next_discovery = time.monotonic() + self._settings.discovery_seconds
             self._wake.clear()
             await self._coordinate(group)
             await _wait_any(self._stopping, self._wake, seconds=self._settings.heartbeat_seconds)

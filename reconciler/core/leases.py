@@ -8,7 +8,8 @@ The rules, after the Kinesis Client Library's lease taker:
   *expired* when its counter stood still for a lease period (the caller says which): its owner stopped;
 - a worker aims at an even share, ``ceil(readable / live owners)``, and takes at most ``take_at_most``
   free or expired leases per pass; only when there are none does it steal, one lease per pass, from the
-  owner holding the most, and only from an owner above the share: a balanced table never churns.
+  owner holding the most, and only if that owner holds two or more than it does: a table where no two
+  workers differ by more than one lease never churns.
 """
 
 from __future__ import annotations
@@ -89,9 +90,12 @@ def assign(
     expired: Collection[Key],
     take_at_most: int,
     max_leases: int,
+    reclaim: bool = True,
 ) -> Assignment:
     """The leases ``me`` should take now. ``held``: keys this worker holds under a token it knows;
-    ``expired``: owned leases whose counter stood still for a lease period, as this worker observed."""
+    ``expired``: owned leases whose counter stood still for a lease period, as this worker observed;
+    ``reclaim``: leases in this worker's name that it does not hold are an earlier life's (a restart with
+    the same worker id) and are taken at once; the caller allows it only in its first lease period."""
     by_key = {lease.key: lease for lease in leases}
     ready = [lease for lease in leases if readable(lease, by_key)]
     live = Counter(
@@ -103,11 +107,12 @@ def assign(
     share = min(math.ceil(len(ready) / len(owners)), max_leases) if ready else 0
     mine = sum(lease.key in held for lease in ready)
     unleased = [lease for lease in ready if _unleased(lease, expired)]
-    open_to_me = [lease for lease in ready if lease.key not in held and _open_to(lease, me, expired)]
+    mine_before = me if reclaim else None
+    open_to_me = [lease for lease in ready if lease.key not in held and _open_to(lease, mine_before, expired)]
     need = min(share - mine, take_at_most)
     takes = [Take(lease, _how(lease, me)) for lease in sorted(open_to_me, key=_priority(me))][: max(need, 0)]
     if not takes and need > 0:
-        takes = _steal(ready, live, share, me)
+        takes = _steal(ready, live, mine, me)
     return Assignment(takes, len(ready), len(unleased), owners, share)
 
 
@@ -115,10 +120,8 @@ def _unleased(lease: Lease, expired: Collection[Key]) -> bool:
     return lease.owner is None or lease.key in expired
 
 
-def _open_to(lease: Lease, me: str, expired: Collection[Key]) -> bool:
-    # A lease owned under this worker's name but a token it does not hold is a previous life's (a restart
-    # with the same worker id): it is this worker's to take back at once, not after a lease period.
-    return lease.owner is None or lease.owner == me or lease.key in expired
+def _open_to(lease: Lease, me: str | None, expired: Collection[Key]) -> bool:
+    return lease.owner is None or (me is not None and lease.owner == me) or lease.key in expired
 
 
 def _how(lease: Lease, me: str) -> Transition:
@@ -135,11 +138,13 @@ def _priority(me: str) -> Callable[[Lease], tuple[int, str]]:
     return key
 
 
-def _steal(ready: Sequence[Lease], live: Counter[str], share: int, me: str) -> list[Take]:
+def _steal(ready: Sequence[Lease], live: Counter[str], mine: int, me: str) -> list[Take]:
+    """One lease from the most loaded owner, if it holds at least two more than this worker: each steal
+    narrows the gap, so stealing stops once no two workers differ by more than one lease."""
     if not live:
         return []
     victim, count = max(live.items(), key=lambda item: (item[1], item[0]))
-    if count <= share:
+    if count < mine + 2:
         return []
     theirs = sorted((lease for lease in ready if lease.owner == victim), key=lambda lease: _spread(me, lease))
     return [Take(theirs[0], "stolen")]

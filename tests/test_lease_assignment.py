@@ -1,0 +1,116 @@
+"""Which leases a worker takes (``core.leases.assign``): lineage first, free before expired, an even share,
+and stealing only where two workers differ by two or more leases, so a balanced table never churns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reconciler.core.leases import SHARD_END, Lease, assign
+
+ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/transcripts/stream/2026-01-01T00:00:00.000"
+
+
+def _lease(
+    shard: str, owner: str | None = None, *, parents: tuple[str, ...] = (), ended: bool = False
+) -> Lease:
+    return Lease(ARN, shard, "transcripts", parents, owner, "t" if owner else None, 1,
+                 SHARD_END if ended else None)  # fmt: skip
+
+
+def _takes(leases: list[Lease], me: str = "a", **kwargs: object) -> list[tuple[str, str]]:
+    options: dict[str, object] = {"held": (), "expired": (), "take_at_most": 10, "max_leases": 100} | kwargs
+    plan = assign(leases, me=me, **options)  # type: ignore[arg-type]
+    return sorted((t.lease.shard_id, t.transition) for t in plan.takes)
+
+
+def test_lineage_a_child_waits_for_every_parent_to_end() -> None:
+    """A split's children wait for the parent; a merge's child (two parents) waits for both."""
+    leases = [
+        _lease("parent"),
+        _lease("left", parents=("parent",)),
+        _lease("right", parents=("parent",)),
+        _lease("merged", parents=("left", "other-parent")),
+        _lease("other-parent", ended=True),
+    ]
+    assert _takes(leases) == [("parent", "taken")]
+    leases[0] = _lease("parent", ended=True)
+    assert _takes(leases) == [("left", "taken"), ("right", "taken")]
+    leases[1] = _lease("left", ended=True)
+    assert _takes(leases) == [("merged", "taken"), ("right", "taken")]
+
+
+def test_lineage_a_parent_whose_lease_aged_out_is_finished() -> None:
+    """A parent with no lease left (its row expires a week after it ended) does not hold its child."""
+    assert _takes([_lease("child", parents=("long-gone",))]) == [("child", "taken")]
+
+
+def test_lease_free_ones_are_taken_at_once_and_expired_ones_only_when_seen_expired() -> None:
+    leases = [_lease("s1"), _lease("s2", "b"), _lease("s3", "c")]
+    assert _takes(leases) == [("s1", "taken")]
+    assert _takes(leases, expired={(ARN, "s2")}) == [("s1", "taken"), ("s2", "expired")]
+
+
+def test_lease_a_lease_in_this_workers_name_from_an_earlier_life_is_taken_back_at_once() -> None:
+    assert _takes([_lease("s1", "a"), _lease("s2", "b")]) == [("s1", "taken")]
+    # Past its first lease period the worker gave it up itself (unrenewable): it waits to expire.
+    assert _takes([_lease("s1", "a"), _lease("s2", "b")], reclaim=False) == []
+
+
+def test_lease_takes_are_bounded_per_pass_and_by_max_leases() -> None:
+    leases = [_lease(f"s{n}") for n in range(10)]
+    assert len(_takes(leases, take_at_most=3)) == 3
+    assert len(_takes(leases, max_leases=2)) == 2
+    held = {(ARN, "s0"), (ARN, "s1")}
+    mine = [_lease(f"s{n}", "a" if n < 2 else None) for n in range(10)]
+    assert _takes(mine, held=held, max_leases=2) == []
+
+
+def test_lease_stealing_takes_one_from_the_most_loaded_and_stops_when_even() -> None:
+    crowded = [_lease(f"s{n}", "b") for n in range(4)]
+    assert len(_takes(crowded)) == 1  # one at a time: b holds 4, a none
+    assert _takes(crowded)[0][1] == "stolen"
+    even = [_lease("s0", "b"), _lease("s1", "b"), _lease("s2", "a"), _lease("s3", "c")]
+    held = {(ARN, "s2")}
+    assert _takes(even, held=held) == []  # 2, 1, 1: no two differ by two, so nothing moves
+
+
+def test_lease_nothing_is_stolen_while_free_or_expired_leases_remain() -> None:
+    leases = [*(_lease(f"s{n}", "b") for n in range(4)), _lease("free")]
+    assert _takes(leases) == [("free", "taken")]
+
+
+def test_lease_the_view_counts_unleased_shards_and_live_owners() -> None:
+    leases = [_lease("s1"), _lease("s2", "b"), _lease("s3", "c"), _lease("s4", parents=("s1",))]
+    plan = assign(leases, me="a", held=(), expired={(ARN, "s3")}, take_at_most=0, max_leases=10)
+    assert (plan.readable, plan.unleased, plan.owners) == (3, 2, frozenset({"a", "b"}))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shards=st.integers(1, 24), workers=st.integers(1, 6), order=st.randoms(use_true_random=False))
+def test_lease_workers_converge_to_an_even_share_and_then_never_churn(
+    shards: int, workers: int, order: object
+) -> None:
+    """Workers passing in any order end with shares that differ by at most one, every shard leased; after
+    that, further passes take nothing."""
+    names = [f"w{n}" for n in range(workers)]
+    table = {f"s{n}": _lease(f"s{n}") for n in range(shards)}
+
+    def one_pass(name: str) -> int:
+        rows = list(table.values())
+        held = {lease.key for lease in rows if lease.owner == name}
+        plan = assign(rows, me=name, held=held, expired=(), take_at_most=2, max_leases=100)
+        for take in plan.takes:
+            table[take.lease.shard_id] = dataclasses.replace(take.lease, owner=name)
+        return len(plan.takes)
+
+    rng = order  # hypothesis' random, for a reproducible pass order
+    for _ in range(shards * workers + 10):
+        for name in rng.sample(names, len(names)):  # type: ignore[attr-defined]
+            one_pass(name)
+    counts = [sum(lease.owner == name for lease in table.values()) for name in names]
+    assert sum(counts) == shards
+    assert max(counts) - min(counts) <= 1
+    assert sum(one_pass(name) for name in names) == 0  # stable: no churn
