@@ -164,7 +164,7 @@ async def test_a_slow_record_holds_the_checkpoint_but_not_the_records_after_it(w
     real = world.processor.process
 
     async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
-        if record.sequence == 2:  # noqa: PLR2004 - the slow one
+        if record.sequence == 2:
             await release.wait()
         return await real(origin, record)
 
