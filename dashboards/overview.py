@@ -82,7 +82,7 @@ def build(slo: Slo | None = None, job: str = JOB) -> model.Dashboard:
         "Deletion lag": _lag_panels(slo),
         "Throughput": _throughput_panels(),
         "Failures and refusals": _failure_panels(),
-        "Shards and replicas": [*_replica_panels(), *_shard_panels()],
+        "Shards and replicas": [*_replica_panels(), *_lease_panels(), *_shard_panels()],
     }
     for title, panels in rows.items():
         board.with_row(dashboard_builders.Row(title))
@@ -404,6 +404,49 @@ def _replica_panels() -> Panels:
     return [shards.height(5), replicas.height(5), version.height(5)]
 
 
+def _lease_panels() -> Panels:
+    held = _series(
+        "Leases held per replica",
+        "Shard leases each replica holds, by table: good is an even share per replica, none at"
+        " RECONCILER_MAX_LEASES; during a rollout the new pod takes its share from the others.",
+        "none",
+        _targets(
+            (f"sum by (instance, table) ({_selector('reconciler_leases_held')})", "{{instance}} {{table}}")
+        ),
+    )
+    transitions = _series(
+        "Lease transitions per second",
+        "Leases taken (free), expired (taken from a replica that stopped renewing), stolen (to balance),"
+        " released (on shutdown) and lost, across replicas: good is flat at zero between rollouts;"
+        " stolen and lost together all along is the churn alert.",
+        "ops",
+        _targets((_rate("transition", "reconciler_lease_transitions_total"), "{{transition}}")),
+    )
+    in_flight = _series(
+        "Records in flight per replica",
+        "Stream records read and not yet finished on each replica: good is well below"
+        " RECONCILER_MAX_RECORDS_IN_FLIGHT (256 by default), which bounds memory; flat at it means the"
+        " replica is saturated.",
+        "short",
+        _targets((f"sum by (instance) ({_selector('reconciler_records_in_flight')})", "{{instance}}")),
+    )
+    unleased = _series(
+        "Unleased shards",
+        "Readable shards no live replica holds, the largest count any replica saw at its last lease pass:"
+        " good is zero; a failover shows a short spike, and five minutes above zero pages.",
+        "none",
+        _targets((f"max by (table) ({_selector('reconciler_shards_unleased')})", "{{table}}")),
+    ).span(12)
+    owners = _series(
+        "Live lease owners",
+        "Replicas holding leases on each table's stream, as the replicas see them (the largest view):"
+        " good is the number of running replicas, or the shard count if that is smaller.",
+        "none",
+        _targets((f"max by (table) ({_selector('reconciler_lease_owners')})", "{{table}}")),
+    ).span(12)
+    return [held, transitions, in_flight, _red_above_zero(unleased), owners]
+
+
 def _shard_panels() -> Panels:
     by_shard, poll = "max by (table, shard)", "reconciler_last_successful_poll_age_seconds"
     iterator_age = _series(
@@ -416,10 +459,12 @@ def _shard_panels() -> Panels:
     ).span(12)
     poll_age = _series(
         "Seconds since last successful poll",
-        "Time since each shard's consumer last completed a GetRecords call: good is a few seconds; at the"
-        f" dashed line ({duration(STALL_SECONDS)}) the stall alert pages: a stuck consumer reports no lag.",
+        "Time since a consumer of each shard (on any replica) last completed a GetRecords call: good is a"
+        f" few seconds; at the dashed line ({duration(STALL_SECONDS)}) the stall alert pages: a stuck"
+        " consumer reports no lag.",
         "s",
-        _targets((f"{by_shard} ({_selector(poll)})", "{{table}} {{shard}}")),
+        # min across replicas, as the stall alert: a replica that lost the lease keeps the series a while.
+        _targets((f"min by (table, shard) ({_selector(poll)})", "{{table}} {{shard}}")),
     ).span(12)
     return [
         _with_lines(

@@ -12,8 +12,10 @@ worker can reach (the sources and the tables linked from them; a table that noth
   ``GetItem`` where an index is queried (the item is read again, consistently); ``DeleteItem`` (conditional,
   ``dynamodb.py``). Nothing else is deleted from DynamoDB: TTL itself removes the source items, and
   ``BatchWriteItem`` is never called.
-- the checkpoint table: ``GetItem``, ``UpdateItem``; the dead-letter table: ``UpdateItem`` (a letter
-  written again adds its targets to those it holds).
+- the checkpoint table, which is also the lease table (one item per stream ARN and shard id): ``Query`` (a
+  stream's leases, by partition key), ``GetItem``, ``UpdateItem`` (checkpoints, and taking, renewing and
+  releasing a lease, each conditional on its counter) and ``PutItem`` (a new shard's lease, created only if
+  absent); the dead-letter table: ``UpdateItem`` (a letter written again adds its targets to those it holds).
 - S3: ``ListObjectVersions`` (IAM action ``s3:ListBucketVersions``) on each bucket, only for prefixes under a
   scope (condition key ``s3:prefix``); ``DeleteObjects`` by ``VersionId``, which S3 authorizes per key as
   ``s3:DeleteObject`` and ``s3:DeleteObjectVersion``, only under each scope's static prefix. ``ListObjectsV2``
@@ -63,6 +65,10 @@ _IAM_SPECIAL = frozenset("*?$")
 DELETE_ACTIONS = frozenset({"s3:DeleteObject", "s3:DeleteObjectVersion", "dynamodb:DeleteItem"})
 """Every deletion action this policy can grant (the tests check where)."""
 
+# Checkpoints and shard leases share the checkpoint table: Query lists a stream's leases, PutItem creates a
+# new shard's lease (attribute_not_exists), GetItem and UpdateItem read, renew, take and release them.
+CHECKPOINT_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem")
+
 
 @dataclass(frozen=True, slots=True)
 class _Arns:
@@ -102,9 +108,7 @@ def policy(
     statements = [
         *_source_statements(rules, arns),
         *_linked_statements(rules, arns),
-        _statement(
-            "WorkerCheckpoints", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [arns.table(checkpoint_table)]
-        ),
+        _statement("WorkerCheckpoints", CHECKPOINT_ACTIONS, [arns.table(checkpoint_table)]),
         _statement("WorkerDeadLetters", ["dynamodb:UpdateItem"], [arns.table(dead_letter_table)]),
         *_s3_statements(rules, arns),
     ]

@@ -206,6 +206,45 @@ def test_shard_thresholds_match_the_alert_rules() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("title", "expr"),
+    [
+        ("Leases held per replica", 'sum by (instance, table) (reconciler_leases_held{job=~"$job"})'),
+        (
+            "Lease transitions per second",
+            'sum by (transition) (rate(reconciler_lease_transitions_total{job=~"$job"}[$__rate_interval]))',
+        ),
+        ("Records in flight per replica", 'sum by (instance) (reconciler_records_in_flight{job=~"$job"})'),
+        ("Unleased shards", 'max by (table) (reconciler_shards_unleased{job=~"$job"})'),
+        ("Live lease owners", 'max by (table) (reconciler_lease_owners{job=~"$job"})'),
+    ],
+)
+def test_the_lease_panels_query_the_lease_metrics_across_replicas(title: str, expr: str) -> None:
+    """Per replica where balance matters; the largest view for what every replica reports, as the alert."""
+    dashboard = _dashboard()
+    assert [t["expr"] for t in _panel(dashboard, title)["targets"]] == [expr]
+    row = [p["title"] for p in dashboard["panels"]]
+    assert row.index("Shards and replicas") < row.index(title)
+
+
+def test_unleased_shards_turn_red_above_zero_as_the_alert_pages() -> None:
+    alerts = {
+        rule["alert"]: rule["expr"] for group in rule_groups() for rule in group["rules"] if "alert" in rule
+    }
+    assert "max by (job, table) (reconciler_shards_unleased" in alerts["ReconcilerShardsUncovered"]
+    assert _steps(_panel(_dashboard(), "Unleased shards")) == [(None, "green"), (1e-9, "red")]
+
+
+def test_poll_age_takes_the_freshest_replica_as_the_stall_alert_does() -> None:
+    """A replica that lost a shard's lease keeps its stale series until its consumer stops."""
+    alerts = {
+        rule["alert"]: rule["expr"] for group in rule_groups() for rule in group["rules"] if "alert" in rule
+    }
+    assert alerts["ReconcilerShardStalled"].startswith("min by (job, table, shard) (")
+    (target,) = _panel(_dashboard(), "Seconds since last successful poll")["targets"]
+    assert target["expr"].startswith("min by (table, shard) (")
+
+
 def test_variables_pick_the_datasource_and_the_job() -> None:
     variables = {v["name"]: v for v in _dashboard(job="reconciler-staging")["templating"]["list"]}
     assert (variables["datasource"]["type"], variables["datasource"]["query"]) == ("datasource", "prometheus")

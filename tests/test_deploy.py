@@ -40,8 +40,11 @@ KUBERNETES_VERSION = "1.37"
 # Custom resources: not in those schemas, checked for shape here instead.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 DASHBOARD_CONFIG_MAP = "deletion-reconciler-dashboard"
-# Time the worker needs after the drain: last checkpoints, closing the AWS clients and the HTTP server.
-SHUTDOWN_MARGIN_SECONDS = 10
+# Time the worker needs after the drain: last checkpoints, releasing its leases (one conditional write each),
+# closing the AWS clients and the HTTP server.
+SHUTDOWN_MARGIN_SECONDS = 20
+# Settings the Deployment states explicitly for several replicas (their defaults).
+LEASE_KNOBS = ("lease_seconds", "heartbeat_seconds", "leases_to_take", "max_leases", "max_records_in_flight")
 
 Object = dict[str, Any]
 
@@ -558,20 +561,68 @@ def test_selectors_find_the_workers_pods_and_service() -> None:
     assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
 
 
-def test_one_consumer_at_a_time_until_shard_leases_exist() -> None:
-    """Every replica reads every shard: one replica, replaced by Recreate; the PDB lets drains evict it."""
-    objects = _base_objects()
-    spec = _one(objects, "Deployment")["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"]["type"] == "Recreate"
+def _pod_labels(deployment: Object) -> dict[str, str]:
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_two_replicas_share_the_shards_and_roll_one_new_pod_at_a_time() -> None:
+    """Leases let replicas share shards: two by default; a rollout adds the new pod before removing an old."""
+    spec = _one(_base_objects(), "Deployment")["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+
+
+@pytest.mark.parametrize("where", ["base", "overlay"])
+def test_the_disruption_budget_keeps_one_replica_reading_and_still_lets_a_drain_evict(
+    where: str, rendered: list[Object]
+) -> None:
+    objects = _base_objects() if where == "base" else rendered
     budget = _one(objects, "PodDisruptionBudget")["spec"]
-    # The disruptions the budget allows: a node drain must be able to evict the single pod.
-    if "maxUnavailable" in budget:
-        allowed = budget["maxUnavailable"]
-        assert isinstance(allowed, int), "a percentage of one replica rounds down to zero"
-        assert allowed >= 1
-    else:
-        assert budget["minAvailable"] < spec["replicas"]
+    assert "maxUnavailable" not in budget
+    assert budget["minAvailable"] == 1
+    # A budget as large as the replica count would block every node drain for good.
+    assert budget["minAvailable"] < _one(objects, "Deployment")["spec"]["replicas"]
+
+
+def test_each_replica_names_itself_in_the_lease_table_by_its_pod_name() -> None:
+    """Two replicas with one worker id would take each other's leases for their own."""
+    container = _container(_one(_base_objects(), "Deployment"))
+    (worker_id,) = [e for e in container["env"] if e["name"] == "RECONCILER_WORKER_ID"]
+    assert worker_id == {
+        "name": "RECONCILER_WORKER_ID",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+
+
+def test_every_worker_variable_names_a_setting_and_the_settings_accept_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = _env(_container(_one(_base_objects(), "Deployment")))
+    fields = {f"RECONCILER_{name.upper()}" for name in Settings.model_fields}
+    assert {name for name in env if name.startswith("RECONCILER_")} <= fields
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()  # RECONCILER_CONFIG and the rest come from the environment
+    # The lease knobs are the defaults, made explicit; a lease outlives several heartbeats.
+    for name in LEASE_KNOBS:
+        assert f"RECONCILER_{name.upper()}" in env
+        assert getattr(settings, name) == Settings.model_fields[name].default, name
+    assert settings.lease_seconds >= 3 * settings.heartbeat_seconds
+
+
+def test_replicas_prefer_different_nodes_without_refusing_to_schedule() -> None:
+    deployment = _one(_base_objects(), "Deployment")
+    constraints = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    keys = {c["topologyKey"] for c in constraints}
+    assert "kubernetes.io/hostname" in keys
+    for constraint in constraints:
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"  # preferred, never a Pending pod
+        assert constraint["maxSkew"] == 1
+        assert _matches(constraint["labelSelector"]["matchLabels"], _pod_labels(deployment))
 
 
 def test_alert_rules_select_the_job_the_service_monitor_gives_the_worker() -> None:

@@ -28,7 +28,8 @@ Rule = dict[str, Any]
 
 # Alert thresholds; the dashboard draws the shard ones as lines too.
 STALL_SECONDS = 10 * MINUTE  # no successful poll for this long: ReconcilerShardStalled
-DOWN_SECONDS = 5 * MINUTE  # ReconcilerTargetDown
+DOWN_SECONDS = 5 * MINUTE  # ReconcilerTargetDown: every replica
+REPLICA_DOWN_SECONDS = 15 * MINUTE  # ReconcilerReplicaDown: one replica, while others answer
 MISSING_SECONDS = 10 * MINUTE  # ReconcilerTargetMissing
 SOURCE_DOWN_SECONDS = 10 * MINUTE  # a source table not found at discovery: ReconcilerSourceUnavailable
 RESTART_WINDOW_SECONDS = 30 * MINUTE  # ReconcilerRestarting: more than RESTARTS restarts in this window
@@ -37,6 +38,17 @@ FAILING_SECONDS = 15 * MINUTE  # ReconcilerShardFailing: stream reads failing in
 FAILURE_RATIO = 0.05  # ReconcilerDeletionFailures
 ITERATOR_AGE_TICKET_SECONDS = 30 * MINUTE  # ReconcilerIteratorAgeHigh
 ITERATOR_AGE_PAGE_SECONDS = 12 * HOUR  # half of 24 h stream retention: ReconcilerStreamRetentionAtRisk
+# ReconcilerShardsUncovered: readable shards no live replica holds for this long. A failover takes
+# lease_seconds (30 s) for the dead replica's leases to expire, then leases_to_take (2) per heartbeat (10 s)
+# per survivor: 64 shards move to one survivor in under 4 minutes.
+UNCOVERED_SECONDS = 5 * MINUTE
+# ReconcilerLeaseChurn: leases stolen or lost (a steal counts twice: `stolen` at the taker, `lost` at the
+# loser) over CHURN_WINDOW_SECONDS, more than CHURN_PER_SHARD times the table's leases (at least
+# CHURN_FLOOR), in every window for CHURN_WINDOW_SECONDS. A rolling update or a replica's restart moves
+# each shard at most once (each new pod takes its share once): under 2 per shard, and over in minutes.
+CHURN_WINDOW_SECONDS = 30 * MINUTE
+CHURN_PER_SHARD = 2
+CHURN_FLOOR = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,19 +192,39 @@ def _burn_alert(slo: Slo, job: str, window: BurnWindow, scale: float) -> Rule:
 
 def _worker_alerts(job: str, scale: float) -> list[Rule]:
     on = f'job="{job}"'
-    return [*_availability_alerts(job, on, scale), *_shard_alerts(on, scale), *_deletion_alerts(on, scale)]
+    return [
+        *_availability_alerts(job, on, scale),
+        *_shard_alerts(on, scale),
+        *_lease_alerts(on, scale),
+        *_deletion_alerts(on, scale),
+    ]
 
 
 def _availability_alerts(job: str, on: str, scale: float) -> list[Rule]:
     return [
         _alert(
             "ReconcilerTargetDown",
-            f"up{{{on}}} == 0",
+            # Every replica, not one: with leases the others take a silent replica's shards.
+            f"max by (job) (up{{{on}}}) == 0",
             hold=DOWN_SECONDS * scale,
             severity="page",
-            summary="Prometheus cannot scrape a reconciler replica",
-            description=f"{{{{ $labels.instance }}}} has failed every scrape for {_words(DOWN_SECONDS)}:"
-            " it is down, stuck, or its /metrics port is unreachable. Nothing it owns is being deleted.",
+            summary="Prometheus cannot scrape any reconciler replica",
+            description=f"Every target of job {job} has failed every scrape for {_words(DOWN_SECONDS)}: the"
+            " replicas are down, stuck, or their /metrics port is unreachable. Nothing may be deleted, and"
+            " no other alert on the worker's own metrics can fire.",
+        ),
+        _alert(
+            "ReconcilerReplicaDown",
+            # Silent while every replica is down: ReconcilerTargetDown pages for that.
+            f"up{{{on}}} == 0\nunless on (job)\nmax by (job) (up{{{on}}}) == 0",
+            hold=REPLICA_DOWN_SECONDS * scale,
+            severity="ticket",
+            summary="Prometheus cannot scrape reconciler replica {{ $labels.instance }}",
+            description="{{ $labels.instance }} has failed every scrape for"
+            f" {_words(REPLICA_DOWN_SECONDS)} while other replicas answer. If it stopped renewing its leases"
+            " they expired after RECONCILER_LEASE_SECONDS and the others took its shards"
+            " (ReconcilerShardsUncovered pages if they could not): deletions go on, with less capacity and no"
+            " spare.",
         ),
         _alert(
             "ReconcilerTargetMissing",
@@ -204,6 +236,7 @@ def _availability_alerts(job: str, on: str, scale: float) -> list[Rule]:
             " gone or scaled to zero, or service discovery (ServiceMonitor, labels) no longer finds it.",
         ),
         _alert(
+            # Per replica: a rollout's new pods are new targets, so a rolling update is no restart.
             "ReconcilerRestarting",
             f"changes(process_start_time_seconds{{{on}}}[{duration(RESTART_WINDOW_SECONDS * scale)}])"
             f" > {RESTARTS}",
@@ -221,25 +254,30 @@ def _shard_alerts(on: str, scale: float) -> list[Rule]:
     return [
         _alert(
             "ReconcilerSourceUnavailable",
-            f"min by (job, table) (reconciler_source_up{{{on}}}) == 0",
+            # max: with leases, a replica that cannot find a stream leaves its shards to the others.
+            f"max by (job, table) (reconciler_source_up{{{on}}}) == 0",
             hold=SOURCE_DOWN_SECONDS * scale,
             severity="page",
             summary="Source table {{ $labels.table }} is not being read",
-            description=f"For {_words(SOURCE_DOWN_SECONDS)} the stream of {{{{ $labels.table }}}} was not"
-            " found at discovery: the table is missing, its stream is switched off, or the worker cannot"
-            " read it (credentials, IAM). Its deletions are not happening; other sources are still read.",
+            description=f"For {_words(SOURCE_DOWN_SECONDS)} no replica found the stream of"
+            " {{ $labels.table }} at discovery: the table is missing, its stream is switched off, or the"
+            " worker cannot read it (credentials, IAM). Its deletions are not happening; other sources are"
+            " still read.",
         ),
         _alert(
             "ReconcilerShardStalled",
-            f"max by (job, table, shard) (reconciler_last_successful_poll_age_seconds{{{on}}})"
+            # min: the shard is stalled when no replica polls it. A replica that lost the lease keeps the
+            # series only until its consumer stops (metrics.forget_shard); max would page on that leftover.
+            f"min by (job, table, shard) (reconciler_last_successful_poll_age_seconds{{{on}}})"
             f" > {STALL_SECONDS}",
             hold=2 * MINUTE * scale,
             severity="page",
             summary=f"No successful poll of shard {{{{ $labels.shard }}}} of {{{{ $labels.table }}}} for"
             f" {_words(STALL_SECONDS)}",
             description="The consumer of this shard has not completed a GetRecords call for"
-            " {{ $value | humanizeDuration }} (counted from its start if it never has). A stalled consumer"
-            " observes no lag at all, so the SLO alerts stay silent while records wait.",
+            " {{ $value | humanizeDuration }} (counted from its start if it never has), on any replica. A"
+            " stalled consumer observes no lag at all, so the SLO alerts stay silent while records wait."
+            " A shard no replica holds has no such series: ReconcilerShardsUncovered sees that.",
         ),
         _alert(
             "ReconcilerShardFailing",
@@ -271,6 +309,44 @@ def _shard_alerts(on: str, scale: float) -> list[Rule]:
             f" {_words(ITERATOR_AGE_PAGE_SECONDS)} behind",
             description="Stream records are trimmed after 24 hours. Records {{ $value | humanizeDuration }}"
             " old are being read; unread ones will be lost and their artifacts left for the sweeper.",
+        ),
+    ]
+
+
+def _lease_alerts(on: str, scale: float) -> list[Rule]:
+    window = duration(CHURN_WINDOW_SECONDS * scale)
+    moves = f'reconciler_lease_transitions_total{{{on},transition=~"stolen|lost"}}'
+    shards = f"sum by (job, table) (reconciler_leases_held{{{on}}})"
+    return [
+        _alert(
+            "ReconcilerShardsUncovered",
+            # Every replica reports what it saw at its last lease pass; one that sees a gap is enough.
+            f"max by (job, table) (reconciler_shards_unleased{{{on}}}) > 0",
+            hold=UNCOVERED_SECONDS * scale,
+            severity="page",
+            summary="{{ $value }} readable shard(s) of {{ $labels.table }} held by no live replica",
+            description=f"For {_words(UNCOVERED_SECONDS)} at least one replica saw open shards of"
+            " {{ $labels.table }} (their parents finished) that no live replica holds: nobody reads them,"
+            " so their deletions wait and their records age towards the stream's 24-hour trim. A failover"
+            " covers a dead replica's shards within minutes; this lasting means the replicas cannot take"
+            " them (too few replicas for RECONCILER_MAX_LEASES, lease writes failing) or a parent shard"
+            " never finishes.",
+        ),
+        _alert(
+            "ReconcilerLeaseChurn",
+            f"sum by (job, table) (increase({moves}[{window}]))\n>\n"
+            f"clamp_min({CHURN_PER_SHARD} * {shards}, {CHURN_FLOOR})",
+            hold=CHURN_WINDOW_SECONDS * scale,
+            severity="ticket",
+            summary="Leases of {{ $labels.table }} keep changing hands",
+            description=f"Leases of {{{{ $labels.table }}}} were stolen or lost more than {CHURN_PER_SHARD}"
+            f" times per leased shard (at least {CHURN_FLOOR}) in every window of"
+            f" {_words(CHURN_WINDOW_SECONDS)} for {_words(CHURN_WINDOW_SECONDS)};"
+            ' {{ $value | printf "%.0f" }} in the last one. A steal counts twice (`stolen` where taken,'
+            " `lost` where it was held). A rolling update or a replica's restart moves each shard at most"
+            f" once, under {CHURN_PER_SHARD} per shard and over in minutes, so this is no rollout or"
+            " failover: replicas fight over leases or keep missing renewals. Each move rereads from the last"
+            " checkpoint and repeats the work in flight.",
         ),
     ]
 
@@ -320,6 +396,8 @@ def _words(seconds: int) -> str:
 
 
 def _iterator_age(on: str) -> str:
+    # max, unlike the stall alert: a new owner resumes from the old one's checkpoint, so the higher age is the
+    # true lag, and a leftover series (until the old consumer stops) only holds an alert a little longer.
     return f"max by (job, table, shard) (reconciler_iterator_age_seconds{{{on}}})"
 
 
