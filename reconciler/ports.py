@@ -51,8 +51,11 @@ class DeleteReport:
 
 
 class ArtifactStore(Protocol):
-    def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
-        """Pages of every version and delete marker under ``location`` (only its own key if ``exact``)."""
+    def list_versions(
+        self, location: S3Location, *, exact: bool, after: ObjectVersion | None = None
+    ) -> AsyncGenerator[VersionPage, None]:
+        """Pages of every version and delete marker under ``location`` (only its own key if ``exact``), in
+        S3's listing order; with ``after``, an existing version, only those listed after it."""
         ...
 
     async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:

@@ -36,6 +36,7 @@ class FakeArtifactStore:
     buckets: dict[str, list[ObjectVersion]] = field(default_factory=dict)
     refuse: dict[str, str] = field(default_factory=dict)
     page_size: int = 1000
+    pages_listed: int = 0  # pages of listings read, as ListObjectVersions calls would be
     _counter: int = 0
 
     def put(self, bucket: str, key: str, versions: int = 1) -> None:
@@ -53,13 +54,18 @@ class FakeArtifactStore:
     def keys(self, bucket: str) -> set[str]:
         return {v.key for v in self.buckets.get(bucket, [])}
 
-    async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
+    async def list_versions(
+        self, location: S3Location, *, exact: bool, after: ObjectVersion | None = None
+    ) -> AsyncGenerator[VersionPage, None]:
+        resume = (after.key, after.version_id) if after is not None else None
         matches = [
             v
             for v in sorted(self.buckets.get(location.bucket, []), key=lambda v: (v.key, v.version_id))
             if (v.key == location.key if exact else v.key.startswith(location.key))
+            and (resume is None or (v.key, v.version_id) > resume)
         ]
         for start in range(0, max(len(matches), 1), self.page_size):
+            self.pages_listed += 1
             yield VersionPage(matches[start : start + self.page_size], start + self.page_size < len(matches))
 
     async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:

@@ -227,3 +227,18 @@ async def _targets(stores: Stores, letter: DeadLetter) -> set[str]:
         TableName="letters", Key={"letter_id": {"S": letter.letter_id}}
     )
     return set(item["Item"]["targets"]["SS"])
+
+
+@pytest.mark.parametrize("start", [0, 1, 3, 4])
+async def test_a_listing_after_a_version_resumes_just_past_it(stores: Stores, start: int) -> None:
+    """``after`` names a listed version (sent raw, though the answer is URL-encoded): what follows it."""
+    for key, versions in (("acct-1/tr-1/a b+c%41", 2), ("acct-1/tr-1/b", 2), ("acct-1/tr-1/c", 1)):
+        await stores.put_object(key, versions)
+    listed = await stores.versions("acct-1/tr-1/")
+    location = S3Location(BUCKET, "acct-1/tr-1/")
+    rest = [
+        v
+        async for page in stores.artifacts.list_versions(location, exact=False, after=listed[start])
+        for v in page.versions
+    ]
+    assert rest == listed[start + 1 :]
