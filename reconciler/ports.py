@@ -72,6 +72,10 @@ class ItemStore(Protocol):
         """The item's current image (strongly consistent), or None."""
         ...
 
+    async def get_many(self, table: str, keys: Sequence[Mapping[str, object]]) -> list[Image | None]:
+        """``get`` for each of ``keys``, in their order, read in batches; None where there is no item."""
+        ...
+
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         """Delete the item at ``key`` only if it still matches ``query``; its image as deleted, or None
         if it was gone already or no longer matches."""

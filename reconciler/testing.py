@@ -96,6 +96,9 @@ class FakeItemStore:
         rows = self.tables.get(table, [])
         return next((dict(r) for r in rows if all(r.get(k) == v for k, v in key.items())), None)
 
+    async def get_many(self, table: str, keys: Sequence[Mapping[str, object]]) -> list[Image | None]:
+        return [await self.get(table, key) for key in keys]
+
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         if self.fail_deletes:
             raise TransientError("ProvisionedThroughputExceededException")
