@@ -24,6 +24,7 @@ import structlog
 from botocore.parsers import create_parser
 from prometheus_client import CollectorRegistry
 
+from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
 from reconciler.consumer import ShardConsumer
 from reconciler.core.decide import decide
 from reconciler.core.plan import resolve
@@ -163,8 +164,9 @@ class MemoryFigures:
 async def _drain(total: int, warm: int) -> MemoryFigures:
     spec = load_rules(DEMO_RULES).compile()
     metrics = Metrics(CollectorRegistry())
-    items = FakeItemStore()
-    executor = Executor(spec, FakeArtifactStore(), items, metrics)
+    # Wired as app.py wires the worker, so that the batching's own bookkeeping is measured too.
+    items = CoalescingItemStore(FakeItemStore())
+    executor = Executor(spec, CoalescingArtifactStore(FakeArtifactStore()), items, metrics)
     processor = RecordProcessor(
         rules=spec,
         executor=executor,
