@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
-from reconciler.adapters.dynamodb import DynamoDBCheckpointStore
+from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.tables import create_worker_tables
+from reconciler.core.leases import Lease
 from reconciler.demo.layout import Layout, Transcript
 from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
 
@@ -102,10 +103,13 @@ class Backend:
                     break
                 last = str(page.records[-1]["dynamodb"]["SequenceNumber"])  # type: ignore[index]
                 iterator = page.next_iterator
-            if last is not None:
-                await DynamoDBCheckpointStore(clients.dynamodb, call, CHECKPOINTS, "bench").put(
-                    info.arn, shard.shard_id, last
-                )
+            if last is not None:  # a free lease whose checkpoint is the seeding's last record
+                leases = DynamoDBLeaseStore(clients.dynamodb, call, CHECKPOINTS, "bench")
+                await leases.create(Lease(info.arn, shard.shard_id, "transcripts"))
+                seeded = await leases.take(Lease(info.arn, shard.shard_id, "transcripts"), "bench")
+                assert seeded is not None  # noqa: S101 - a fresh table
+                await leases.checkpoint(seeded, last)
+                await leases.release(seeded)
         return info.arn, shard.shard_id
 
     async def leftovers(self, data: Dataset) -> tuple[int, int]:

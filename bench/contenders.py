@@ -1,6 +1,8 @@
 """The three contenders, each deleting the same dataset after the same TTL removals.
 
-* ``reconciler``: the real worker process (``python -m reconciler run``), timed by its own log events.
+* ``reconciler``: the real worker process (``python -m reconciler run``), timed by its own log events. It is
+  wired by ``reconciler.app``: records in flight share ``DeleteObjects`` (per bucket) and ``BatchGetItem``
+  (re-creation checks) requests, and each record runs its steps ``record_fanout`` at once.
 * ``peer``: the usual Lambda pattern, aws-lambda-powertools' ``BatchProcessor`` for DynamoDB Streams with a
   boto3 record handler, fed as an event source mapping would (up to 1,000 records a poll, one batch at a time,
   partial batch responses, retry from the first failed sequence number). The handler does the same work as

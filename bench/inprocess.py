@@ -24,8 +24,10 @@ import structlog
 from botocore.parsers import create_parser
 from prometheus_client import CollectorRegistry
 
+from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
 from reconciler.consumer import ShardConsumer
 from reconciler.core.decide import decide
+from reconciler.core.leases import Lease
 from reconciler.core.plan import resolve
 from reconciler.core.records import StreamRecord, decode_record
 from reconciler.execution import Executor
@@ -118,6 +120,9 @@ class BacklogSource:
     async def iterator(self, shard: Shard, after: str | None) -> str:  # noqa: ARG002 - one shard
         return str(int(after) if after else 0)
 
+    async def children(self, shard: Shard) -> list[Shard]:  # pragma: no cover - the consumer does not ask
+        raise NotImplementedError(shard.shard_id)
+
     async def records(self, iterator: str, limit: int) -> RecordsPage:
         start = int(iterator)
         end = min(start + limit, self.total)
@@ -137,8 +142,8 @@ class BacklogSource:
 class Checkpoints(FakeLeaseStore):
     """The fake's promise without its history list, which would grow with the run and not be the worker's."""
 
-    async def put(self, stream_arn: str, shard_id: str, position: str) -> None:
-        await super().put(stream_arn, shard_id, position)
+    async def checkpoint(self, lease: Lease, position: str) -> None:
+        await super().checkpoint(lease, position)
         self.history.clear()
 
 
@@ -163,8 +168,9 @@ class MemoryFigures:
 async def _drain(total: int, warm: int) -> MemoryFigures:
     spec = load_rules(DEMO_RULES).compile()
     metrics = Metrics(CollectorRegistry())
-    items = FakeItemStore()
-    executor = Executor(spec, FakeArtifactStore(), items, metrics)
+    # Wired as app.py wires the worker, so that the batching's own bookkeeping is measured too.
+    items = CoalescingItemStore(FakeItemStore())
+    executor = Executor(spec, CoalescingArtifactStore(FakeArtifactStore()), items, metrics)
     processor = RecordProcessor(
         rules=spec,
         executor=executor,
@@ -175,11 +181,12 @@ async def _drain(total: int, warm: int) -> MemoryFigures:
     )
     source = BacklogSource(total)
     settings = Settings.model_validate({"config": DEMO_RULES, "retry_backoff_seconds": 0.01})
+    checkpoints = Checkpoints()
     consumer = ShardConsumer(
         origin=Origin("transcripts", ARN, "shardId-1"),
-        shard=source.shard,
+        lease=checkpoints.grant(ARN, source.shard.shard_id, "transcripts"),
         source=source,
-        checkpoints=Checkpoints(),
+        leases=checkpoints,
         processor=processor,
         metrics=metrics,
         settings=settings,

@@ -17,6 +17,7 @@ from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.tables import create_worker_tables
+from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
 from reconciler.processing import RecordProcessor
@@ -61,13 +62,11 @@ async def build_worker(
                 ClientError,
             ) as exc:  # no credentials, access denied: one line, no traceback
                 raise translate(exc) from exc
-        items = DynamoDBItemStore(clients.dynamodb, call)
-        executor = Executor(
-            spec,
-            S3ArtifactStore(clients.s3, call),
-            items,
-            metrics,
-        )
+        # Records in flight share DeleteObjects requests per bucket, and re-creation checks share
+        # BatchGetItem requests per table.
+        items = CoalescingItemStore(DynamoDBItemStore(clients.dynamodb, call))
+        artifacts = CoalescingArtifactStore(S3ArtifactStore(clients.s3, call))
+        executor = Executor(spec, artifacts, items, metrics, fanout=settings.record_fanout)
         dead_letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
         processor = RecordProcessor(
             rules=spec,

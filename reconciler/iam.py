@@ -4,12 +4,16 @@ A pure function of the rules and the deployment's names; ``reconciler iam-policy
 only the calls the adapters make (``reconciler/adapters/``), on only the resources the rules name and the
 worker can reach (the sources and the tables linked from them; a table that nothing links to is never read):
 
-- source tables: ``DescribeTable`` (the worker finds each stream's ARN there, ``streams.py``) and ``GetItem``
-  (has the expired item been re-created? ``processing.py``); their streams, ``table/NAME/stream/*`` (the label
-  changes when a stream is switched off and on): ``DescribeStream``, ``GetShardIterator``, ``GetRecords``.
-  The worker never calls ``ListStreams``, which would need ``Resource: "*"``, so it is not granted.
+- source tables: ``DescribeTable`` (the worker finds each stream's ARN there, ``streams.py``) and
+  ``BatchGetItem`` (has the expired item been re-created? ``processing.py``; the checks of the records in
+  flight share requests, ``batching.py``), with ``GetItem``, which a worker wired without that batching (or
+  the previous release, during a rolling deploy) makes instead; their streams, ``table/NAME/stream/*``
+  (the label changes when a stream is switched off and on): ``DescribeStream``, ``GetShardIterator``,
+  ``GetRecords``. The worker never calls ``ListStreams``, which would need ``Resource: "*"``, so it is not
+  granted.
 - linked tables: ``Query`` on the table, or on ``table/NAME/index/INDEX`` when a link names an index;
-  ``GetItem`` where an index is queried (the item is read again, consistently); ``DeleteItem`` (conditional,
+  ``BatchGetItem`` and ``GetItem`` where an index is queried (a page of items is read again, consistently, in
+  one ``BatchGetItem``; ``GetItem`` as for the sources); ``DeleteItem`` (conditional,
   ``dynamodb.py``). Nothing else is deleted from DynamoDB: TTL itself removes the source items, and
   ``BatchWriteItem`` is never called.
 - the checkpoint table, which is also the lease table (one item per stream ARN and shard id): ``Query`` (a
@@ -141,9 +145,12 @@ def _source_statements(rules: Rules, arns: _Arns) -> list[Statement]:
             ["dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"],
             [arns.stream(t) for t in rules.sources],
         ),
-        # DescribeTable finds the stream ARN; GetItem checks whether an expired item was re-created.
+        # DescribeTable finds the stream ARN; BatchGetItem (GetItem unbatched) checks whether an expired item
+        # was re-created.
         _statement(
-            "SourceTablesRead", ["dynamodb:DescribeTable", "dynamodb:GetItem"], map(arns.table, rules.sources)
+            "SourceTablesRead",
+            ["dynamodb:DescribeTable", "dynamodb:BatchGetItem", "dynamodb:GetItem"],
+            map(arns.table, rules.sources),
         ),
     ]
 
@@ -171,7 +178,9 @@ def _linked_statements(rules: Rules, arns: _Arns) -> list[Statement]:
     # Indexes are eventually consistent and may project only keys: what they find is read again.
     reread = [arns.table(link.table) for link in links if link.index]
     if reread:
-        statements.append(_statement("LinkedItemsReread", ["dynamodb:GetItem"], reread))
+        statements.append(
+            _statement("LinkedItemsReread", ["dynamodb:BatchGetItem", "dynamodb:GetItem"], reread)
+        )
     return statements
 
 

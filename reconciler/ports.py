@@ -49,8 +49,11 @@ class DeleteReport:
 
 
 class ArtifactStore(Protocol):
-    def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
-        """Pages of every version and delete marker under ``location`` (only its own key if ``exact``)."""
+    def list_versions(
+        self, location: S3Location, *, exact: bool, after: ObjectVersion | None = None
+    ) -> AsyncGenerator[VersionPage, None]:
+        """Pages of every version and delete marker under ``location`` (only its own key if ``exact``), in
+        S3's listing order; with ``after``, an existing version, only those listed after it."""
         ...
 
     async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
@@ -65,6 +68,10 @@ class ItemStore(Protocol):
 
     async def get(self, table: str, key: Mapping[str, object]) -> Image | None:
         """The item's current image (strongly consistent), or None."""
+        ...
+
+    async def get_many(self, table: str, keys: Sequence[Mapping[str, object]]) -> list[Image | None]:
+        """``get`` for each of ``keys``, in their order, read in batches; None where there is no item."""
         ...
 
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:

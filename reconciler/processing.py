@@ -125,7 +125,13 @@ class RecordProcessor:
         refused targets is deleted. Refusals only accumulate: each call adds to what earlier calls (other
         linked items, other nesting levels) recorded, and the store adds a letter's targets to those it
         already holds, so a redelivered record never drops the refusals of items deleted the first time.
-        False, and nothing is deleted, when one letter could not name them all."""
+        False, and nothing is deleted, when one letter could not name them all.
+
+        Linked items of one record call it concurrently (the executor's fan-out): ``seen`` is updated, checked
+        and copied into the letter with no await in between, and each write adds its targets to the letter's,
+        so every call returns only once its own refusals are durable, whatever order the writes land in. (The
+        letter's ``reason`` count is the last writer's; the record's final letter sets it from the whole
+        result.)"""
         seen: dict[tuple[str, str, Unsafe], ScopedUnsafe] = {}
 
         async def record_refusals(refusals: Sequence[ScopedUnsafe]) -> bool:

@@ -52,6 +52,7 @@ class FakeArtifactStore:
     buckets: dict[str, list[ObjectVersion]] = field(default_factory=dict)
     refuse: dict[str, str] = field(default_factory=dict)
     page_size: int = 1000
+    pages_listed: int = 0  # pages of listings read, as ListObjectVersions calls would be
     _counter: int = 0
 
     def put(self, bucket: str, key: str, versions: int = 1) -> None:
@@ -69,13 +70,18 @@ class FakeArtifactStore:
     def keys(self, bucket: str) -> set[str]:
         return {v.key for v in self.buckets.get(bucket, [])}
 
-    async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
+    async def list_versions(
+        self, location: S3Location, *, exact: bool, after: ObjectVersion | None = None
+    ) -> AsyncGenerator[VersionPage, None]:
+        resume = (after.key, after.version_id) if after is not None else None
         matches = [
             v
             for v in sorted(self.buckets.get(location.bucket, []), key=lambda v: (v.key, v.version_id))
             if (v.key == location.key if exact else v.key.startswith(location.key))
+            and (resume is None or (v.key, v.version_id) > resume)
         ]
         for start in range(0, max(len(matches), 1), self.page_size):
+            self.pages_listed += 1
             yield VersionPage(matches[start : start + self.page_size], start + self.page_size < len(matches))
 
     async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
@@ -105,6 +111,9 @@ class FakeItemStore:
     async def get(self, table: str, key: Mapping[str, object]) -> Image | None:
         rows = self.tables.get(table, [])
         return next((dict(r) for r in rows if all(r.get(k) == v for k, v in key.items())), None)
+
+    async def get_many(self, table: str, keys: Sequence[Mapping[str, object]]) -> list[Image | None]:
+        return [await self.get(table, key) for key in keys]
 
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         if self.fail_deletes:

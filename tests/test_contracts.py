@@ -208,3 +208,34 @@ async def _targets(stores: Stores, letter: DeadLetter) -> set[str]:
         TableName="letters", Key={"letter_id": {"S": letter.letter_id}}
     )
     return set(item["Item"]["targets"]["SS"])
+
+
+@pytest.mark.parametrize("start", [0, 1, 3, 4])
+async def test_a_listing_after_a_version_resumes_just_past_it(stores: Stores, start: int) -> None:
+    """``after`` names a listed version (sent raw, though the answer is URL-encoded): what follows it."""
+    for key, versions in (("acct-1/tr-1/a b+c%41", 2), ("acct-1/tr-1/b", 2), ("acct-1/tr-1/c", 1)):
+        await stores.put_object(key, versions)
+    listed = await stores.versions("acct-1/tr-1/")
+    location = S3Location(BUCKET, "acct-1/tr-1/")
+    rest = [
+        v
+        async for page in stores.artifacts.list_versions(location, exact=False, after=listed[start])
+        for v in page.versions
+    ]
+    assert rest == listed[start + 1 :]
+
+
+@pytest.mark.parametrize("count", [3, 130])
+async def test_many_items_are_read_in_order_with_none_where_there_is_no_item(
+    stores: Stores, count: int
+) -> None:
+    """More than 100 keys (one BatchGetItem's limit), missing keys, and a key asked for twice."""
+    for n in range(0, count, 2):
+        await stores.put_item("speech_outputs", {"transcript_id": "tr-1", "output_type": f"o{n:03}", "n": n})
+    keys = [{"transcript_id": "tr-1", "output_type": f"o{n:03}"} for n in range(count)]
+    found = await stores.items.get_many("speech_outputs", [*keys, keys[0]])
+    assert [image["n"] if image else None for image in found] == [
+        *(n if n % 2 == 0 else None for n in range(count)),
+        0,
+    ]
+    assert await stores.items.get_many("speech_outputs", []) == []

@@ -31,7 +31,9 @@ class LyingListing:
     versions: list[ObjectVersion]
     deleted: list[ObjectVersion] = field(default_factory=list)
 
-    async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
+    async def list_versions(
+        self, location: S3Location, *, exact: bool, after: ObjectVersion | None = None
+    ) -> AsyncGenerator[VersionPage, None]:
         yield VersionPage([v for v in self.versions if v not in self.deleted], more=False)
 
     async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import pytest
@@ -15,6 +16,7 @@ from reconciler.core.plan import LinkQuery, Unsafe, UnsafeReason
 from reconciler.core.records import StreamRecord, Undecodable, decode_record
 from reconciler.errors import TransientError
 from reconciler.execution import Executor, ScopedUnsafe
+from reconciler.ports import DeadLetter
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.rules import Rules
 from reconciler.testing import stream_record
@@ -445,3 +447,43 @@ async def test_the_recorder_counts_refusals_across_its_calls_against_the_cap(
     assert await record_refusals([second]) is False  # two in all: more than one letter may name
     (letter,) = world.dead_letters.letters.values()
     assert [t.split(" (")[0] for t in letter.targets] == ["out_of_scope: s3://b/n1"]
+
+
+async def test_linked_items_recording_refusals_at_once_each_go_only_after_their_own_is_written(
+    world: World,
+) -> None:
+    """With the executor's fan-out the recorder is called concurrently; no call returns before its refusals
+    are in the letter, and the letter ends up naming every one."""
+    world.add_transcript("acct-1", "tr-1")
+    for n in range(20):
+        url = f"s3://stt-llm-gateway/acct-9/other-{n}/input.json"  # someone else's
+        world.items.put(
+            "llm_requests",
+            {"request_id": f"r{n}", "transcript_id": "tr-1", "account_id": "acct-1", "input_url": url},
+        )
+    slow_put = world.dead_letters.put
+
+    async def interleaved(letter: DeadLetter) -> bool:
+        await asyncio.sleep(0)  # let other linked items' calls in between
+        return await slow_put(letter)
+
+    world.dead_letters.put = interleaved  # type: ignore[method-assign]
+    real = world.items.delete_linked
+    missing: list[str] = []
+    refusing = {f"r{n}" for n in range(20)}
+
+    async def watched(query: LinkQuery, key: Mapping[str, object]) -> Image | None:
+        named = " ".join(t for letter in world.dead_letters.letters.values() for t in letter.targets)
+        request = str(key.get("request_id", ""))
+        if request in refusing and f"other-{request[1:]}/" not in named:
+            missing.append(request)
+        return await real(query, key)
+
+    world.items.delete_linked = watched  # type: ignore[method-assign]
+    outcome = await world.processor.process(ORIGIN, _record(world, 1, world.image("acct-1", "tr-1")))
+
+    assert isinstance(outcome, Deleted)
+    assert missing == []
+    assert world.items.tables["llm_requests"] == []
+    (letter,) = world.dead_letters.letters.values()
+    assert len(letter.targets) == 20

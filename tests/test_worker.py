@@ -108,7 +108,7 @@ async def test_liveness_fails_when_a_consumer_goes_silent(world: World) -> None:
         (consumer,) = worker._consumers.values()
         consumer.last_activity = world.clock.now - dt.timedelta(seconds=SETTINGS.liveness_seconds + 1)
         assert worker.liveness() == (False, "shard shardId-1 silent for 301s")
-        in_flight = asyncio.create_task(asyncio.Event().wait())
+        in_flight: asyncio.Task[None] = asyncio.create_task(asyncio.sleep(3600))
         consumer._tasks.add(in_flight)  # a record in flight: its calls have timeouts of their own
         assert worker.liveness() == (True, "ok")
         consumer._tasks.discard(in_flight)

@@ -1,4 +1,5 @@
-"""DynamoDB: linked items (Query, GetItem, conditional DeleteItem) and dead letters (leases: ``leases.py``).
+"""DynamoDB: linked items (Query, GetItem, BatchGetItem, conditional DeleteItem) and dead letters (the lease
+table is ``leases.py``).
 
 A linked item is deleted with ``DeleteItem`` conditioned on it still being linked, returning ``ALL_OLD``, so a
 re-linked item is never deleted and a changed one is seen.
@@ -15,11 +16,13 @@ from botocore.exceptions import ClientError
 from reconciler.adapters.aws import Caller, error_code
 from reconciler.core.dynamodb_json import Image, decode_image, encode_key, encode_value
 from reconciler.core.plan import LinkQuery
-from reconciler.errors import PermanentError
+from reconciler.errors import PermanentError, TransientError
 from reconciler.ports import DeadLetter
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
+
+MAX_BATCH_GET_KEYS = 100
 
 
 class DynamoDBItemStore:
@@ -35,22 +38,25 @@ class DynamoDBItemStore:
             params["ConsistentRead"] = True
         while True:
             page = await self._call(self._client.query, **params)
-            for raw in page.get("Items", []):
-                image: Image = decode_image(raw)
-                if query.index:
-                    # GSIs are eventually consistent and may project only keys: read the item itself,
-                    # and skip it unless it still matches (a stale index entry is not a link).
-                    key = {name: image[name] for name in key_attributes if name in image}
-                    if len(key) != len(key_attributes):
-                        raise PermanentError(f"index {query.index} of {query.table} does not project the key")
-                    current = await self.get(query.table, key)
-                    if current is None or not query.matches(current):
-                        continue
-                    image = current
+            images: list[Image] = [decode_image(raw) for raw in page.get("Items", [])]
+            if query.index:
+                images = await self._reread(query, key_attributes, images)
+            for image in images:
                 yield image
             if "LastEvaluatedKey" not in page:
                 return
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    async def _reread(
+        self, query: LinkQuery, key_attributes: Sequence[str], listed: list[Image]
+    ) -> list[Image]:
+        """GSIs are eventually consistent and may project only keys: read a page's items themselves (one
+        batched, consistent read) and skip each unless it still matches (a stale index entry is no link)."""
+        keys = [{name: image[name] for name in key_attributes if name in image} for image in listed]
+        if any(len(key) != len(key_attributes) for key in keys):
+            raise PermanentError(f"index {query.index} of {query.table} does not project the key")
+        current = await self.get_many(query.table, keys)
+        return [image for image in current if image is not None and query.matches(image)]
 
     async def get(self, table: str, key: Mapping[str, object]) -> Image | None:
         response = await self._call(
@@ -58,6 +64,34 @@ class DynamoDBItemStore:
         )
         item = response.get("Item")
         return decode_image(item) if item else None
+
+    async def get_many(self, table: str, keys: Sequence[Mapping[str, object]]) -> list[Image | None]:
+        """``BatchGetItem``, strongly consistent, at most 100 distinct keys a request (a key twice in one
+        request is refused). ``UnprocessedKeys`` are asked for again under the retry policy, with its
+        backoff, and never dropped: what is still unread after the last attempt is a ``TransientError``.
+        https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchGetItem.html"""
+        names = sorted(keys[0]) if keys else []
+        found: dict[_Ident, Image] = {}
+        distinct = list(dict.fromkeys(_ident(key, names) for key in keys))
+        for start in range(0, len(distinct), MAX_BATCH_GET_KEYS):
+            pending = [encode_key(dict(ident)) for ident in distinct[start : start + MAX_BATCH_GET_KEYS]]
+            await self._call(self._batch_get, table=table, names=names, pending=pending, found=found)
+        return [found.get(_ident(key, names)) for key in keys]
+
+    async def _batch_get(
+        self, *, table: str, names: list[str], pending: list[dict[str, Any]], found: dict[_Ident, Image]
+    ) -> None:
+        """One ``BatchGetItem`` for ``pending``; leaves in ``pending`` only the keys left unprocessed."""
+        response = await self._client.batch_get_item(
+            RequestItems={table: {"Keys": pending, "ConsistentRead": True}}
+        )
+        for raw in response.get("Responses", {}).get(table, []):
+            image = decode_image(raw)
+            found[_ident(image, names)] = image
+        left = response.get("UnprocessedKeys", {}).get(table)
+        pending[:] = list(left["Keys"]) if left else []
+        if pending:
+            raise TransientError(f"BatchGetItem left {len(pending)} keys unprocessed")
 
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         """A conditional ``DeleteItem`` returning ``ALL_OLD``: an item re-linked meanwhile is left alone."""
@@ -78,6 +112,15 @@ class DynamoDBItemStore:
             raise
         old = response.get("Attributes")
         return decode_image(old) if old else None
+
+
+_Ident = tuple[tuple[str, object], ...]
+
+
+def _ident(item: Mapping[str, object], names: Sequence[str]) -> _Ident:
+    """An item's key as a hashable value, to match what ``BatchGetItem`` answers (in any order) to what
+    was asked for. Key values are strings, numbers (Decimal, equal to the int a caller may pass) or bytes."""
+    return tuple((name, item.get(name)) for name in names)
 
 
 def _condition(query: LinkQuery, name: str) -> dict[str, Any]:

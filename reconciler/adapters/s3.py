@@ -50,13 +50,20 @@ class S3ArtifactStore:
         self._client = client
         self._call = call
 
-    async def list_versions(self, location: S3Location, *, exact: bool) -> AsyncGenerator[VersionPage, None]:
+    async def list_versions(
+        self, location: S3Location, *, exact: bool, after: ObjectVersion | None = None
+    ) -> AsyncGenerator[VersionPage, None]:
         params: dict[str, Any] = {
             "Bucket": location.bucket,
             "Prefix": location.key,
             "MaxKeys": 1000,
             "EncodingType": "url",  # set here, so botocore leaves the decoding to us
         }
+        if after is not None:
+            # Markers are request parameters, sent as they are (botocore quotes them into the URL); only
+            # the answer is URL-encoded.
+            params["KeyMarker"] = after.key
+            params["VersionIdMarker"] = after.version_id
         while True:
             page = await self._call(self._client.list_object_versions, **params)
             encoding = page.get("EncodingType")
