@@ -89,4 +89,8 @@ async def build_worker(
             metrics=metrics,
             owner=owner,
         )
-        yield Worker(settings, spec, parts, clock=utcnow)
+        try:
+            yield Worker(settings, spec, parts, clock=utcnow)
+        finally:  # requests still being shared are sent and answered before the clients close
+            await artifacts.close()
+            await items.close()

@@ -234,3 +234,55 @@ async def test_a_shard_whose_first_poll_never_succeeds_still_ages(world: World) 
     assert world.sample("reconciler_last_successful_poll_timestamp_seconds", **labels) == started
     consumer.stop()
     await task
+
+
+async def test_an_expired_iterator_resumes_after_the_last_record_read_without_reading_twice(
+    world: World,
+) -> None:
+    """Records already in the window are not read (nor deleted) again: while record 1 holds the checkpoint
+    back, the fresh iterator starts after the last record handed out, not at the checkpoint."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1", closed=True)
+    for n in range(1, 11):
+        source.append("shardId-1", _removal(world, n, f"tr-{n}"))
+    seen: list[int] = []
+    release = asyncio.Event()
+    real = world.processor.process
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        seen.append(record.sequence)
+        if record.sequence == 2:
+            source.expire["shardId-1"] = 1  # the next read finds its iterator expired
+        if 6 in seen:
+            release.set()
+        if record.sequence == 1:
+            await release.wait()
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    consumer = _consumer(world, source, shard, checkpoints, fast_settings(batch_size=2))
+    await asyncio.wait_for(consumer.run(), timeout=5)
+    assert consumer.finished
+    assert source.expire["shardId-1"] == 0  # the expiry did happen
+    assert sorted(seen) == list(range(1, 11))
+
+
+async def test_a_throttled_shard_backs_off_on_its_own_and_then_reads_on(world: World) -> None:
+    """LimitExceeded (more than two readers of a shard) backs this shard off, doubling each time."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1", closed=True)
+    source.append("shardId-1", _removal(world, 1, "tr-1"))
+    source.throttle["shardId-1"] = 3
+    consumer = _consumer(world, source, shard, checkpoints)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    consumer._sleep = sleep  # type: ignore[method-assign]
+    await asyncio.wait_for(consumer.run(), timeout=5)
+    backoff = fast_settings().retry_backoff_seconds
+    assert waits[:3] == [backoff, 2 * backoff, 4 * backoff]
+    assert consumer.finished
+    assert world.held_by("acct-1", "tr-1") == 0
+    assert world.sample("reconciler_failures_total", stage="poll", error="TransientError") == 3
