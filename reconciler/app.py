@@ -78,7 +78,7 @@ async def build_worker(
         )
         owner = worker_id(settings)
         leases = DynamoDBLeaseStore(
-            clients.dynamodb, call, settings.checkpoint_table, owner, lease_seconds=settings.lease_seconds
+            clients.leases, call, settings.checkpoint_table, owner, lease_seconds=settings.lease_seconds
         )
         parts = Collaborators(
             source=DynamoDBStreamSource(

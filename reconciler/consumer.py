@@ -340,6 +340,9 @@ class ShardConsumer:
         stopped = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled from outside: take both waits down with it
+            task.cancel()
+            raise
         finally:
             stopped.cancel()
         if not task.done():

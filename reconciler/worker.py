@@ -56,6 +56,7 @@ class Worker:
         self._clock = clock
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._released = asyncio.Event()
         self.coordinator = Coordinator(
             settings=settings,
             rules=rules,
@@ -125,6 +126,7 @@ class Worker:
         log.info("worker.started", http_port=self.http.port, sources=list(self._rules.sources))
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._renewals(), name="lease-heartbeat")
                 await self._supervise(group)
                 await self._drain()
                 await self._release()
@@ -185,16 +187,24 @@ class Worker:
             self._parts.metrics.failures.labels("discover", type(exc).__name__).inc()
             log.warning("lineage.sync_failed", error=str(exc), error_type=type(exc).__name__)
 
+    async def _renewals(self) -> None:
+        """The heartbeat, on its own: renewals never wait behind discovery or balancing, and go on through
+        the drain until the leases are released."""
+        while not self._released.is_set():
+            try:
+                if self.coordinator.leading:
+                    await self.coordinator.lead()
+                for key in await self.coordinator.renew():
+                    if (consumer := self._consumers.get(key)) is not None:
+                        consumer.lose()
+            except Exception as exc:  # noqa: BLE001 - the next heartbeat tries; a lease period on it is lost
+                self._parts.metrics.failures.labels("lease", type(exc).__name__).inc()
+                log.warning("lease.heartbeat_failed", error_type=type(exc).__name__)
+            await _wait_any(self._released, seconds=self._settings.heartbeat_seconds)
+
     async def _coordinate(self, group: asyncio.TaskGroup) -> None:
-        """Renew, stop what was lost, take what the share allows and start it."""
+        """Take what the share allows and start it."""
         try:
-            if self.coordinator.leading:
-                await self.coordinator.lead()  # renew the shard-sync lease every heartbeat
-            for key in await self.coordinator.renew():
-                if (consumer := self._consumers.get(key)) is not None:
-                    consumer.lose()
-            if self._stopping.is_set():
-                return
             for lease in await self.coordinator.balance():
                 self._start(group, lease)
         except ReconcilerError as exc:
@@ -261,6 +271,7 @@ class Worker:
 
     async def _release(self) -> None:
         """After the drain: hand every lease back, so peers take the shards at once."""
+        self._released.set()
         try:
             await asyncio.wait_for(self.coordinator.release_all(), timeout=self._settings.lease_seconds)
         except TimeoutError:

@@ -181,6 +181,9 @@ class Caller:
             raise translate(exc) from exc
 
 
+LEASE_CONNECTIONS = 4
+
+
 @dataclass(frozen=True, slots=True)
 class AwsSettings:
     region: str
@@ -193,11 +196,16 @@ class AwsSettings:
 
 
 class AwsClients:
-    """The three clients the worker uses, opened and closed together (an async context manager)."""
+    """The clients the worker uses, opened and closed together (an async context manager).
+
+    The lease table has a DynamoDB client of its own: with hundreds of deletion calls queued for the
+    shared connection pool, a heartbeat behind them would arrive after its lease expired.
+    """
 
     s3: S3Client
     dynamodb: DynamoDBClient
     streams: DynamoDBStreamsClient
+    leases: DynamoDBClient
 
     def __init__(self, settings: AwsSettings) -> None:
         self._settings = settings
@@ -222,6 +230,8 @@ class AwsClients:
         self.streams = await self._stack.enter_async_context(
             session.create_client("dynamodbstreams", **common)
         )
+        own_pool = common | {"config": config.merge(AioConfig(max_pool_connections=LEASE_CONNECTIONS))}
+        self.leases = await self._stack.enter_async_context(session.create_client("dynamodb", **own_pool))
         return self
 
     async def close(self) -> None:

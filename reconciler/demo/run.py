@@ -1,13 +1,16 @@
-"""``reconciler demo``: the real worker against a speech-to-text layout on an in-process moto server.
+"""``reconciler demo``: two replicas of the real worker against a speech-to-text layout on an in-process
+moto server.
 
-Plays DynamoDB's TTL service and a few customers, waits for the worker, then checks the promise: nothing
-linked to a deleted transcript remains, and nothing of a live transcript was touched. Exit status 0 only if
-both hold.
+Plays DynamoDB's TTL service and a few customers, then kills the replica reading the stream half-way, with
+no graceful shutdown: the other one takes the shard once the lease expires and finishes the work. Then it
+checks the promise: nothing linked to a deleted transcript remains, and nothing of a live transcript was
+touched. Exit status 0 only if both hold.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import random
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -27,10 +31,26 @@ from reconciler.observability.logs import configure_logging
 from reconciler.observability.metrics import LAG_BUCKETS
 from reconciler.rules import load_rules
 from reconciler.settings import Settings
+from reconciler.worker import Worker
 
 Print = Callable[[str], None]
-WAIT_SECONDS = 45.0
+WAIT_SECONDS = 60.0
 ARTIFACTS = "reconciler_artifacts_total"
+LEASE_SECONDS = 3.0
+
+
+class Samples(Protocol):
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None: ...
+
+
+class Replicas:
+    """The replicas' registries read as one: every figure is summed over them."""
+
+    def __init__(self, registries: list[CollectorRegistry]) -> None:
+        self._registries = registries
+
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        return sum(r.get_sample_value(name, labels) or 0.0 for r in self._registries)
 
 
 def rules_path() -> Path:
@@ -49,6 +69,8 @@ def local_settings(endpoint: str, **overrides: object) -> Settings:
         "max_idle_poll_seconds": 0.5,
         "retry_backoff_seconds": 0.5,
         "discovery_seconds": 2.0,
+        "lease_seconds": LEASE_SECONDS,
+        "heartbeat_seconds": 0.5,
     }
     return Settings.model_validate(fast | overrides)
 
@@ -95,11 +117,11 @@ def populate(count: int, now: dt.datetime, seed: int = 7) -> Population:
     return Population(ttl, expired, requested, live)
 
 
-def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+def _sample(registry: Samples, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
-def quantile(registry: CollectorRegistry, name: str, q: float, **labels: str) -> float:
+def quantile(registry: Samples, name: str, q: float, **labels: str) -> float:
     """``histogram_quantile`` over the worker's own histogram (linear within a bucket, as Prometheus does)."""
     bounds = [*LAG_BUCKETS, math.inf]
     counts = [_sample(registry, f"{name}_bucket", **labels, le=_le(b)) for b in bounds]
@@ -131,8 +153,8 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
         reset(endpoint)  # moto's stores are per process: start from nothing
         out(f"moto server listening on {endpoint}")
         aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
-        settings = local_settings(endpoint)
-        registry = CollectorRegistry()
+        registries = [CollectorRegistry(), CollectorRegistry()]
+        registry = Replicas(registries)
         async with AwsClients(aws) as clients:
             layout = Layout(clients.s3, clients.dynamodb)
             await layout.create()
@@ -144,12 +166,24 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
                 f"created {count} transcripts with audio, transcript files (versioned), speech outputs and"
                 f" LLM requests; {kept} versions and items belong to the {len(population.live)} live ones"
             )
-            async with build_worker(settings, load_rules(settings.config), registry, aws=aws) as worker:
-                task = asyncio.create_task(worker.run())
+            async with contextlib.AsyncExitStack() as stack:
+                workers: dict[str, Worker] = {}
+                for name, own in zip(("replica-a", "replica-b"), registries, strict=True):
+                    settings = local_settings(endpoint, worker_id=name)
+                    rules = load_rules(settings.config)
+                    workers[name] = await stack.enter_async_context(
+                        build_worker(settings, rules, own, aws=aws)
+                    )
+                tasks = {name: asyncio.create_task(w.run()) for name, w in workers.items()}
+                out(f"started 2 replicas; leases last {LEASE_SECONDS:.0f}s")
                 await _delete(layout, population, out)
-                finished = await _wait(registry, len(population.deleted), out)
-                worker.handle_exit()
-                await task
+                finished = await _failover(workers, tasks, registry, len(population.deleted), out)
+                finished = finished and await _wait(registry, len(population.deleted), out)
+                finished = finished and await _drained(layout, population.deleted)
+                for name, task in tasks.items():
+                    if not task.done():
+                        workers[name].handle_exit()
+                        await task
             remaining = 0
             for t in population.deleted:
                 left = await layout.remaining(t)
@@ -157,9 +191,22 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
                     out(f"LEFT BEHIND: {left} artifacts of {t.account_id}/{t.transcript_id}")
                 remaining += left
             changed = await touched(layout, population.live, live_before)
-    refused = _summary(registry, out, remaining, changed, time.monotonic() - started)
+            refused = await _unsafe_letters(layout, local_settings(endpoint).dead_letter_table)
+    _summary(registry, out, remaining, changed, time.monotonic() - started, refused)
     # The promise, checked against moto's state: all gone, nothing else touched, the tampered URI refused.
     return 0 if finished and remaining == 0 and changed == 0 and refused == 1 else 1
+
+
+async def _unsafe_letters(layout: Layout, table: str) -> int:
+    """Dead letters for refused targets in the table itself: a metric counts a letter once per process,
+    and a replica killed between writing a letter and counting it never counts it."""
+    found = await layout.dynamodb.scan(
+        TableName=table,
+        FilterExpression="#k = :unsafe",
+        ExpressionAttributeNames={"#k": "kind"},
+        ExpressionAttributeValues={":unsafe": {"S": "unsafe"}},
+    )
+    return len(found["Items"])
 
 
 async def _delete(layout: Layout, population: Population, out: Print) -> None:
@@ -179,14 +226,57 @@ async def _delete(layout: Layout, population: Population, out: Print) -> None:
     )
 
 
-async def _wait(registry: CollectorRegistry, expected: int, out: Print) -> bool:
+async def _failover(
+    workers: dict[str, Worker],
+    tasks: dict[str, asyncio.Task[None]],
+    registry: Samples,
+    expected: int,
+    out: Print,
+) -> bool:
+    """Kill the replica holding the shard a third of the way in (no drain, no release, like SIGKILL), then
+    wait for the other to take the shard over once the lease expires."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline and _done(registry) < expected / 3:  # noqa: ASYNC110 - polling
+        await asyncio.sleep(0.05)
+    holder = next((n for n, w in workers.items() if w.coordinator.held), None)
+    if holder is None:
+        out("no replica holds the shard")
+        return False
+    tasks[holder].cancel()
+    await asyncio.gather(tasks[holder], return_exceptions=True)
+    killed = time.monotonic()
+    out(f"killed {holder} after {int(_done(registry))}/{expected} deletions: no drain, no lease release")
+    (survivor,) = (w for n, w in workers.items() if n != holder)
+    while time.monotonic() < deadline and not survivor.coordinator.held:  # noqa: ASYNC110 - polling
+        await asyncio.sleep(0.05)
+    if not survivor.coordinator.held:
+        return False
+    out(f"the other replica took the shard over after {time.monotonic() - killed:.1f}s (lease expiry)")
+    return True
+
+
+def _done(registry: Samples) -> float:
+    return sum(
+        _sample(registry, "reconciler_record_outcomes_total", table="transcripts", outcome=o)
+        for o in ("deleted", "dead_lettered")
+    )
+
+
+async def _drained(layout: Layout, deleted: list[Transcript]) -> bool:
+    """Records redelivered after the kill count twice, so the count alone is not proof: poll what is left."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if all([await layout.remaining(t) == 0 for t in deleted]):
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def _wait(registry: Samples, expected: int, out: Print) -> bool:
     deadline = time.monotonic() + WAIT_SECONDS
     done = -1.0
     while time.monotonic() < deadline:
-        now_done = sum(
-            _sample(registry, "reconciler_record_outcomes_total", table="transcripts", outcome=o)
-            for o in ("deleted", "dead_lettered")
-        )
+        now_done = _done(registry)
         if now_done != done:
             done = now_done
             out(f"worker: {int(done)}/{expected} deletions finished")
@@ -203,8 +293,11 @@ async def touched(layout: Layout, live: list[Transcript], before: Snapshot) -> i
     return changes(before, await layout.snapshot(live))
 
 
-def _summary(registry: CollectorRegistry, out: Print, remaining: int, touched: int, elapsed: float) -> int:
-    """Print the summary; return how many targets were refused by the scope check."""
+def _summary(  # noqa: PLR0917 - the figures the summary prints
+    registry: Samples, out: Print, remaining: int, touched: int, elapsed: float, letters: int
+) -> None:
+    """Print the summary. A record delivered again after the kill is refused again (and counted again in
+    the refusals), but its dead letter is the same one."""
     out("")
     out("records by cause:")
     for cause in ("ttl", "expired", "requested"):
@@ -228,7 +321,10 @@ def _summary(registry: CollectorRegistry, out: Print, remaining: int, touched: i
         _sample(registry, "reconciler_unsafe_targets_total", table="transcripts", reason=r)
         for r in ("out_of_scope", "not_an_s3_uri", "unsafe_identifier", "unusable_link_value")
     )
-    out(f"unsafe targets refused (never executed, dead-lettered; 1 expected): {int(unsafe)}")
+    out(
+        f"unsafe targets refused (never executed): {int(unsafe)}, in {int(letters)} dead letter"
+        " (1 expected: the tampered audio_url)"
+    )
     out("lag percentiles, seconds (estimated from histogram buckets):")
     for cause in ("ttl", "expired", "requested"):
         parts = []
@@ -244,4 +340,3 @@ def _summary(registry: CollectorRegistry, out: Print, remaining: int, touched: i
     out(f"artifacts remaining for deleted items: {remaining}")
     out(f"artifacts of live items touched: {touched}")
     out(f"finished in {elapsed:.1f}s")
-    return int(unsafe)
