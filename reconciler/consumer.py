@@ -95,6 +95,8 @@ class ShardConsumer:
 
     def lose(self) -> None:
         """The lease is gone: stop at once, abandon the records in flight, write nothing more."""
+        if self.finished:
+            return  # SHARD_END gave the lease up itself: nothing was lost
         if not self.lost:
             self.lost = True
             self._metrics.lease_transitions.labels(self.origin.table, "lost").inc()

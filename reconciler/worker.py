@@ -177,7 +177,8 @@ class Worker:
     async def _sync(self) -> None:
         """The shard-sync holder lists every discovered stream's shards and adds leases for new ones."""
         try:
-            await self.coordinator.lead()
+            if not self.coordinator.leading:  # the heartbeat renews it once held
+                await self.coordinator.lead()
             if not self.coordinator.leading:
                 return
             for table in self._rules.sources:
