@@ -279,7 +279,7 @@ async def _wait(registry: Samples, expected: int, out: Print) -> bool:
         now_done = _done(registry)
         if now_done != done:
             done = now_done
-            out(f"worker: {int(done)}/{expected} deletions finished")
+            out(f"deletions finished: {int(done)} (of {expected} records; redelivered ones count again)")
         if done >= expected:
             return True
         await asyncio.sleep(0.25)
@@ -299,7 +299,7 @@ def _summary(  # noqa: PLR0917 - the figures the summary prints
     """Print the summary. A record delivered again after the kill is refused again (and counted again in
     the refusals), but its dead letter is the same one."""
     out("")
-    out("records by cause:")
+    out("records by cause (both replicas: what the killed one had not checkpointed was read again):")
     for cause in ("ttl", "expired", "requested"):
         n = _sample(
             registry,
