@@ -2,7 +2,7 @@
 lineage kept across splits, failover after a crash or a graceful stop, and a rebalance that never leaves two
 workers reading one shard for longer than a lease period.
 
-Timing: leases last 0.3 s and heartbeats come every 0.03 s; no test sleeps longer than a lease period, and
+Timing: leases last 1 s and heartbeats come every 0.05 s; no test sleeps longer than a lease period, and
 every wait is ``eventually`` on the fakes' state."""
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from reconciler.settings import Settings
 from reconciler.testing import FakeLeaseStore, FakeStreamSource, eventually, stream_record
 from reconciler.worker import Collaborators, Worker
 
-LEASE = 0.3
-SETTINGS = fast_settings(lease_seconds=LEASE, heartbeat_seconds=0.03, discovery_seconds=0.1)
+LEASE = 1.0
+SETTINGS = fast_settings(lease_seconds=LEASE, heartbeat_seconds=0.05, discovery_seconds=0.1)
 
 
 @dataclass

@@ -117,21 +117,24 @@ async def test_liveness_fails_when_a_consumer_goes_silent(world: World) -> None:
         assert worker.liveness() == (False, "supervisor heartbeat is stale")
 
 
-def _stuck_second_record(world: World, source: FakeStreamSource) -> None:
-    """Two removals on one shard: the first finishes, the second's linked-item delete never returns."""
+def _stuck_second_record(world: World, source: FakeStreamSource) -> asyncio.Event:
+    """Two removals on one shard: the first finishes, the second's linked-item delete never returns. The
+    event is set once the second is stuck."""
     source.add_shard("transcripts", "shardId-1")
     for seq, transcript in ((1, "tr-1"), (2, "tr-2")):
         world.add_transcript("acct-1", transcript)
         source.append("shardId-1", stream_record(seq, old_image=world.image("acct-1", transcript)))
     real = world.items.delete_linked
-    hang = asyncio.Event()
+    hang, stuck_now = asyncio.Event(), asyncio.Event()
 
     async def stuck(query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         if query.value == "tr-2":
+            stuck_now.set()
             await hang.wait()
         return await real(query, key)
 
     world.items.delete_linked = stuck  # type: ignore[method-assign]
+    return stuck_now
 
 
 async def _stuck_worker(
@@ -139,12 +142,13 @@ async def _stuck_worker(
 ) -> tuple[Worker, Task[None], FakeStreamSource, FakeLeaseStore]:
     """A worker that has finished the first record and is stuck inside the second."""
     source, checkpoints = FakeStreamSource(), FakeLeaseStore()
-    _stuck_second_record(world, source)
+    stuck_now = _stuck_second_record(world, source)
     parts = Collaborators(source, checkpoints, world.processor, world.metrics)
     settings = fast_settings(concurrency=1, shutdown_grace_seconds=grace)
     worker = Worker(settings, world.rules, parts, clock=world.clock)
     task = asyncio.create_task(worker.run())
     await eventually(lambda: checkpoints.positions.get((source.arn("transcripts"), "shardId-1")) is not None)
+    await asyncio.wait_for(stuck_now.wait(), timeout=5)
     return worker, task, source, checkpoints
 
 
