@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,22 @@ async def layout(endpoint: str) -> AsyncIterator[Layout]:
         created = Layout(clients.s3, clients.dynamodb)
         await created.create()
         yield created
+
+
+def worker_env(endpoint: str, **variables: str) -> dict[str, str]:
+    """The environment of a ``reconciler run`` process on the moto server at ``endpoint``: the standard AWS
+    variables, any free HTTP port, its own tables created, JSON logs; ``variables`` add ``RECONCILER_*``."""
+    return {
+        "PATH": os.environ["PATH"],
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": CREDENTIALS[0],
+        "AWS_SECRET_ACCESS_KEY": CREDENTIALS[1],
+        "AWS_DEFAULT_REGION": REGION,
+        "RECONCILER_HTTP_PORT": "0",
+        "RECONCILER_CREATE_TABLES": "true",
+        "RECONCILER_LOG_JSON": "true",
+        **{f"RECONCILER_{name.upper()}": value for name, value in variables.items()},
+    }
 
 
 def fast_settings(**overrides: object) -> Settings:

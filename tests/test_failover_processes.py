@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
 import signal
 import sys
 import time
@@ -19,9 +18,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from conftest import worker_env
 
 from reconciler.demo.layout import Layout, Transcript, expiry
-from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, ttl_delete
+from reconciler.demo.moto_server import BackendSeeder, ttl_delete
 
 pytestmark = pytest.mark.integration
 
@@ -79,24 +79,17 @@ async def replicas(
     started: list[Replica] = []
 
     async def start(name: str, lease: float = LEASE) -> Replica:
-        env = {
-            "PATH": os.environ["PATH"],
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": CREDENTIALS[0],
-            "AWS_SECRET_ACCESS_KEY": CREDENTIALS[1],
-            "AWS_DEFAULT_REGION": REGION,
-            "RECONCILER_HTTP_PORT": "0",
-            "RECONCILER_CREATE_TABLES": "true",
-            "RECONCILER_LOG_JSON": "true",
-            "RECONCILER_WORKER_ID": name,
-            "RECONCILER_LEASE_SECONDS": str(lease),
-            "RECONCILER_HEARTBEAT_SECONDS": "0.2",
-            "RECONCILER_DISCOVERY_SECONDS": "0.5",
-            "RECONCILER_CHECKPOINT_SECONDS": "0",
-            "RECONCILER_IDLE_POLL_SECONDS": "0.05",
-            "RECONCILER_MAX_IDLE_POLL_SECONDS": "0.2",
-            "RECONCILER_RETRY_BACKOFF_SECONDS": "0.2",
-        }
+        env = worker_env(
+            endpoint,
+            worker_id=name,
+            lease_seconds=str(lease),
+            heartbeat_seconds="0.2",
+            discovery_seconds="0.5",
+            checkpoint_seconds="0",
+            idle_poll_seconds="0.05",
+            max_idle_poll_seconds="0.2",
+            retry_backoff_seconds="0.2",
+        )
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "reconciler", "run", "--config", str(rules),
             env=env, stderr=asyncio.subprocess.PIPE,

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
 import signal
 import socket
 import sys
@@ -17,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_RULES
+from conftest import DEMO_RULES, worker_env
 from moto.dynamodb.models import dynamodb_backends
 from prometheus_client import CollectorRegistry
 
@@ -255,16 +254,7 @@ async def test_a_restarted_worker_resumes_from_its_checkpoint_without_missing_a_
 
 async def test_reconciler_run_serves_probes_and_stops_on_sigterm(endpoint: str, layout: Layout) -> None:
     """The console script, configured by the standard AWS variables and RECONCILER_*, logs JSON events."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": CREDENTIALS[0],
-        "AWS_SECRET_ACCESS_KEY": CREDENTIALS[1],
-        "AWS_DEFAULT_REGION": REGION,
-        "RECONCILER_HTTP_PORT": "0",
-        "RECONCILER_CREATE_TABLES": "true",
-        "RECONCILER_LOG_JSON": "true",
-    }
+    env = worker_env(endpoint)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "reconciler", "run", "--config", str(DEMO_RULES),
         env=env, stderr=asyncio.subprocess.PIPE,
