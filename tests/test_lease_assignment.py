@@ -43,7 +43,7 @@ def test_lineage_a_child_waits_for_every_parent_to_end() -> None:
 
 
 def test_lineage_a_parent_whose_lease_aged_out_is_finished() -> None:
-    """A parent with no lease left (its row expires a week after it ended) does not hold its child."""
+    """A parent with no lease left (its row expires two days after it ended) does not hold its child."""
     assert _takes([_lease("child", parents=("long-gone",))]) == [("child", "taken")]
 
 

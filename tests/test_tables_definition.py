@@ -4,6 +4,7 @@ declares the same keys, on demand and encrypted with KMS, and ``reconciler init-
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,8 @@ def test_the_template_deploys_the_tables_init_tables_would_create(aws_env: str) 
 
 @pytest.mark.integration
 async def test_only_a_finished_shards_checkpoint_expires(aws_env: str) -> None:
-    """TTL is on for checkpoints; live positions carry no expiry, SHARD_END rows expire a week on."""
+    """TTL is on for checkpoints; live positions carry no expiry, SHARD_END rows expire once their shard
+    can no longer be listed (24 h after its records end) and not much later."""
     aws = AwsSettings(region=REGION, endpoint_url=aws_env, credentials=CREDENTIALS)
     async with AwsClients(aws) as clients:
         await create_worker_tables(clients.dynamodb, "checkpoints", "dead-letters")
@@ -215,3 +217,4 @@ async def test_only_a_finished_shards_checkpoint_expires(aws_env: str) -> None:
     assert "expires_at" not in rows["shardId-live"]
     expires = int(rows["shardId-done"]["expires_at"]["N"])
     assert abs(expires - (time.time() + FINISHED_SHARD_RETENTION.total_seconds())) < 60
+    assert dt.timedelta(hours=24) < FINISHED_SHARD_RETENTION <= dt.timedelta(days=2)

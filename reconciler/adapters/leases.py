@@ -23,7 +23,10 @@ from reconciler.errors import LeaseLostError
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
 
-FINISHED_SHARD_RETENTION = dt.timedelta(days=7)
+# Every replica reads a stream's whole partition of the lease table each heartbeat, ended rows included, so
+# they are kept no longer than safety needs: past the 24 h a closed shard stays listed by DescribeStream (a
+# lister must not take a listed shard without a row for a new one), with a day's margin.
+FINISHED_SHARD_RETENTION = dt.timedelta(days=2)
 _SEQUENCE_WIDTH = 40  # sequence numbers have 21-40 digits; zero-padded they compare as text
 _CONFLICT = "ConditionalCheckFailedException"
 
@@ -127,8 +130,8 @@ class DynamoDBLeaseStore:
         }
         if position == SHARD_END:
             # Nothing is left to read, so the lease is given up with it. DescribeStream lists a closed shard
-            # only until its records age out (24 h); the row is then read by no one, and DynamoDB's TTL
-            # removes it a week on instead of the table growing.
+            # only until its records age out (24 h); DynamoDB's TTL then removes the row (see
+            # FINISHED_SHARD_RETENTION) instead of the table growing.
             update += (
                 f", lease_state = :s, {CHECKPOINTS.ttl_attribute} = :e, lease_counter = lease_counter + :one"
                 " REMOVE lease_owner, lease_token"

@@ -3,7 +3,7 @@
 The rules, after the Kinesis Client Library's lease taker:
 
 - a shard is *readable* once every parent it descends from is read to its end (or has no lease left: its
-  row expires a week after it ended), so a child never starts before its parents are done;
+  row expires two days after it ended), so a child never starts before its parents are done;
 - a lease is *free* when no one owns it (new, or released on a graceful shutdown): taken at once; it is
   *expired* when its counter stood still for a lease period (the caller says which): its owner stopped;
 - a worker aims at an even share, ``ceil(readable / live owners)``, and takes at most ``take_at_most``
