@@ -162,6 +162,7 @@ class ShardConsumer:
                 page = await self._until_stopped(pages.get())
                 if page is None:
                     return
+                pages.task_done()  # the reader may fetch the next one while this one is admitted
                 if isinstance(page, ExpiredIteratorError):
                     log.info("shard.iterator_expired")
                     return  # a fresh iterator after the last record read
@@ -187,8 +188,8 @@ class ShardConsumer:
             return await self._source.iterator(self.shard, None)
 
     async def _read(self, iterator: str | None, pages: asyncio.Queue[_Page | BaseException]) -> None:
-        """Fetch and decode pages while the one before is worked on; the queue holds one, so reading stays
-        one page ahead of the window."""
+        """Fetch and decode the next page while the one before is admitted: reading stays one page ahead of
+        the window (the page being admitted and the next one, never more)."""
         idle = self._settings.idle_poll_seconds
         try:
             while iterator is not None and not self._stop.is_set():
@@ -200,6 +201,7 @@ class ShardConsumer:
                 records = self._decode(page.records)
                 self._observe_age(records)
                 await pages.put(_Page(records, len(records) == len(page.records), page.next_iterator is None))
+                await pages.join()  # taken: at most one page waits beside the one being admitted
                 if page.records or page.next_iterator is None:
                     idle = self._settings.idle_poll_seconds
                 else:

@@ -286,3 +286,38 @@ async def test_a_throttled_shard_backs_off_on_its_own_and_then_reads_on(world: W
     assert consumer.finished
     assert world.held_by("acct-1", "tr-1") == 0
     assert world.sample("reconciler_failures_total", stage="poll", error="TransientError") == 3
+
+
+async def test_the_next_page_is_fetched_while_the_current_one_is_worked_on_and_no_further(
+    world: World,
+) -> None:
+    """Prefetch, bounded: with the window (2) full and stuck, the page waiting for a slot and one page read
+    ahead of it are all that is held: reading stays one page ahead, whatever the backlog."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    for n in range(1, 7):
+        source.append("shardId-1", _removal(world, n, f"tr-{n}"))
+    release = asyncio.Event()
+    started: list[int] = []
+    real = world.processor.process
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        started.append(record.sequence)
+        await release.wait()
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    consumer = _consumer(world, source, shard, checkpoints, fast_settings(batch_size=1, concurrency=2))
+    task = asyncio.create_task(consumer.run())
+    try:
+        await eventually(lambda: started == [1, 2], seconds=2)
+        await asyncio.sleep(0.05)  # room to read further, if it would
+        # Pages 1 and 2 are in the window, page 3 waits for a slot and page 4 has been read, ready; page 5
+        # is not asked for until page 4 is taken.
+        assert source.reads == 4
+        release.set()
+        await eventually(_at(checkpoints, shard, 6))
+    finally:
+        release.set()
+        consumer.stop()
+        await task
