@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import World, consumer_for, fast_settings
+from structlog.testing import capture_logs
 
 from reconciler.consumer import ShardConsumer
 from reconciler.core.leases import SHARD_END
@@ -286,3 +287,114 @@ async def test_a_throttled_shard_backs_off_on_its_own_and_then_reads_on(world: W
     assert consumer.finished
     assert world.held_by("acct-1", "tr-1") == 0
     assert world.sample("reconciler_failures_total", stage="poll", error="TransientError") == 3
+
+
+def _insert(sequence: int) -> dict[str, object]:
+    return stream_record(sequence, event="INSERT", old_image={"transcript_id": f"tr-{sequence}"})
+
+
+@pytest.mark.parametrize("tight", ["per-shard", "worker-wide"])
+@pytest.mark.parametrize("finishes", ["at-once", "after-yielding"])
+async def test_a_stop_while_records_wait_for_a_slot_never_ends_the_shard(
+    world: World, tight: str, finishes: str
+) -> None:
+    """A closed shard's last page, stopped while its second record waits for a slot (whether the slot frees
+    with the stop or after it): the records never admitted stay unread, and no SHARD_END frees the children
+    over them."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1", closed=True)
+    for n in range(1, 4):
+        source.append("shardId-1", _insert(n))
+    one = fast_settings(concurrency=1 if tight == "per-shard" else 10)
+    consumer = ShardConsumer(
+        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
+        lease=checkpoints.grant(shard.stream_arn, shard.shard_id, "transcripts"),
+        source=source,
+        leases=checkpoints,
+        processor=world.processor,
+        metrics=world.metrics,
+        settings=one,
+        clock=world.clock,
+        slots=asyncio.Semaphore(1 if tight == "worker-wide" else 10),
+    )
+    processed: list[str] = []
+    real = world.processor.process
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        processed.append(record.sequence_number)
+        consumer.stop()  # SIGTERM arrives while the first record is worked on
+        if finishes == "after-yielding":  # long enough for every later record to try for a slot
+            for _ in range(100):
+                await asyncio.sleep(0)
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    await asyncio.wait_for(consumer.run(), timeout=5)
+
+    assert processed == [f"{1:021d}"]
+    assert not consumer.finished
+    assert SHARD_END not in checkpoints.history
+    assert checkpoints.history == [f"{1:021d}"]
+
+
+async def test_a_lost_lease_abandons_the_records_in_flight_and_writes_no_checkpoint_after_it(
+    world: World,
+) -> None:
+    """``lose()`` (a lease unrenewable for a lease period: the table would still accept this worker's
+    write) stops the shard before the next checkpoint, even one already earned; it is counted and logged
+    once, and the consumer returns normally while the abandoned record unwinds."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    for n in range(1, 4):
+        source.append("shardId-1", _insert(n))
+    rarely = fast_settings(checkpoint_seconds=60)  # the first move is written at once, the next in 60 s
+    consumer = _consumer(world, source, shard, checkpoints, rarely)
+    second, never = asyncio.Event(), asyncio.Event()
+    real = world.processor.process
+
+    gates = {f"{2:021d}": second, f"{3:021d}": never}
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        gate = gates.get(record.sequence_number)
+        try:
+            if gate is not None:
+                await gate.wait()
+        except asyncio.CancelledError:
+            for _ in range(20):  # an AWS call closing its connection: cancellation takes a while
+                await asyncio.sleep(0)
+            raise
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    task = asyncio.create_task(consumer.run())
+    await eventually(lambda: checkpoints.history == [f"{1:021d}"])
+    second.set()
+    in_flight = {"table": "transcripts"}
+    await eventually(lambda: world.sample("reconciler_records_in_flight", **in_flight) == 1)  # only the third
+    with capture_logs() as logs:
+        consumer.lose()
+        consumer.lose()
+    await asyncio.wait_for(task, timeout=5)
+
+    assert consumer.lost is True
+    assert checkpoints.history == [f"{1:021d}"]  # record 2 finished, but its checkpoint is never written
+    assert world.sample("reconciler_records_in_flight", **in_flight) == 0
+    labels = {"table": "transcripts", "transition": "lost"}
+    assert world.sample("reconciler_lease_transitions_total", **labels) == 1
+    assert logs == [
+        {"event": "lease.lost", "table": "transcripts", "shard": "shardId-1", "log_level": "warning"}
+    ]
+
+
+async def test_an_ended_shard_is_counted_and_its_last_checkpoint_logged_as_shard_end(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1", closed=True)
+    source.append("shardId-1", _insert(1))
+    consumer = _consumer(world, source, shard, checkpoints)
+    with capture_logs() as logs:
+        await asyncio.wait_for(consumer.run(), timeout=5)
+
+    assert consumer.finished
+    assert world.sample("reconciler_shards_ended_total", table="transcripts") == 1
+    [stopped] = [entry for entry in logs if entry["event"] == "shard.stopped"]
+    assert (stopped["finished"], stopped["lost"], stopped["checkpoint"]) == (True, False, SHARD_END)
