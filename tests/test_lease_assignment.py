@@ -114,3 +114,33 @@ def test_lease_workers_converge_to_an_even_share_and_then_never_churn(
     assert sum(counts) == shards
     assert max(counts) - min(counts) <= 1
     assert sum(one_pass(name) for name in names) == 0  # stable: no churn
+
+
+def test_lease_free_and_own_leases_come_before_expired_ones() -> None:
+    leases = [_lease("expired", "b"), _lease("free"), _lease("s3", "c"), _lease("s4", "c")]
+    assert _takes(leases, expired={(ARN, "expired")}, take_at_most=1) == [("free", "taken")]
+
+
+def test_lease_a_worker_at_its_share_never_steals_even_from_one_holding_two_more() -> None:
+    """10 shards, 4 workers: a share of 3. ``a`` holds 3 and ``b`` 5: the gap is two, but ``a`` has its
+    share, so the fix is for ``c`` or ``d`` to steal, not ``a``."""
+    owners = ["a"] * 3 + ["b"] * 5 + ["c", "d"]
+    leases = [_lease(f"s{n}", owner) for n, owner in enumerate(owners)]
+    held = {lease.key for lease in leases if lease.owner == "a"}
+    assert _takes(leases, held=held) == []
+    [(shard, how)] = _takes(leases, me="c", held={(ARN, "s8")})
+    assert ({lease.shard_id: lease.owner for lease in leases}[shard], how) == ("b", "stolen")
+
+
+def test_lease_exactly_two_more_is_enough_to_steal() -> None:
+    assert _takes([_lease("s0", "b"), _lease("s1", "b")]) in ([("s0", "stolen")], [("s1", "stolen")])
+    assert _takes([_lease("s0", "b")]) == []  # one more: stealing would only move the gap
+
+
+def test_lease_the_share_is_capped_by_max_leases_and_nothing_is_taken_from_an_empty_table() -> None:
+    plan = assign([], me="a", held=(), expired=(), take_at_most=2, max_leases=5)
+    assert (plan.takes, plan.readable, plan.share) == ([], 0, 0)
+    plan = assign(
+        [_lease(f"s{n}") for n in range(9)], me="a", held=(), expired=(), take_at_most=9, max_leases=5
+    )
+    assert (len(plan.takes), plan.share) == (5, 5)
