@@ -398,3 +398,55 @@ async def test_an_ended_shard_is_counted_and_its_last_checkpoint_logged_as_shard
     assert world.sample("reconciler_shards_ended_total", table="transcripts") == 1
     [stopped] = [entry for entry in logs if entry["event"] == "shard.stopped"]
     assert (stopped["finished"], stopped["lost"], stopped["checkpoint"]) == (True, False, SHARD_END)
+
+
+async def test_a_shard_stopped_while_waiting_for_a_worker_wide_slot_leaves_the_slot_to_the_others(
+    world: World,
+) -> None:
+    """Two shards share one worker-wide slot; the one waiting for it is stopped (its lease moved away):
+    the slot must go back to the shard still reading, not to the stopped one's abandoned wait."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    busy, stopped = source.add_shard("transcripts", "busy"), source.add_shard("transcripts", "stopped")
+    for n in (1, 2, 3):
+        source.append("busy", _insert(n))
+    source.append("stopped", _insert(4))
+    shared = asyncio.Semaphore(1)
+
+    def consumer(shard: Shard) -> ShardConsumer:
+        return ShardConsumer(
+            origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
+            lease=checkpoints.grant(shard.stream_arn, shard.shard_id, "transcripts"),
+            source=source,
+            leases=checkpoints,
+            processor=world.processor,
+            metrics=world.metrics,
+            settings=FAST,
+            clock=world.clock,
+            slots=shared,
+        )
+
+    gate = asyncio.Event()
+    real = world.processor.process
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        if record.sequence_number == f"{1:021d}":
+            await gate.wait()
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    reading, waiting = consumer(busy), consumer(stopped)
+    reading_task = asyncio.create_task(reading.run())
+    await eventually(lambda: reading.busy)
+    waiting_task = asyncio.create_task(waiting.run())
+    await eventually(lambda: source.reads_by_shard.get("stopped", 0) >= 1)
+    for _ in range(10):  # its record reaches the full semaphore
+        await asyncio.sleep(0)
+    waiting.stop()
+    await asyncio.wait_for(waiting_task, timeout=5)
+    gate.set()
+    try:
+        await eventually(_at(checkpoints, busy, 3), seconds=2)
+    finally:
+        reading.stop()
+        await asyncio.wait_for(reading_task, timeout=5)
+    assert checkpoints.positions.get((stopped.stream_arn, "stopped")) is None
