@@ -117,8 +117,34 @@ def test_lease_workers_converge_to_an_even_share_and_then_never_churn(
 
 
 def test_lease_free_and_own_leases_come_before_expired_ones() -> None:
-    leases = [_lease("expired", "b"), _lease("free"), _lease("s3", "c"), _lease("s4", "c")]
-    assert _takes(leases, expired={(ARN, "expired")}, take_at_most=1) == [("free", "taken")]
+    free = [_lease(f"free{n}") for n in range(3)] + [_lease("own", "a")]
+    expired = [_lease(f"expired{n}", "b") for n in range(4)]
+    keys = {lease.key for lease in expired}
+    taken = _takes(expired + free, expired=keys, take_at_most=4)
+    assert taken == sorted((lease.shard_id, "taken") for lease in free)
+
+
+def test_lease_a_worker_takes_an_even_share_of_the_readable_leases() -> None:
+    """Two live owners and four shards: a share of two, although four are there for the taking."""
+    leases = [_lease("s0", "b"), _lease("s1"), _lease("s2"), _lease("s3")]
+    assert len(_takes(leases)) == 2
+
+
+def test_lease_unleased_counts_the_free_and_the_expired_but_not_the_live() -> None:
+    leases = [_lease("free1"), _lease("free2"), _lease("live", "b"), _lease("x1", "c"), _lease("x2", "d")]
+    plan = assign(leases, me="a", held=(), expired={(ARN, "x1"), (ARN, "x2")}, take_at_most=0, max_leases=10)
+    assert plan.unleased == 4
+
+
+def test_lease_workers_starting_together_reach_for_different_leases_first() -> None:
+    """Each worker orders the leases its own way, so a fleet starting at once does not race for one lease;
+    the same goes for which of a crowded owner's leases each thief takes."""
+    free = [_lease(f"s{n}") for n in range(16)]
+    firsts = {_takes(free, me=name, take_at_most=1)[0][0] for name in "abcdefgh"}
+    assert len(firsts) > 1
+    crowded = [_lease(f"s{n}", "z") for n in range(16)]
+    stolen = {_takes(crowded, me=name)[0][0] for name in "abcdefgh"}
+    assert len(stolen) > 1
 
 
 def test_lease_a_worker_at_its_share_never_steals_even_from_one_holding_two_more() -> None:
