@@ -10,7 +10,7 @@ from conftest import World, consumer_for, fast_settings
 from structlog.testing import capture_logs
 
 from reconciler.consumer import ShardConsumer
-from reconciler.core.leases import SHARD_END
+from reconciler.core.leases import SHARD_END, Lease
 from reconciler.core.outcomes import Outcome
 from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.errors import TransientError
@@ -450,3 +450,84 @@ async def test_a_shard_stopped_while_waiting_for_a_worker_wide_slot_leaves_the_s
         reading.stop()
         await asyncio.wait_for(reading_task, timeout=5)
     assert checkpoints.positions.get((stopped.stream_arn, "stopped")) is None
+
+
+class FailingCheckpoints(FakeLeaseStore):
+    """A lease table whose next ``failures`` checkpoint writes are throttled."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def checkpoint(self, lease: Lease, position: str) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise TransientError("AWS call failed after retries: ThrottlingException")
+        await super().checkpoint(lease, position)
+
+
+async def test_a_restarted_consumer_with_nothing_new_writes_no_checkpoint(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _insert(5))
+    checkpoints.positions[shard.stream_arn, "shardId-1"] = f"{5:021d}"
+    consumer = _consumer(world, source, shard, checkpoints)
+    await _run_until(consumer, lambda: source.reads >= 2)
+    assert checkpoints.history == []
+
+
+async def test_a_failed_checkpoint_is_counted_logged_and_written_at_the_next_attempt(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FailingCheckpoints(failures=1)
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _insert(1))
+    consumer = _consumer(world, source, shard, checkpoints)
+    with capture_logs() as logs:
+        await _run_until(consumer, _at(checkpoints, shard, 1))
+    assert world.sample("reconciler_failures_total", stage="checkpoint", error="TransientError") == 1
+    [failed] = [entry for entry in logs if entry["event"] == "checkpoint.failed"]
+    assert failed["error_type"] == "TransientError"
+    assert failed["error"] == "AWS call failed after retries: ThrottlingException"
+
+
+async def test_a_last_checkpoint_that_fails_at_stop_is_counted_and_logged(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FailingCheckpoints(failures=0)
+    shard = source.add_shard("transcripts", "shardId-1")
+    for n in (1, 2):
+        source.append("shardId-1", _insert(n))
+    rarely = fast_settings(checkpoint_seconds=60)  # the first move is written at once, the next in 60 s
+    consumer = _consumer(world, source, shard, checkpoints, rarely)
+    second = asyncio.Event()
+    real = world.processor.process
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        if record.sequence_number == f"{2:021d}":
+            await second.wait()
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    task = asyncio.create_task(consumer.run())
+    await eventually(lambda: checkpoints.history == [f"{1:021d}"])
+    second.set()
+    await eventually(lambda: not consumer.busy)
+    checkpoints.failures = 1
+    with capture_logs() as logs:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=5)
+    assert checkpoints.history == [f"{1:021d}"]  # the next reader redoes record 2
+    assert world.sample("reconciler_failures_total", stage="checkpoint", error="TransientError") == 1
+    failed = [(e["error"], e["error_type"]) for e in logs if e["event"] == "checkpoint.failed"]
+    assert failed == [("AWS call failed after retries: ThrottlingException", "TransientError")]
+
+
+async def test_a_throttled_shard_doubles_its_backoff_and_logs_it(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _insert(1))
+    source.throttle["shardId-1"] = 3
+    consumer = _consumer(world, source, shard, checkpoints)
+    with capture_logs() as logs:
+        await _run_until(consumer, _at(checkpoints, shard, 1))
+    errors = [entry for entry in logs if entry["event"] == "shard.error"]
+    base = FAST.retry_backoff_seconds
+    assert [entry["backoff"] for entry in errors] == [base, base * 2, base * 4]
+    assert {entry["error_type"] for entry in errors} == {"TransientError"}
