@@ -531,3 +531,31 @@ async def test_a_throttled_shard_doubles_its_backoff_and_logs_it(world: World) -
     base = FAST.retry_backoff_seconds
     assert [entry["backoff"] for entry in errors] == [base, base * 2, base * 4]
     assert {entry["error_type"] for entry in errors} == {"TransientError"}
+
+
+async def test_a_crashing_shard_doubles_its_backoff_too(world: World) -> None:
+    """A bug (not a ReconcilerError) backs the shard off like a throttle: 1, 2, 4 times the base."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _insert(1))
+    crashes = [RuntimeError("a bug")] * 3
+    real_iterator = source.iterator
+
+    async def iterator(shard: Shard, after: str | None) -> str:
+        if crashes:
+            raise crashes.pop()
+        return await real_iterator(shard, after)
+
+    source.iterator = iterator  # type: ignore[method-assign]
+    consumer = _consumer(world, source, shard, checkpoints)
+    slept: list[float] = []
+    real_sleep = consumer._sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(seconds)
+
+    consumer._sleep = sleep  # type: ignore[method-assign]
+    await _run_until(consumer, _at(checkpoints, shard, 1))
+    base = FAST.retry_backoff_seconds
+    assert slept[:3] == [base, base * 2, base * 4]
