@@ -556,6 +556,8 @@ async def test_a_crashing_shard_doubles_its_backoff_too(world: World) -> None:
         await real_sleep(seconds)
 
     consumer._sleep = sleep  # type: ignore[method-assign]
-    await _run_until(consumer, _at(checkpoints, shard, 1))
+    with capture_logs() as logs:  # captured, not rendered: three tracebacks would be slow to print
+        await _run_until(consumer, _at(checkpoints, shard, 1))
+    assert [e["error_type"] for e in logs if e["event"] == "shard.crashed"] == ["RuntimeError"] * 3
     base = FAST.retry_backoff_seconds
     assert slept[:3] == [base, base * 2, base * 4]
