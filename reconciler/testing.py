@@ -272,7 +272,9 @@ class FakeLeaseStore:
         if held is None or held.counter != lease.counter:
             return None
         self._tokens += 1
-        return self._write(held, owner=owner, token=f"token-{self._tokens}", counter=held.counter + 1)
+        taken = self._write(held, owner=owner, token=f"token-{self._tokens}", counter=held.counter + 1)
+        # As the adapter: a row from before leases names no table; the taker's lease says which it is.
+        return taken if taken.table else dataclasses.replace(taken, table=lease.table)
 
     async def renew(self, lease: Lease) -> Lease | None:
         held = self.rows.get(lease.key)

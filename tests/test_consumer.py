@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import pytest
 from conftest import World, consumer_for, fast_settings
+from structlog.testing import capture_logs
 
 from reconciler.consumer import ShardConsumer
-from reconciler.core.leases import SHARD_END
+from reconciler.core.leases import SHARD_END, Lease
 from reconciler.core.outcomes import Outcome
 from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.errors import TransientError
@@ -321,3 +322,277 @@ async def test_the_next_page_is_fetched_while_the_current_one_is_worked_on_and_n
         release.set()
         consumer.stop()
         await task
+
+
+def _insert(sequence: int) -> dict[str, object]:
+    return stream_record(sequence, event="INSERT", old_image={"transcript_id": f"tr-{sequence}"})
+
+
+@pytest.mark.parametrize("tight", ["per-shard", "worker-wide"])
+@pytest.mark.parametrize("finishes", ["at-once", "after-yielding"])
+async def test_a_stop_while_records_wait_for_a_slot_never_ends_the_shard(
+    world: World, tight: str, finishes: str
+) -> None:
+    """A closed shard's last page, stopped while its second record waits for a slot (whether the slot frees
+    with the stop or after it): the records never admitted stay unread, and no SHARD_END frees the children
+    over them."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1", closed=True)
+    for n in range(1, 4):
+        source.append("shardId-1", _insert(n))
+    one = fast_settings(concurrency=1 if tight == "per-shard" else 10)
+    consumer = ShardConsumer(
+        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
+        lease=checkpoints.grant(shard.stream_arn, shard.shard_id, "transcripts"),
+        source=source,
+        leases=checkpoints,
+        processor=world.processor,
+        metrics=world.metrics,
+        settings=one,
+        clock=world.clock,
+        slots=asyncio.Semaphore(1 if tight == "worker-wide" else 10),
+    )
+    processed: list[str] = []
+    real = world.processor.process
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        processed.append(record.sequence_number)
+        consumer.stop()  # SIGTERM arrives while the first record is worked on
+        if finishes == "after-yielding":  # long enough for every later record to try for a slot
+            for _ in range(100):
+                await asyncio.sleep(0)
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    await asyncio.wait_for(consumer.run(), timeout=5)
+
+    assert processed == [f"{1:021d}"]
+    assert not consumer.finished
+    assert SHARD_END not in checkpoints.history
+    assert checkpoints.history == [f"{1:021d}"]
+
+
+async def test_a_lost_lease_abandons_the_records_in_flight_and_writes_no_checkpoint_after_it(
+    world: World,
+) -> None:
+    """``lose()`` (a lease unrenewable for a lease period: the table would still accept this worker's
+    write) stops the shard before the next checkpoint, even one already earned; it is counted and logged
+    once, and the consumer returns normally while the abandoned record unwinds."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    for n in range(1, 4):
+        source.append("shardId-1", _insert(n))
+    rarely = fast_settings(checkpoint_seconds=60)  # the first move is written at once, the next in 60 s
+    consumer = _consumer(world, source, shard, checkpoints, rarely)
+    second, never = asyncio.Event(), asyncio.Event()
+    real = world.processor.process
+
+    gates = {f"{2:021d}": second, f"{3:021d}": never}
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        gate = gates.get(record.sequence_number)
+        try:
+            if gate is not None:
+                await gate.wait()
+        except asyncio.CancelledError:
+            for _ in range(20):  # an AWS call closing its connection: cancellation takes a while
+                await asyncio.sleep(0)
+            raise
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    task = asyncio.create_task(consumer.run())
+    await eventually(lambda: checkpoints.history == [f"{1:021d}"])
+    second.set()
+    in_flight = {"table": "transcripts"}
+    await eventually(lambda: world.sample("reconciler_records_in_flight", **in_flight) == 1)  # only the third
+    with capture_logs() as logs:
+        consumer.lose()
+        consumer.lose()
+    await asyncio.wait_for(task, timeout=5)
+
+    assert consumer.lost is True
+    assert checkpoints.history == [f"{1:021d}"]  # record 2 finished, but its checkpoint is never written
+    assert world.sample("reconciler_records_in_flight", **in_flight) == 0
+    labels = {"table": "transcripts", "transition": "lost"}
+    assert world.sample("reconciler_lease_transitions_total", **labels) == 1
+    assert logs == [
+        {"event": "lease.lost", "table": "transcripts", "shard": "shardId-1", "log_level": "warning"}
+    ]
+
+
+async def test_an_ended_shard_is_counted_and_its_last_checkpoint_logged_as_shard_end(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1", closed=True)
+    source.append("shardId-1", _insert(1))
+    consumer = _consumer(world, source, shard, checkpoints)
+    with capture_logs() as logs:
+        await asyncio.wait_for(consumer.run(), timeout=5)
+
+    assert consumer.finished
+    assert world.sample("reconciler_shards_ended_total", table="transcripts") == 1
+    [stopped] = [entry for entry in logs if entry["event"] == "shard.stopped"]
+    assert (stopped["finished"], stopped["lost"], stopped["checkpoint"]) == (True, False, SHARD_END)
+
+
+async def test_a_shard_stopped_while_waiting_for_a_worker_wide_slot_leaves_the_slot_to_the_others(
+    world: World,
+) -> None:
+    """Two shards share one worker-wide slot; the one waiting for it is stopped (its lease moved away):
+    the slot must go back to the shard still reading, not to the stopped one's abandoned wait."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    busy, stopped = source.add_shard("transcripts", "busy"), source.add_shard("transcripts", "stopped")
+    for n in (1, 2, 3):
+        source.append("busy", _insert(n))
+    source.append("stopped", _insert(4))
+    shared = asyncio.Semaphore(1)
+
+    def consumer(shard: Shard) -> ShardConsumer:
+        return ShardConsumer(
+            origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
+            lease=checkpoints.grant(shard.stream_arn, shard.shard_id, "transcripts"),
+            source=source,
+            leases=checkpoints,
+            processor=world.processor,
+            metrics=world.metrics,
+            settings=FAST,
+            clock=world.clock,
+            slots=shared,
+        )
+
+    gate = asyncio.Event()
+    real = world.processor.process
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        if record.sequence_number == f"{1:021d}":
+            await gate.wait()
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    reading, waiting = consumer(busy), consumer(stopped)
+    reading_task = asyncio.create_task(reading.run())
+    await eventually(lambda: reading.busy)
+    waiting_task = asyncio.create_task(waiting.run())
+    await eventually(lambda: source.reads_by_shard.get("stopped", 0) >= 1)
+    for _ in range(10):  # its record reaches the full semaphore
+        await asyncio.sleep(0)
+    waiting.stop()
+    await asyncio.wait_for(waiting_task, timeout=5)
+    gate.set()
+    try:
+        await eventually(_at(checkpoints, busy, 3), seconds=2)
+    finally:
+        reading.stop()
+        await asyncio.wait_for(reading_task, timeout=5)
+    assert checkpoints.positions.get((stopped.stream_arn, "stopped")) is None
+
+
+class FailingCheckpoints(FakeLeaseStore):
+    """A lease table whose next ``failures`` checkpoint writes are throttled."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def checkpoint(self, lease: Lease, position: str) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise TransientError("AWS call failed after retries: ThrottlingException")
+        await super().checkpoint(lease, position)
+
+
+async def test_a_restarted_consumer_with_nothing_new_writes_no_checkpoint(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _insert(5))
+    checkpoints.positions[shard.stream_arn, "shardId-1"] = f"{5:021d}"
+    consumer = _consumer(world, source, shard, checkpoints)
+    await _run_until(consumer, lambda: source.reads >= 2)
+    assert checkpoints.history == []
+
+
+async def test_a_failed_checkpoint_is_counted_logged_and_written_at_the_next_attempt(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FailingCheckpoints(failures=1)
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _insert(1))
+    consumer = _consumer(world, source, shard, checkpoints)
+    with capture_logs() as logs:
+        await _run_until(consumer, _at(checkpoints, shard, 1))
+    assert world.sample("reconciler_failures_total", stage="checkpoint", error="TransientError") == 1
+    [failed] = [entry for entry in logs if entry["event"] == "checkpoint.failed"]
+    assert failed["error_type"] == "TransientError"
+    assert failed["error"] == "AWS call failed after retries: ThrottlingException"
+
+
+async def test_a_last_checkpoint_that_fails_at_stop_is_counted_and_logged(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FailingCheckpoints(failures=0)
+    shard = source.add_shard("transcripts", "shardId-1")
+    for n in (1, 2):
+        source.append("shardId-1", _insert(n))
+    rarely = fast_settings(checkpoint_seconds=60)  # the first move is written at once, the next in 60 s
+    consumer = _consumer(world, source, shard, checkpoints, rarely)
+    second = asyncio.Event()
+    real = world.processor.process
+
+    async def process(origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
+        if record.sequence_number == f"{2:021d}":
+            await second.wait()
+        return await real(origin, record)
+
+    world.processor.process = process  # type: ignore[method-assign]
+    task = asyncio.create_task(consumer.run())
+    await eventually(lambda: checkpoints.history == [f"{1:021d}"])
+    second.set()
+    await eventually(lambda: not consumer.busy)
+    checkpoints.failures = 1
+    with capture_logs() as logs:
+        consumer.stop()
+        await asyncio.wait_for(task, timeout=5)
+    assert checkpoints.history == [f"{1:021d}"]  # the next reader redoes record 2
+    assert world.sample("reconciler_failures_total", stage="checkpoint", error="TransientError") == 1
+    failed = [(e["error"], e["error_type"]) for e in logs if e["event"] == "checkpoint.failed"]
+    assert failed == [("AWS call failed after retries: ThrottlingException", "TransientError")]
+
+
+async def test_a_throttled_shard_doubles_its_backoff_and_logs_it(world: World) -> None:
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _insert(1))
+    source.throttle["shardId-1"] = 3
+    consumer = _consumer(world, source, shard, checkpoints)
+    with capture_logs() as logs:
+        await _run_until(consumer, _at(checkpoints, shard, 1))
+    errors = [entry for entry in logs if entry["event"] == "shard.error"]
+    base = FAST.retry_backoff_seconds
+    assert [entry["backoff"] for entry in errors] == [base, base * 2, base * 4]
+    assert {entry["error_type"] for entry in errors} == {"TransientError"}
+
+
+async def test_a_crashing_shard_doubles_its_backoff_too(world: World) -> None:
+    """A bug (not a ReconcilerError) backs the shard off like a throttle: 1, 2, 4 times the base."""
+    source, checkpoints = FakeStreamSource(), FakeLeaseStore()
+    shard = source.add_shard("transcripts", "shardId-1")
+    source.append("shardId-1", _insert(1))
+    crashes = [RuntimeError("a bug")] * 3
+    real_iterator = source.iterator
+
+    async def iterator(shard: Shard, after: str | None) -> str:
+        if crashes:
+            raise crashes.pop()
+        return await real_iterator(shard, after)
+
+    source.iterator = iterator  # type: ignore[method-assign]
+    consumer = _consumer(world, source, shard, checkpoints)
+    slept: list[float] = []
+    real_sleep = consumer._sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(seconds)
+
+    consumer._sleep = sleep  # type: ignore[method-assign]
+    with capture_logs() as logs:  # captured, not rendered: three tracebacks would be slow to print
+        await _run_until(consumer, _at(checkpoints, shard, 1))
+    assert [e["error_type"] for e in logs if e["event"] == "shard.crashed"] == ["RuntimeError"] * 3
+    base = FAST.retry_backoff_seconds
+    assert slept[:3] == [base, base * 2, base * 4]

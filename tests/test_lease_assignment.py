@@ -114,3 +114,59 @@ def test_lease_workers_converge_to_an_even_share_and_then_never_churn(
     assert sum(counts) == shards
     assert max(counts) - min(counts) <= 1
     assert sum(one_pass(name) for name in names) == 0  # stable: no churn
+
+
+def test_lease_free_and_own_leases_come_before_expired_ones() -> None:
+    free = [_lease(f"free{n}") for n in range(3)] + [_lease("own", "a")]
+    expired = [_lease(f"expired{n}", "b") for n in range(4)]
+    keys = {lease.key for lease in expired}
+    taken = _takes(expired + free, expired=keys, take_at_most=4)
+    assert taken == sorted((lease.shard_id, "taken") for lease in free)
+
+
+def test_lease_a_worker_takes_an_even_share_of_the_readable_leases() -> None:
+    """Two live owners and four shards: a share of two, although four are there for the taking."""
+    leases = [_lease("s0", "b"), _lease("s1"), _lease("s2"), _lease("s3")]
+    assert len(_takes(leases)) == 2
+
+
+def test_lease_unleased_counts_the_free_and_the_expired_but_not_the_live() -> None:
+    leases = [_lease("free1"), _lease("free2"), _lease("live", "b"), _lease("x1", "c"), _lease("x2", "d")]
+    plan = assign(leases, me="a", held=(), expired={(ARN, "x1"), (ARN, "x2")}, take_at_most=0, max_leases=10)
+    assert plan.unleased == 4
+
+
+def test_lease_workers_starting_together_reach_for_different_leases_first() -> None:
+    """Each worker orders the leases its own way, so a fleet starting at once does not race for one lease;
+    the same goes for which of a crowded owner's leases each thief takes."""
+    free = [_lease(f"s{n}") for n in range(16)]
+    firsts = {_takes(free, me=name, take_at_most=1)[0][0] for name in "abcdefgh"}
+    assert len(firsts) > 1
+    crowded = [_lease(f"s{n}", "z") for n in range(16)]
+    stolen = {_takes(crowded, me=name)[0][0] for name in "abcdefgh"}
+    assert len(stolen) > 1
+
+
+def test_lease_a_worker_at_its_share_never_steals_even_from_one_holding_two_more() -> None:
+    """10 shards, 4 workers: a share of 3. ``a`` holds 3 and ``b`` 5: the gap is two, but ``a`` has its
+    share, so the fix is for ``c`` or ``d`` to steal, not ``a``."""
+    owners = ["a"] * 3 + ["b"] * 5 + ["c", "d"]
+    leases = [_lease(f"s{n}", owner) for n, owner in enumerate(owners)]
+    held = {lease.key for lease in leases if lease.owner == "a"}
+    assert _takes(leases, held=held) == []
+    [(shard, how)] = _takes(leases, me="c", held={(ARN, "s8")})
+    assert ({lease.shard_id: lease.owner for lease in leases}[shard], how) == ("b", "stolen")
+
+
+def test_lease_exactly_two_more_is_enough_to_steal() -> None:
+    assert _takes([_lease("s0", "b"), _lease("s1", "b")]) in ([("s0", "stolen")], [("s1", "stolen")])
+    assert _takes([_lease("s0", "b")]) == []  # one more: stealing would only move the gap
+
+
+def test_lease_the_share_is_capped_by_max_leases_and_nothing_is_taken_from_an_empty_table() -> None:
+    plan = assign([], me="a", held=(), expired=(), take_at_most=2, max_leases=5)
+    assert (plan.takes, plan.readable, plan.share) == ([], 0, 0)
+    plan = assign(
+        [_lease(f"s{n}") for n in range(9)], me="a", held=(), expired=(), take_at_most=9, max_leases=5
+    )
+    assert (len(plan.takes), plan.share) == (5, 5)
