@@ -32,7 +32,7 @@ from reconciler.errors import (
 )
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import LeaseStore, Shard, StreamSource
-from reconciler.processing import Origin, RecordProcessor
+from reconciler.processing import Attempts, Origin, RecordProcessor
 from reconciler.settings import Settings
 
 log = structlog.get_logger("reconciler.consumer")
@@ -245,22 +245,40 @@ class ShardConsumer:
         return True
 
     async def _work(self, record: StreamRecord | Undecodable) -> None:
-        """One record until its outcome is final, or the shard stops (then it stays unfinished)."""
+        """One record until its outcome is final, or the shard stops (then it stays unfinished). Retries
+        back off, doubling; past the retry budget the record's remaining work is dead-lettered, so one poison
+        record never holds its shard until the stream trims it."""
         try:
+            first, backoff = self._clock(), self._settings.retry_backoff_seconds
+            attempts = 0
             while True:
                 outcome = await self._one(record)
+                attempts += 1
                 self.last_activity = self._clock()
+                if isinstance(outcome, Pending) and self._spent(record, attempts):
+                    spent = Attempts(attempts, first, self._clock())
+                    outcome = await self._processor.give_up(self.origin, record, outcome, spent)
                 if is_final(outcome):
                     if self._window.finish(outcome):
                         self._moved.set()
                     return
-                await self._sleep(self._settings.retry_backoff_seconds)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 if self._stop.is_set():
                     return  # delivered again to whoever reads the shard next
         finally:
             self._shard_slots.release()
             self._worker_slots.release()
             self._metrics.in_flight.labels(self.origin.table).dec()
+
+    def _spent(self, record: StreamRecord | Undecodable, attempts: int) -> bool:
+        """Past the attempts allowed, or older (by its stream timestamp) than a record may get."""
+        if attempts >= self._settings.max_attempts:
+            return True
+        if isinstance(record, StreamRecord):
+            age = (self._clock() - record.created_at).total_seconds()
+            return age >= self._settings.max_record_age_seconds
+        return False
 
     async def _one(self, record: StreamRecord | Undecodable) -> Outcome:
         """One record's outcome; an unexpected error is a retriable outcome, never a lost record."""

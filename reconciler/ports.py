@@ -166,6 +166,9 @@ class DeadLetter:
     item_table: str | None = None
     item_key: Mapping[str, object] = field(default_factory=dict)
     targets: tuple[str, ...] = ()
+    attempts: int = 0
+    first_attempt: dt.datetime | None = None
+    last_attempt: dt.datetime | None = None
 
     @property
     def letter_id(self) -> str:

@@ -12,7 +12,7 @@ from reconciler.core.classify import Cause, ttl_expiry
 from reconciler.core.decide import decide
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Outcome, Pending, Tally
-from reconciler.core.plan import Unsafe, key_hash, resolve
+from reconciler.core.plan import DeletionPlan, Unsafe, key_hash, resolve
 from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.core.spec import RuleSet
 from reconciler.errors import ReconcilerError, TransientError
@@ -55,7 +55,34 @@ class RecordProcessor:
         self._clock = clock
 
     async def process(self, origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
-        outcome = await self._process(origin, record)
+        return self._counted(origin, await self._process(origin, record))
+
+    async def give_up(
+        self, origin: Origin, record: StreamRecord | Undecodable, pending: Pending, attempts: Attempts
+    ) -> Outcome:
+        """The record's retry budget is spent: dead-letter what it still asks for (its plan's objects,
+        prefixes and links: identifiers and S3 URIs, never image content) with the last error and the
+        attempts, so the checkpoint can move on. Pending, and tried again, if the letter cannot be written."""
+        cause: Cause | None = None
+        targets: tuple[str, ...] = ()
+        if isinstance(record, StreamRecord):
+            table = self._rules.tables[origin.table]
+            cause = decide(record, table).cause
+            if cause is not None and record.old_image is not None:
+                targets = plan_targets(resolve(table, record.old_image))
+        log.error(
+            "record.gave_up",
+            sequence_number=record.sequence_number,
+            attempts=attempts.count,
+            error=pending.error,
+        )
+        reason = f"gave up after {attempts.count} attempts: {pending.error}"
+        outcome = await self._dead_letter(
+            origin, record, "failed", reason, cause, targets=targets, attempts=attempts
+        )
+        return self._counted(origin, outcome)
+
+    def _counted(self, origin: Origin, outcome: Outcome) -> Outcome:
         self._metrics.outcomes.labels(origin.table, _outcome_label(outcome)).inc()
         if isinstance(outcome, DeadLettered) and outcome.cause is not None:
             # A deletion given up before every artifact was gone: the SLO counts it as late, not as absent.
@@ -229,9 +256,12 @@ class RecordProcessor:
         reason: str,
         cause: Cause | None = None,
         result: ExecutionResult | None = None,
+        *,
+        targets: tuple[str, ...] = (),
+        attempts: Attempts | None = None,
     ) -> DeadLettered | Pending:
         refused = result.unsafe if result else []
-        targets = tuple(
+        targets += tuple(
             f"{s.unsafe.reason.value}: {s.unsafe.target}"
             + ("" if s.table == origin.table else f" (linked {s.table} {key_hash(s.table, s.key)})")
             for s in refused[:MAX_LETTER_TARGETS]
@@ -251,6 +281,9 @@ class RecordProcessor:
             item_table=origin.table,
             item_key=dict(record.keys),
             targets=targets,
+            attempts=attempts.count if attempts else 0,
+            first_attempt=attempts.first if attempts else None,
+            last_attempt=attempts.last if attempts else None,
         )
         try:
             new = await self._dead_letters.put(letter)
@@ -261,6 +294,27 @@ class RecordProcessor:
         if new:  # a redelivered record rewrites its letter: counted once
             self._metrics.dead_letters.labels(kind).inc()
         return DeadLettered(record.sequence_number, reason, cause, result.tally if result else Tally())
+
+
+@dataclass(frozen=True, slots=True)
+class Attempts:
+    """How often a record was tried, and when first and last."""
+
+    count: int
+    first: dt.datetime
+    last: dt.datetime
+
+
+def plan_targets(plan: DeletionPlan) -> tuple[str, ...]:
+    """What a plan asks for, as a letter names it: S3 URIs and link queries (identifiers), capped."""
+    named = (
+        *(f"object: {o}" for o in plan.objects),
+        *(f"prefix: {p}" for p in plan.prefixes),
+        *(f"linked: {q.table} where {q.attribute} = {q.value}" for q in plan.links),
+    )
+    if len(named) > MAX_LETTER_TARGETS:
+        return (*named[:MAX_LETTER_TARGETS], f"... and {len(named) - MAX_LETTER_TARGETS} more")
+    return named
 
 
 def _outcome_label(outcome: Outcome) -> str:

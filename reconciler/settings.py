@@ -57,7 +57,17 @@ class Settings(BaseSettings):
     )
     idle_poll_seconds: float = Field(default=1.0, gt=0, description="First wait after an empty GetRecords.")
     max_idle_poll_seconds: float = Field(default=10.0, gt=0, description="Longest wait between empty polls.")
-    retry_backoff_seconds: float = Field(default=5.0, gt=0, description="Wait before redelivering a batch.")
+    retry_backoff_seconds: float = Field(
+        default=5.0, gt=0, description="First wait before a record is tried again (doubling, to 60 s)."
+    )
+    max_attempts: int = Field(
+        default=50, ge=1, description="Attempts of one record before its remaining work is dead-lettered."
+    )
+    max_record_age_seconds: float = Field(
+        default=43200.0,
+        gt=0,
+        description="Age of a record (from its stream timestamp) past which a failing one is dead-lettered.",
+    )
     discovery_seconds: float = Field(default=30.0, gt=0, description="How often new shards are looked for.")
     shutdown_grace_seconds: float = Field(default=25.0, gt=0, description="Drain time after SIGTERM.")
     liveness_seconds: float = Field(default=300.0, gt=0, description="Consumer silence that fails /healthz.")

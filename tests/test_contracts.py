@@ -118,6 +118,37 @@ async def test_a_dead_letter_is_new_once_and_rewritten_after(stores: Stores) -> 
     )  # another letter of the record
 
 
+async def test_a_given_up_letter_keeps_its_attempts_and_their_times(stores: Stores) -> None:
+    first, last = dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 1, 0, 45, tzinfo=dt.UTC)
+    letter = DeadLetter(
+        source_table="transcripts",
+        stream_arn=ARN,
+        shard_id="shardId-1",
+        sequence_number=_seq(8),
+        event_id="e8",
+        kind="failed",
+        reason="gave up after 50 attempts: AWS call failed after retries: SlowDown",
+        created_at=last,
+        item_key={"transcript_id": "tr-8"},
+        targets=("prefix: s3://stt-transcripts/acct-1/tr-8/",),
+        attempts=50,
+        first_attempt=first,
+        last_attempt=last,
+    )
+    assert await stores.dead_letters.put(letter) is True
+    if stores.layout is None:
+        assert isinstance(stores.dead_letters, FakeDeadLetterStore)
+        stored = stores.dead_letters.letters[letter.letter_id]
+        assert (stored.attempts, stored.first_attempt, stored.last_attempt) == (50, first, last)
+        return
+    item = (
+        await stores.layout.dynamodb.get_item(TableName="letters", Key={"letter_id": {"S": letter.letter_id}})
+    )["Item"]
+    assert (item["attempts"], item["first_attempt"], item["last_attempt"]) == (
+        {"N": "50"}, {"S": first.isoformat()}, {"S": last.isoformat()},
+    )  # fmt: skip
+
+
 async def test_listing_exact_keeps_only_the_key_and_a_prefix_lists_every_version(stores: Stores) -> None:
     await stores.put_object("acct-1/tr-1/a", versions=2)
     await stores.put_object("acct-1/tr-1/ab")

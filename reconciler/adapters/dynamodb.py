@@ -160,6 +160,12 @@ class DynamoDBDeadLetterStore:
             fields["item_table"] = {"S": letter.item_table}
         if letter.item_key:
             fields["item_key"] = {"M": encode_key(letter.item_key)}
+        if letter.attempts:
+            fields["attempts"] = {"N": str(letter.attempts)}
+        if letter.first_attempt is not None:
+            fields["first_attempt"] = {"S": letter.first_attempt.isoformat()}
+        if letter.last_attempt is not None:
+            fields["last_attempt"] = {"S": letter.last_attempt.isoformat()}
         names = {f"#f{n}": name for n, name in enumerate(fields)}
         values = {f":f{n}": value for n, value in enumerate(fields.values())}
         update = "SET " + ", ".join(f"#f{n} = :f{n}" for n in range(len(fields)))
