@@ -213,8 +213,37 @@ async def test_retries_are_logged_by_error_code_never_by_the_errors_text() -> No
         {
             "event": "aws.retry_scheduled",
             "log_level": "warning",
+            "operation": "delete_objects",
+            "resource": "bkt",
             "error": "SlowDown",
             "retry_num": 1,
             "wait_for": 0.0,
         }
     ]
+
+
+async def test_a_retry_names_the_operation_and_its_table_never_a_key() -> None:
+    """Through the DynamoDB adapter's wrapper, the retry event names the operation and the table."""
+    from reconciler.adapters.aws import Caller, RetryPolicy  # noqa: PLC0415 - local to this test
+    from reconciler.adapters.dynamodb import DynamoDBItemStore  # noqa: PLC0415
+    from reconciler.core.plan import LinkQuery  # noqa: PLC0415
+
+    class Throttled:
+        calls = 0
+
+        async def delete_item(self, **kwargs: Any) -> dict[str, Any]:
+            Throttled.calls += 1
+            if Throttled.calls == 1:
+                error: Any = {"Error": {"Code": "ThrottlingException"}, "ResponseMetadata": {}}
+                raise ClientError(error, "DeleteItem")
+            return {}
+
+    store = DynamoDBItemStore(Throttled(), Caller(RetryPolicy(attempts=3)))  # type: ignore[arg-type]
+    query = LinkQuery("speech_outputs", "transcript_id", "tr-zq-key", None)
+    with structlog.testing.capture_logs() as events:
+        await store.delete_linked(query, {"transcript_id": "tr-zq-key", "output_type": "x"})
+    [retry] = [e for e in events if e["event"] == "aws.retry_scheduled"]
+    assert (retry["operation"], retry["resource"], retry["error"]) == (
+        "delete_item", "speech_outputs", "ThrottlingException",
+    )  # fmt: skip
+    assert "tr-zq-key" not in repr(events)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -144,14 +145,51 @@ class RetryPolicy:
     wait_max: float = 10.0
 
 
+# Request parameters that name the resource a call is about: never a key, an item or an object's name.
+_RESOURCE_PARAMETERS = ("TableName", "table", "Bucket", "bucket", "StreamArn")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def aws_operation(name: str) -> Callable[[F], F]:
+    """Names the AWS operation a wrapper of ours makes, for the retry log."""
+
+    def named(fn: F) -> F:
+        fn.aws_operation = name  # type: ignore[attr-defined]
+        return fn
+
+    return named
+
+
 def log_retry(details: RetryDetails) -> None:
     """stamina's own structlog hook writes ``repr()`` of the error, which for a library's error may quote
-    a value: this one names the error code or class only."""
+    a value: this one names the error code or class only, with the operation and the bucket or table."""
     cause = details.caused_by
     error = error_code(cause) if isinstance(cause, ClientError) else type(cause).__name__
+    operation, resource = _CALL.get()
     log.warning(
-        "aws.retry_scheduled", error=error, retry_num=details.retry_num, wait_for=round(details.wait_for, 3)
+        "aws.retry_scheduled",
+        operation=operation,
+        resource=resource,
+        error=error,
+        retry_num=details.retry_num,
+        wait_for=round(details.wait_for, 3),
     )
+
+
+# The call being retried, for the hook: stamina's details of a ``retry_context`` attempt name only
+# "<context block>". A context variable, so concurrent calls in other tasks each see their own.
+_CALL: contextvars.ContextVar[tuple[str, str | None]] = contextvars.ContextVar(
+    "aws_call", default=("?", None)
+)
+
+
+def _described(fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]) -> tuple[str, str | None]:
+    """The AWS operation (botocore names a client's methods after them; our wrappers take the client's
+    method as ``fn``) and the bucket, table or stream it is about."""
+    target = kwargs.get("fn", fn)
+    name = getattr(target, "aws_operation", None) or getattr(target, "__name__", type(target).__name__)
+    resource = next((str(kwargs[p]) for p in _RESOURCE_PARAMETERS if p in kwargs), None)
+    return str(name), resource
 
 
 class Caller:
@@ -168,6 +206,7 @@ class Caller:
         ).on(is_retriable)
 
     async def __call__(self, fn: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
+        described = _CALL.set(_described(fn, kwargs))
         try:
             return await self._retrying(fn, **kwargs)
         except (
@@ -179,6 +218,8 @@ class Caller:
             *CREDENTIAL_ERRORS,
         ) as exc:
             raise translate(exc) from exc
+        finally:
+            _CALL.reset(described)
 
 
 LEASE_CONNECTIONS = 4

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from reconciler.adapters.aws import Caller, error_code
+from reconciler.adapters.aws import Caller, aws_operation, error_code
 from reconciler.core.dynamodb_json import Image, decode_image, encode_key, encode_value
 from reconciler.core.plan import LinkQuery
 from reconciler.errors import PermanentError, TransientError
@@ -78,6 +78,7 @@ class DynamoDBItemStore:
             await self._call(self._batch_get, table=table, names=names, pending=pending, found=found)
         return [found.get(_ident(key, names)) for key in keys]
 
+    @aws_operation("batch_get_item")
     async def _batch_get(
         self, *, table: str, names: list[str], pending: list[dict[str, Any]], found: dict[_Ident, Image]
     ) -> None:
@@ -103,6 +104,7 @@ class DynamoDBItemStore:
             ReturnValues="ALL_OLD",
         )
 
+    @aws_operation("delete_item")
     async def _delete_if(self, **kwargs: Any) -> Image | None:
         try:
             response = await self._client.delete_item(**kwargs)

@@ -20,7 +20,7 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError
 
-from reconciler.adapters.aws import THROTTLING_CODES, Caller, error_code
+from reconciler.adapters.aws import THROTTLING_CODES, Caller, aws_operation, error_code
 from reconciler.core.scope import S3Location
 from reconciler.errors import AccessError, TransientError
 from reconciler.ports import DeleteReport, ObjectVersion, VersionPage
@@ -112,6 +112,7 @@ class S3ArtifactStore:
                         refused.append((version, code))
         return DeleteReport(deleted=tuple(deleted), refused=tuple(refused), absent=tuple(absent))
 
+    @aws_operation("delete_object")
     async def _delete_one(self, *, bucket: str, version: ObjectVersion) -> str:
         """``DeleteObject`` by version id, the key in the URL path: "deleted", "absent" or a refusal code."""
         try:
@@ -126,6 +127,7 @@ class S3ArtifactStore:
             raise  # throttling is retried by the caller; other refusals are mapped onto the error tree
         return "deleted"
 
+    @aws_operation("delete_objects")
     async def _delete_chunk(
         self,
         *,
