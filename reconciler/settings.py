@@ -20,9 +20,11 @@ class Settings(BaseSettings):
     )
 
     config: Path = Field(description="The artifact rules file (TOML).")
-    region: str = Field(
-        default="us-east-1",
-        validation_alias=AliasChoices("RECONCILER_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    region: str | None = Field(
+        default=None,
+        # AWS_REGION is read here because botocore reads only AWS_DEFAULT_REGION and the config file.
+        validation_alias=AliasChoices("RECONCILER_REGION", "AWS_REGION", "region"),
+        description="AWS Region (default: AWS_REGION, else botocore's AWS_DEFAULT_REGION or config file).",
     )
     endpoint_url: str | None = Field(default=None, description="Overrides AWS_ENDPOINT_URL (demo and tests).")
     http_host: str = Field(default="127.0.0.1", description="Bind address of /metrics, /healthz, /readyz.")

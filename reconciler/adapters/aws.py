@@ -32,7 +32,14 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from reconciler.errors import AccessError, CredentialsError, PermanentError, ReconcilerError, TransientError
+from reconciler.errors import (
+    AccessError,
+    ConfigError,
+    CredentialsError,
+    PermanentError,
+    ReconcilerError,
+    TransientError,
+)
 
 if TYPE_CHECKING:
     from stamina.instrumentation import RetryDetails
@@ -227,7 +234,8 @@ LEASE_CONNECTIONS = 4
 
 @dataclass(frozen=True, slots=True)
 class AwsSettings:
-    region: str
+    region: str | None
+    """None: botocore's own chain (AWS_REGION, AWS_DEFAULT_REGION, the profile in the AWS config file)."""
     endpoint_url: str | None = None
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
@@ -261,11 +269,18 @@ class AwsClients:
             read_timeout=self._settings.read_timeout,
             max_pool_connections=self._settings.max_pool_connections,
         )
-        common: dict[str, Any] = {"region_name": self._settings.region, "config": config}
+        common: dict[str, Any] = {"config": config}
+        if self._settings.region:
+            common["region_name"] = self._settings.region
         if self._settings.endpoint_url:
             common["endpoint_url"] = self._settings.endpoint_url
         if self._settings.credentials:
             common["aws_access_key_id"], common["aws_secret_access_key"] = self._settings.credentials
+        if not (self._settings.region or session.get_config_variable("region")):
+            raise ConfigError(
+                "no AWS Region: set AWS_REGION (or RECONCILER_REGION, --region), or a region in the AWS"
+                " config file's profile"
+            )
         self.s3 = await self._stack.enter_async_context(session.create_client("s3", **common))
         self.dynamodb = await self._stack.enter_async_context(session.create_client("dynamodb", **common))
         self.streams = await self._stack.enter_async_context(

@@ -1,0 +1,61 @@
+"""The AWS Region comes from the usual places: a flag or RECONCILER_REGION, AWS_REGION, then botocore's own
+chain (AWS_DEFAULT_REGION, the profile in the AWS config file); no Region anywhere is a one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.adapters.aws import AwsClients, AwsSettings
+from reconciler.cli import main
+from reconciler.errors import ConfigError
+from reconciler.settings import Settings
+
+
+@pytest.fixture
+def no_region(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "RECONCILER_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "config"
+    config.write_text("[default]\n", encoding="utf-8")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    return config
+
+
+def test_settings_leave_the_region_to_the_aws_chain_unless_told(
+    no_region: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings.model_validate({"config": "r.toml"}).region is None
+    monkeypatch.setenv("AWS_REGION", "eu-north-1")
+    assert Settings.model_validate({"config": "r.toml"}).region == "eu-north-1"
+    monkeypatch.setenv("RECONCILER_REGION", "ap-south-2")
+    assert Settings.model_validate({"config": "r.toml"}).region == "ap-south-2"
+
+
+@pytest.fixture
+def region_in_config_file(no_region: Path) -> None:
+    no_region.write_text("[default]\nregion = eu-west-3\n", encoding="utf-8")
+
+
+@pytest.mark.usefixtures("region_in_config_file")
+async def test_the_region_in_the_aws_config_file_is_used() -> None:
+    async with AwsClients(AwsSettings(region=None, credentials=("k", "s"))) as clients:
+        assert clients.dynamodb.meta.region_name == "eu-west-3"
+        assert clients.s3.meta.region_name == "eu-west-3"
+
+
+async def test_no_region_anywhere_is_a_configuration_error_naming_where_to_set_one(no_region: Path) -> None:
+    with pytest.raises(ConfigError, match="no AWS Region: set AWS_REGION"):
+        async with AwsClients(AwsSettings(region=None, credentials=("k", "s"))):
+            pass
+
+
+def test_init_tables_without_a_region_says_so_in_one_line(
+    no_region: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["init-tables"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("reconciler: no AWS Region")
