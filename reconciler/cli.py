@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from reconciler.rules import Rules, load_rules
 if TYPE_CHECKING:
     from reconciler.core.spec import RuleSet
     from reconciler.dry_run import Entry
-from reconciler.settings import Settings
+from reconciler.settings import Settings, unknown_variables
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -171,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     flags["create_tables"] = args.create_tables
     settings = _settings({k: v for k, v in flags.items() if v is not None})
     configure_logging(json=settings.log_json, level=settings.log_level)
+    warn_unknown_variables(os.environ)
     rules = load_rules(settings.config)
 
     async def serve() -> None:
@@ -235,6 +236,16 @@ def _init_tables(args: argparse.Namespace) -> int:
     for name, created in tables.items():
         print(f"{'created' if created else 'exists'}: {name}")
     return 0
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Say which ``RECONCILER_*`` variables no setting reads, by name (never the value)."""
+    import structlog  # noqa: PLC0415 - configured by then
+
+    for name, closest in unknown_variables(environ):
+        structlog.get_logger("reconciler.cli").warning(
+            "settings.unknown_variable", variable=name, did_you_mean=closest
+        )
 
 
 def _settings(values: dict[str, Any]) -> Settings:

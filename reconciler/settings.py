@@ -6,6 +6,8 @@ region from the standard AWS chain.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator
@@ -82,3 +84,28 @@ class Settings(BaseSettings):
         if level.strip().upper() not in LEVELS:
             raise ValueError(f"must be one of {', '.join(LEVELS)}")
         return level.strip().upper()
+
+
+PREFIX = "RECONCILER_"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``RECONCILER_*`` variables that no setting reads (a typo is otherwise silently ignored), each with the
+    known name it is closest to, if any. Names only: a value may be a secret."""
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    known |= {
+        choice
+        for field in Settings.model_fields.values()
+        if isinstance(field.validation_alias, AliasChoices)
+        for choice in field.validation_alias.choices
+        if isinstance(choice, str) and choice.startswith(PREFIX)
+    }
+    suffixes = {name.removeprefix(PREFIX): name for name in known}  # the shared prefix would match anything
+
+    def closest(name: str) -> str | None:
+        match = difflib.get_close_matches(name.removeprefix(PREFIX), suffixes, n=1)
+        return suffixes[match[0]] if match else None
+
+    return [
+        (name, closest(name)) for name in sorted(environ) if name.startswith(PREFIX) and name not in known
+    ]

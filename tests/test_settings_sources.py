@@ -1,16 +1,18 @@
 """The AWS Region comes from the usual places: a flag or RECONCILER_REGION, AWS_REGION, then botocore's own
-chain (AWS_DEFAULT_REGION, the profile in the AWS config file); no Region anywhere is a one-line error."""
+chain (AWS_DEFAULT_REGION, the profile in the AWS config file); no Region anywhere is a one-line error. And a
+misspelled RECONCILER_* variable is named, not silently ignored."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import structlog
 
 from reconciler.adapters.aws import AwsClients, AwsSettings
-from reconciler.cli import main
+from reconciler.cli import main, warn_unknown_variables
 from reconciler.errors import ConfigError
-from reconciler.settings import Settings
+from reconciler.settings import Settings, unknown_variables
 
 
 @pytest.fixture
@@ -59,3 +61,30 @@ def test_init_tables_without_a_region_says_so_in_one_line(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
     assert err[0].startswith("reconciler: no AWS Region")
+
+
+def test_a_misspelled_reconciler_variable_is_named_with_the_setting_it_resembles() -> None:
+    environ = {
+        "RECONCILER_CONCURENCY": "64",
+        "RECONCILER_CONCURRENCY": "32",
+        "RECONCILER_REGION": "eu-west-1",
+        "RECONCILER_WHATEVER_ELSE": "x",
+        "AWS_REGION": "eu-west-1",
+    }
+    assert unknown_variables(environ) == [
+        ("RECONCILER_CONCURENCY", "RECONCILER_CONCURRENCY"),
+        ("RECONCILER_WHATEVER_ELSE", None),
+    ]
+
+
+def test_unknown_variables_are_logged_by_name_never_by_value() -> None:
+    with structlog.testing.capture_logs() as events:
+        warn_unknown_variables({"RECONCILER_LEASE_SECOND": "zq-planted-secret"})
+    assert events == [
+        {
+            "event": "settings.unknown_variable",
+            "log_level": "warning",
+            "variable": "RECONCILER_LEASE_SECOND",
+            "did_you_mean": "RECONCILER_LEASE_SECONDS",
+        }
+    ]
