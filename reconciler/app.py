@@ -55,7 +55,7 @@ async def build_worker(
         if settings.create_tables:
             try:
                 await create_worker_tables(
-                    clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table
+                    clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
                 )
             except (
                 BotoCoreError,

@@ -230,7 +230,9 @@ def _init_tables(args: argparse.Namespace) -> int:
 
     try:
         tables = asyncio.run(create())
-    except (BotoCoreError, ClientError) as exc:  # no credentials, no endpoint, access denied: say so, briefly
+    except ConfigError:
+        raise  # no Region, say: a configuration mistake (exit 2)
+    except (BotoCoreError, ClientError, ReconcilerError) as exc:  # no endpoint, access denied: briefly
         print(f"reconciler: cannot create the tables: {exc}", file=sys.stderr)
         return 1
     for name, created in tables.items():

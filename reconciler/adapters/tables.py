@@ -7,12 +7,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from reconciler.adapters.aws import error_code
+from reconciler.adapters.aws import Caller, RetryPolicy, aws_operation, error_code
+from reconciler.errors import TransientError
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -42,38 +46,69 @@ CHECKPOINTS = TableKeys(("stream_arn", "shard_id"), ttl_attribute="expires_at")
 DEAD_LETTERS = TableKeys(("letter_id",))
 WORKER_TABLES = {"checkpoint_table": CHECKPOINTS, "dead_letter_table": DEAD_LETTERS}
 """The worker's tables by the ``Settings`` field that names them."""
+ACTIVE_WITHIN_SECONDS = 120.0
 
 
 async def create_table(
-    client: DynamoDBClient, name: str, keys: tuple[str, ...], ttl_attribute: str | None = None
+    client: DynamoDBClient,
+    name: str,
+    keys: tuple[str, ...],
+    ttl_attribute: str | None = None,
+    *,
+    call: Caller | None = None,
+    poll_seconds: float = 1.0,
 ) -> bool:
-    """Create an on-demand table with string keys (partition[, sort]); False if it already exists."""
+    """Create an on-demand table with string keys (partition[, sort]) and wait until it is ACTIVE; False if
+    it already existed. Every call goes through the retry policy: a throttle at start is waited out, never a
+    traceback (botocore's waiter would give up on the first throttled DescribeTable)."""
+    call = call or Caller(RetryPolicy())
     table = TableKeys(keys, ttl_attribute)
-    try:
-        await client.create_table(
+    created = await call(
+        _create_if_absent,
+        fn=client.create_table,
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=table.key_schema(),
+        AttributeDefinitions=table.attribute_definitions(),
+    )
+    await _until_active(client, name, call, poll_seconds)  # created just now, here or by another replica
+    if created and ttl_attribute is not None:
+        await call(
+            client.update_time_to_live,
             TableName=name,
-            BillingMode="PAY_PER_REQUEST",
-            KeySchema=table.key_schema(),
-            AttributeDefinitions=table.attribute_definitions(),
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute},
         )
+    return bool(created)
+
+
+@aws_operation("create_table")
+async def _create_if_absent(*, fn: Callable[..., Awaitable[object]], **kwargs: Any) -> bool:
+    try:
+        await fn(**kwargs)
     except ClientError as exc:
         if error_code(exc) == "ResourceInUseException":
             return False
         raise
-    await client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
-    if ttl_attribute is not None:
-        await client.update_time_to_live(
-            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute}
-        )
     return True
 
 
+async def _until_active(client: DynamoDBClient, name: str, call: Caller, poll_seconds: float) -> None:
+    deadline = time.monotonic() + ACTIVE_WITHIN_SECONDS
+    while True:
+        described = await call(client.describe_table, TableName=name)
+        if described["Table"].get("TableStatus") == "ACTIVE":
+            return
+        if time.monotonic() > deadline:
+            raise TransientError(f"table {name} is not ACTIVE after {ACTIVE_WITHIN_SECONDS:.0f}s")
+        await asyncio.sleep(poll_seconds)
+
+
 async def create_worker_tables(
-    client: DynamoDBClient, checkpoints: str, dead_letters: str
+    client: DynamoDBClient, checkpoints: str, dead_letters: str, call: Caller | None = None
 ) -> dict[str, bool]:
     """Create the worker's tables that are missing; by table name, whether it was created now."""
     names = {checkpoints: CHECKPOINTS, dead_letters: DEAD_LETTERS}
     return {
-        name: await create_table(client, name, keys.attributes, keys.ttl_attribute)
+        name: await create_table(client, name, keys.attributes, keys.ttl_attribute, call=call)
         for name, keys in names.items()
     }
