@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import decimal
 import logging
@@ -202,8 +203,13 @@ def world(rules: Rules) -> World:
     return World(spec, artifacts, items, dead_letters, registry, metrics, clock, executor, processor)
 
 
-def consumer_for(
-    world: World, source: FakeStreamSource, shard: Shard, checkpoints: FakeLeaseStore, settings: Settings
+def consumer_for(  # noqa: PLR0917 - the consumer's collaborators
+    world: World,
+    source: FakeStreamSource,
+    shard: Shard,
+    checkpoints: FakeLeaseStore,
+    settings: Settings,
+    slots: asyncio.Semaphore | None = None,
 ) -> ShardConsumer:
     """A shard consumer of the `transcripts` stream wired to the world's processor, holding its lease."""
     return ShardConsumer(
@@ -215,6 +221,7 @@ def consumer_for(
         metrics=world.metrics,
         settings=settings,
         clock=world.clock,
+        slots=slots,
     )
 
 

@@ -341,17 +341,8 @@ async def test_a_stop_while_records_wait_for_a_slot_never_ends_the_shard(
     for n in range(1, 4):
         source.append("shardId-1", _insert(n))
     one = fast_settings(concurrency=1 if tight == "per-shard" else 10)
-    consumer = ShardConsumer(
-        origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-        lease=checkpoints.grant(shard.stream_arn, shard.shard_id, "transcripts"),
-        source=source,
-        leases=checkpoints,
-        processor=world.processor,
-        metrics=world.metrics,
-        settings=one,
-        clock=world.clock,
-        slots=asyncio.Semaphore(1 if tight == "worker-wide" else 10),
-    )
+    slots = asyncio.Semaphore(1 if tight == "worker-wide" else 10)
+    consumer = consumer_for(world, source, shard, checkpoints, one, slots)
     processed: list[str] = []
     real = world.processor.process
 
@@ -448,17 +439,7 @@ async def test_a_shard_stopped_while_waiting_for_a_worker_wide_slot_leaves_the_s
     shared = asyncio.Semaphore(1)
 
     def consumer(shard: Shard) -> ShardConsumer:
-        return ShardConsumer(
-            origin=Origin("transcripts", shard.stream_arn, shard.shard_id),
-            lease=checkpoints.grant(shard.stream_arn, shard.shard_id, "transcripts"),
-            source=source,
-            leases=checkpoints,
-            processor=world.processor,
-            metrics=world.metrics,
-            settings=FAST,
-            clock=world.clock,
-            slots=shared,
-        )
+        return consumer_for(world, source, shard, checkpoints, FAST, shared)
 
     gate = asyncio.Event()
     real = world.processor.process
