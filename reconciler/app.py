@@ -50,7 +50,9 @@ async def build_worker(
     metrics = Metrics(registry if registry is not None else REGISTRY)
     metrics.initialize(spec)
     call = Caller(retry or RetryPolicy())
-    aws = aws or AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)
+    aws = aws or AwsSettings(
+        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
+    )
     async with AwsClients(aws) as clients:
         if settings.create_tables:
             try:

@@ -220,7 +220,9 @@ def _init_tables(args: argparse.Namespace) -> int:
     }
     # The same settings as `run` (flags, then RECONCILER_* and AWS_REGION); the rules file plays no part here.
     settings = _settings({"config": Path(os.devnull)} | {k: v for k, v in flags.items() if v is not None})
-    aws = AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)
+    aws = AwsSettings(
+        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
+    )
 
     async def create() -> dict[str, bool]:
         async with AwsClients(aws) as clients:
@@ -305,7 +307,10 @@ async def _resolve(args: argparse.Namespace, spec: RuleSet, entries: list[Entry]
     flags = {"endpoint_url": args.endpoint_url, "region": args.region}
     settings = _settings({"config": args.config} | {k: v for k, v in flags.items() if v is not None})
     call = Caller(RetryPolicy())
-    async with AwsClients(AwsSettings(region=settings.region, endpoint_url=settings.endpoint_url)) as clients:
+    aws = AwsSettings(
+        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
+    )
+    async with AwsClients(aws) as clients:
         executor = Executor(
             spec,
             S3ArtifactStore(clients.s3, call),

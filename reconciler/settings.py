@@ -9,10 +9,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+TlsPolicy = Literal["strict", "relaxed"]
 LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
@@ -75,6 +77,10 @@ class Settings(BaseSettings):
     discovery_seconds: float = Field(default=30.0, gt=0, description="How often new shards are looked for.")
     shutdown_grace_seconds: float = Field(default=25.0, gt=0, description="Drain time after SIGTERM.")
     liveness_seconds: float = Field(default=300.0, gt=0, description="Consumer silence that fails /healthz.")
+    tls_policy: TlsPolicy = Field(
+        default="strict",
+        description="strict: TLS 1.2/1.3, the published suites only; relaxed: botocore's defaults (a proxy).",
+    )
     log_json: bool | None = Field(default=None, description="JSON logs (default: when stderr is not a tty).")
     log_level: str = Field(default="INFO", description="CRITICAL, ERROR, WARNING, INFO or DEBUG.")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -19,6 +20,7 @@ import stamina
 import stamina.instrumentation
 import structlog
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import get_session
 from botocore.exceptions import (
     ClientError,
@@ -32,6 +34,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from reconciler.adapters.tls import PolicySession, check_endpoint, policy_context
 from reconciler.errors import (
     AccessError,
     ConfigError,
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
     from types_aiobotocore_dynamodbstreams import DynamoDBStreamsClient
     from types_aiobotocore_s3 import S3Client
+
+    from reconciler.settings import TlsPolicy
 
 T = TypeVar("T")
 log = structlog.get_logger("reconciler.aws")
@@ -242,6 +247,7 @@ class AwsSettings:
     max_pool_connections: int = 50
     credentials: tuple[str, str] | None = None
     """Explicit keys, for the embedded demo and tests only; production uses the default chain."""
+    tls_policy: TlsPolicy = "strict"
 
 
 class AwsClients:
@@ -263,11 +269,18 @@ class AwsClients:
 
     async def __aenter__(self) -> Self:
         session = get_session()
+        check_endpoint(self._settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
+        strict = self._settings.tls_policy == "strict"
+        if strict:
+            policy_context()  # ConfigError now, not at the first request, if OpenSSL cannot keep the policy
+        else:
+            log.warning("tls.relaxed", detail="outbound TLS uses botocore's defaults, not the TLS policy")
         config = AioConfig(
             retries={"total_max_attempts": 1},  # stamina owns retries
             connect_timeout=self._settings.connect_timeout,
             read_timeout=self._settings.read_timeout,
             max_pool_connections=self._settings.max_pool_connections,
+            http_session_cls=PolicySession if strict else AIOHTTPSession,
         )
         common: dict[str, Any] = {"config": config}
         if self._settings.region:
