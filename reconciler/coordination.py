@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from reconciler.core.leases import Lease, assign
+from reconciler.core.leases import Lease, assign, open_to, unleased
 from reconciler.core.spec import RuleSet
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.observability.metrics import Metrics
@@ -100,7 +100,7 @@ class Coordinator:
         if row is None:
             await self._leases.create(SHARD_SYNC)
             row = await self._leases.get(*SHARD_SYNC.key)
-        if row is not None and self._open_to_me(row, self._observe([row])):
+        if row is not None and open_to(row, self._reclaiming(), self._observe([row])):
             self._leader = await self._leases.take(row, self.owner)
             if self._leader is not None:
                 self._renewed[row.key] = self._monotonic()
@@ -169,9 +169,7 @@ class Coordinator:
             expired=expired,
             take_at_most=self._settings.leases_to_take,
             max_leases=self._settings.max_leases,
-            # After a lease period, a lease in this worker's name that it does not hold was given up by
-            # this process (unrenewable), not left by an earlier one: it waits to expire like any other.
-            reclaim=self._monotonic() - self._started < self._settings.lease_seconds,
+            reclaim=self._reclaiming() is not None,
         )
         taken: list[Lease] = []
         for take in plan.takes:
@@ -221,17 +219,18 @@ class Coordinator:
             if lease.owner is not None and now - self._seen[lease.key].since >= self._settings.lease_seconds
         }
 
-    def _open_to_me(self, lease: Lease, expired: set[Key]) -> bool:
-        earlier_life = self._monotonic() - self._started < self._settings.lease_seconds
-        return lease.owner is None or (earlier_life and lease.owner == self.owner) or lease.key in expired
+    def _reclaiming(self) -> str | None:
+        """This worker's name during its first lease period, when a lease in its name that it does not hold
+        is an earlier life's (a restart with the same worker id) and is taken back at once; None after, when
+        such a lease was given up by this process (unrenewable) and waits to expire like any other."""
+        return self.owner if self._monotonic() - self._started < self._settings.lease_seconds else None
 
     def _report(self, rows: Sequence[Lease], expired: set[Key]) -> None:
         for table, arn in self.streams.items():
             mine = [lease for lease in rows if lease.stream_arn == arn]
-            view = assign(mine, me=self.owner, held=(), expired=expired, take_at_most=0, max_leases=1)
             owners = {lease.owner for lease in mine if lease.owner and lease.key not in expired}
             self._metrics.leases_held.labels(table).set(self._count(table))
-            self._metrics.shards_unleased.labels(table).set(view.unleased)
+            self._metrics.shards_unleased.labels(table).set(unleased(mine, expired))
             self._metrics.lease_owners.labels(table).set(len(owners))
 
     def _count(self, table: str) -> int:

@@ -106,21 +106,27 @@ def assign(
     owners = frozenset({me, *live})
     share = min(math.ceil(len(ready) / len(owners)), max_leases) if ready else 0
     mine = sum(lease.key in held for lease in ready)
-    unleased = [lease for lease in ready if _unleased(lease, expired)]
     mine_before = me if reclaim else None
-    open_to_me = [lease for lease in ready if lease.key not in held and _open_to(lease, mine_before, expired)]
+    open_to_me = [lease for lease in ready if lease.key not in held and open_to(lease, mine_before, expired)]
     need = min(share - mine, take_at_most)
     takes = [Take(lease, _how(lease, me)) for lease in sorted(open_to_me, key=_priority(me))][: max(need, 0)]
     if not takes and need > 0:
         takes = _steal(ready, live, mine, me)
-    return Assignment(takes, len(ready), len(unleased), owners, share)
+    return Assignment(takes, len(ready), _count_unleased(ready, expired), owners, share)
 
 
-def _unleased(lease: Lease, expired: Collection[Key]) -> bool:
-    return lease.owner is None or lease.key in expired
+def unleased(leases: Sequence[Lease], expired: Collection[Key]) -> int:
+    """Readable leases that no live worker holds: free, or expired."""
+    by_key = {lease.key: lease for lease in leases}
+    return _count_unleased([lease for lease in leases if readable(lease, by_key)], expired)
 
 
-def _open_to(lease: Lease, me: str | None, expired: Collection[Key]) -> bool:
+def _count_unleased(ready: Sequence[Lease], expired: Collection[Key]) -> int:
+    return sum(lease.owner is None or lease.key in expired for lease in ready)
+
+
+def open_to(lease: Lease, me: str | None, expired: Collection[Key]) -> bool:
+    """Whether ``me`` may take ``lease`` without stealing: free, expired, or (``me`` given) in its name."""
     return lease.owner is None or (me is not None and lease.owner == me) or lease.key in expired
 
 
