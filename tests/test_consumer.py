@@ -179,6 +179,7 @@ async def test_a_slow_record_holds_the_checkpoint_but_not_the_records_after_it(w
         release.set()
         await eventually(_at(checkpoints, shard, 6))
     finally:
+        release.set()  # a failing assertion must not leave the slow record (and the test) hanging
         consumer.stop()
         await task
     assert f"{2:021d}" not in checkpoints.history[: checkpoints.history.index(f"{1:021d}") + 1]
