@@ -16,13 +16,15 @@ from reconciler.adapters.dynamodb import DynamoDBDeadLetterStore, DynamoDBItemSt
 from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
-from reconciler.adapters.tables import create_worker_tables
+from reconciler.adapters.tables import CHECKPOINTS, create_table, create_worker_tables
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
+from reconciler.ports import ArtifactStore, DeadLetterStore, ItemStore
 from reconciler.processing import RecordProcessor
 from reconciler.rules import Rules
 from reconciler.settings import Settings
+from reconciler.shadow import ReadOnlyArtifacts, ReadOnlyItems, ShadowDeadLetters, ShadowReport
 from reconciler.worker import Collaborators, Worker
 
 
@@ -34,6 +36,36 @@ def worker_id(settings: Settings) -> str:
     """This replica's name in the lease table: ``worker_id`` (the pod name in Kubernetes), else host and
     process, so two workers on one host never share a name."""
     return settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def _create_tables(settings: Settings, clients: AwsClients, call: Caller) -> None:
+    """The worker's tables; a dry run's own lease table only, since it writes nowhere else."""
+    try:
+        if settings.dry_run:
+            keys = CHECKPOINTS
+            await create_table(
+                clients.dynamodb, settings.lease_table, keys.attributes, keys.ttl_attribute, call=call
+            )
+        else:
+            await create_worker_tables(
+                clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
+            )
+    except (BotoCoreError, ClientError) as exc:  # no credentials, access denied: one line, no traceback
+        raise translate(exc) from exc
+
+
+def _shadowed(
+    settings: Settings, metrics: Metrics, artifacts: ArtifactStore, items: ItemStore, letters: DeadLetterStore
+) -> tuple[ArtifactStore, ItemStore, DeadLetterStore, ShadowReport | None]:
+    """A dry run's stores: the same reads, deletes refused, dead letters only logged and counted."""
+    if not settings.dry_run:
+        return artifacts, items, letters, None
+    return (
+        ReadOnlyArtifacts(artifacts),
+        ReadOnlyItems(items),
+        ShadowDeadLetters(metrics),
+        ShadowReport(metrics),
+    )
 
 
 @contextlib.asynccontextmanager
@@ -49,38 +81,38 @@ async def build_worker(
     spec = rules.compile()
     metrics = Metrics(registry if registry is not None else REGISTRY)
     metrics.initialize(spec)
+    if settings.dry_run:
+        metrics.initialize_shadow(spec)
     call = Caller(retry or RetryPolicy())
     aws = aws or AwsSettings(
         region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
     )
     async with AwsClients(aws) as clients:
         if settings.create_tables:
-            try:
-                await create_worker_tables(
-                    clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
-                )
-            except (
-                BotoCoreError,
-                ClientError,
-            ) as exc:  # no credentials, access denied: one line, no traceback
-                raise translate(exc) from exc
+            await _create_tables(settings, clients, call)
         # Records in flight share DeleteObjects requests per bucket, and re-creation checks share
         # BatchGetItem requests per table.
         items = CoalescingItemStore(DynamoDBItemStore(clients.dynamodb, call))
         artifacts = CoalescingArtifactStore(S3ArtifactStore(clients.s3, call))
-        executor = Executor(spec, artifacts, items, metrics, fanout=settings.record_fanout)
-        dead_letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
+        letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
+        artifact_store, item_store, dead_letters, shadow = _shadowed(
+            settings, metrics, artifacts, items, letters
+        )
+        executor = Executor(
+            spec, artifact_store, item_store, metrics, fanout=settings.record_fanout, dry_run=settings.dry_run
+        )
         processor = RecordProcessor(
             rules=spec,
             executor=executor,
             dead_letters=dead_letters,
             metrics=metrics,
             clock=utcnow,
-            items=items,
+            items=item_store,
+            shadow=shadow,
         )
         owner = worker_id(settings)
         leases = DynamoDBLeaseStore(
-            clients.leases, call, settings.checkpoint_table, owner, lease_seconds=settings.lease_seconds
+            clients.leases, call, settings.lease_table, owner, lease_seconds=settings.lease_seconds
         )
         parts = Collaborators(
             source=DynamoDBStreamSource(

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--create-tables", action="store_true", default=None, help="create the worker's own tables"
     )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="shadow mode: read and resolve, delete nothing, own checkpoints (RECONCILER_DRY_RUN)",
+    )
 
     _add_plan(commands)
 
@@ -169,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
 
     flags = {"config": args.config, "http_host": args.http_host, "http_port": args.http_port}
     flags["create_tables"] = args.create_tables
+    flags["dry_run"] = args.dry_run
     settings = _settings({k: v for k, v in flags.items() if v is not None})
     configure_logging(json=settings.log_json, level=settings.log_level)
     warn_unknown_variables(os.environ)

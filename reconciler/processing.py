@@ -19,6 +19,7 @@ from reconciler.errors import ReconcilerError, TransientError
 from reconciler.execution import ExecutionResult, Executor, RecordRefusals, ScopedUnsafe
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
+from reconciler.shadow import ShadowReport
 
 log = structlog.get_logger("reconciler.processing")
 
@@ -46,13 +47,17 @@ class RecordProcessor:
         metrics: Metrics,
         clock: Clock,
         items: ItemStore,
+        shadow: ShadowReport | None = None,
     ) -> None:
+        """With ``shadow`` (a dry run), what a real run would delete or refuse is reported to it instead of
+        the deletion, refusal and lag metrics."""
         self._rules = rules
         self._executor = executor
         self._items = items
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._clock = clock
+        self._shadow = shadow
 
     async def process(self, origin: Origin, record: StreamRecord | Undecodable) -> Outcome:
         return self._counted(origin, await self._process(origin, record))
@@ -84,7 +89,7 @@ class RecordProcessor:
 
     def _counted(self, origin: Origin, outcome: Outcome) -> Outcome:
         self._metrics.outcomes.labels(origin.table, _outcome_label(outcome)).inc()
-        if isinstance(outcome, DeadLettered) and outcome.cause is not None:
+        if isinstance(outcome, DeadLettered) and outcome.cause is not None and self._shadow is None:
             # A deletion given up before every artifact was gone: the SLO counts it as late, not as absent.
             self._metrics.unfinished.labels(outcome.cause.value).inc()
         return outcome
@@ -131,8 +136,17 @@ class RecordProcessor:
             letter = await self._dead_letter(origin, record, "unsafe", reason, cause, result)
             if isinstance(letter, Pending):
                 return letter
+        return self._finished(origin, record, cause, plan, result)
+
+    def _finished(
+        self, origin: Origin, record: StreamRecord, cause: Cause, plan: DeletionPlan, result: ExecutionResult
+    ) -> Deleted:
         completed = self._clock()
-        self._observe_lag(record, cause, table.ttl_attribute, completed)
+        unsafe = tuple(s.unsafe for s in result.unsafe)
+        if self._shadow is not None:  # nothing was deleted: no lag to observe
+            self._shadow.would_delete(origin.table, cause, plan.key, result)
+            return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
+        self._observe_lag(record, cause, self._rules.tables[origin.table].ttl_attribute, completed)
         log.info(
             "deletion.completed",
             key_hash=key_hash(origin.table, plan.key),
@@ -144,7 +158,6 @@ class RecordProcessor:
             unsafe=len(result.unsafe),
             pipeline_lag_seconds=round(max((completed - record.created_at).total_seconds(), 0.0), 3),
         )
-        unsafe = tuple(s.unsafe for s in result.unsafe)
         return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
 
     def _recorder(self, origin: Origin, record: StreamRecord, cause: Cause) -> RecordRefusals:
@@ -213,6 +226,9 @@ class RecordProcessor:
 
     def _report_unsafe(self, result: ExecutionResult) -> None:
         for scoped in result.unsafe:
+            if self._shadow is not None:
+                self._shadow.would_refuse(scoped)
+                continue
             self._metrics.unsafe.labels(scoped.table, scoped.unsafe.reason.value).inc()
             log.warning(
                 "deletion.unsafe_target",

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TlsPolicy = Literal["strict", "relaxed"]
@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     checkpoint_table: str = "reconciler-checkpoints"
     dead_letter_table: str = "reconciler-dead-letters"
     create_tables: bool = Field(default=False, description="Create the worker's own tables if missing.")
+    dry_run: bool = Field(
+        default=False,
+        description="Shadow mode: read and resolve as a real run does; delete nothing, write no dead letter.",
+    )
+    shadow_checkpoint_table: str = Field(
+        default="reconciler-shadow-checkpoints",
+        description="The leases and checkpoints of a dry run, never those of a real worker.",
+    )
     worker_id: str = Field(default="", description="Name of this replica in leases (default: host name).")
     batch_size: int = Field(default=1000, ge=1, le=1000, description="GetRecords Limit.")
     concurrency: int = Field(
@@ -83,6 +91,20 @@ class Settings(BaseSettings):
     )
     log_json: bool | None = Field(default=None, description="JSON logs (default: when stderr is not a tty).")
     log_level: str = Field(default="INFO", description="CRITICAL, ERROR, WARNING, INFO or DEBUG.")
+
+    @field_validator("shadow_checkpoint_table")
+    @classmethod
+    def _own_namespace(cls, table: str, info: ValidationInfo) -> str:
+        # A dry run that shared the real lease table would take real leases and move real checkpoints
+        # past records it did not delete.
+        if table in {info.data.get("checkpoint_table"), info.data.get("dead_letter_table")}:
+            raise ValueError("must differ from the checkpoint and dead-letter tables of a real worker")
+        return table
+
+    @property
+    def lease_table(self) -> str:
+        """Where this worker's leases and checkpoints live: the shadow namespace in a dry run."""
+        return self.shadow_checkpoint_table if self.dry_run else self.checkpoint_table
 
     @field_validator("log_level")
     @classmethod

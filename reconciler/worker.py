@@ -32,6 +32,9 @@ from reconciler.settings import Settings
 
 log = structlog.get_logger("reconciler.worker")
 
+SHADOW = "SHADOW MODE (dry run: nothing is deleted): "
+"""Leads every /readyz answer of a dry run, so nobody mistakes it for the worker that deletes."""
+
 
 @dataclass(frozen=True, slots=True)
 class Collaborators:
@@ -105,6 +108,10 @@ class Worker:
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
+        ready, detail = self._readiness()
+        return ready, SHADOW + detail if self._settings.dry_run else detail
+
+    def _readiness(self) -> tuple[bool, str]:
         if self._stopping.is_set():
             return False, "shutting down"
         consuming = f"consuming {sum(not c.finished for c in self._consumers.values())} shards"
@@ -124,6 +131,12 @@ class Worker:
             self.readiness,
         ).start()
         log.info("worker.started", http_port=self.http.port, sources=list(self._rules.sources))
+        if self._settings.dry_run:
+            log.warning(
+                "worker.shadow_mode",
+                detail="dry run: reads and resolves every record, deletes nothing, writes no dead letter",
+                lease_table=self._settings.lease_table,
+            )
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._renewals(), name="lease-heartbeat")

@@ -38,6 +38,8 @@ ARTIFACT_OUTCOMES = (
     ("item", "deleted"),
     ("object", "absent"),
 )
+# What a dry run counts as a real run's deletions: the kinds of reconciler_shadow_targets_total.
+SHADOW_TARGET_KINDS = ("object_version", "delete_marker", "item")
 LEASE_TRANSITIONS = ("taken", "expired", "stolen", "released", "lost")
 RECORD_OUTCOMES = ("deleted", "ignored", "filtered", "dead_lettered", "retry")
 RECORD_EVENTS = (
@@ -122,6 +124,7 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
+        self._shadow(registry)
         self.iterator_age = Gauge(
             "reconciler_iterator_age_seconds",
             "Age of the newest record read from a shard when it was read.",
@@ -213,6 +216,48 @@ class Metrics:
             self.dead_letters.labels(kind)
         for kind, outcome in ARTIFACT_OUTCOMES:
             self.artifacts.labels(kind, outcome)
+
+    def initialize_shadow(self, rules: RuleSet) -> None:
+        """Shadow mode's label sets at zero; a worker that deletes exports none of them."""
+        for table in rules.sources:
+            for cause in Cause:
+                self.shadow_records.labels(table, cause.value)
+                for kind in SHADOW_TARGET_KINDS:
+                    self.shadow_targets.labels(table, cause.value, kind)
+            for letter in typing.get_args(LetterKind):
+                self.shadow_dead_letters.labels(table, letter)
+        for table in rules.tables:
+            for reason in UnsafeReason:
+                self.shadow_refusals.labels(table, reason.value)
+
+    def _shadow(self, registry: CollectorRegistry) -> None:
+        """What a dry run (``reconciler run --dry-run``) would have done; it moves none of the deletion,
+        refusal, dead-letter or lag metrics above."""
+        self.shadow_records = Counter(
+            "reconciler_shadow_records_total",
+            "Dry run: records whose deletion a real run would carry out, by source table and cause.",
+            ["table", "cause"],
+            registry=registry,
+        )
+        self.shadow_targets = Counter(
+            "reconciler_shadow_targets_total",
+            "Dry run: object versions, delete markers and linked items a real run would delete, by source"
+            " table, cause and kind.",
+            ["table", "cause", "kind"],
+            registry=registry,
+        )
+        self.shadow_refusals = Counter(
+            "reconciler_shadow_refusals_total",
+            "Dry run: targets the scope check would refuse, by the table of their item and reason.",
+            ["table", "reason"],
+            registry=registry,
+        )
+        self.shadow_dead_letters = Counter(
+            "reconciler_shadow_dead_letters_total",
+            "Dry run: dead letters a real run would write (none is written), by source table and kind.",
+            ["table", "kind"],
+            registry=registry,
+        )
 
     def _initialize_source(self, table: str) -> None:
         self.shards.labels(table)
