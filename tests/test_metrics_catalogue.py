@@ -25,6 +25,7 @@ def _documented() -> dict[str, tuple[str, frozenset[str]]]:
 def _exported(rules: Rules) -> dict[str, tuple[str, frozenset[str]]]:
     metrics = Metrics(CollectorRegistry(), clock=lambda: 100.0)
     metrics.initialize(rules.compile())
+    metrics.initialize_shadow(rules.compile())  # a dry run's series (reconciler run --dry-run)
     metrics.last_poll.labels("transcripts", "shardId-1").set(50.0)  # the poll age has samples only then
     metrics.iterator_age.labels("transcripts", "shardId-1").set(0.0)
     metrics.failures.labels("poll", "TransientError").inc()
