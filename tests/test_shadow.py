@@ -52,7 +52,7 @@ def _shadow_processor(world: World, *, dry_run: bool = True) -> RecordProcessor:
 
 def _records(world: World) -> list[StreamRecord | Undecodable]:
     """A TTL expiry (with a delete marker), a customer request, one whose linked item points outside its
-    scope, an undecodable record and an insert."""
+    scope, an undecodable record, a removal without its old image, and an insert."""
     world.add_transcript("acct-1", "tr-1", versions=3)
     world.artifacts.mark_deleted("stt-transcripts", "acct-1/tr-1/transcript.json")
     world.add_transcript("acct-1", "tr-2")
@@ -72,8 +72,10 @@ def _records(world: World) -> list[StreamRecord | Undecodable]:
     ]
     bad = stream_record(4, old_image={"transcript_id": "tr-4", "title": SECRET})
     bad["dynamodb"]["OldImage"]["title"] = {"Z": "bad"}  # type: ignore[index]
-    insert = stream_record(5, event="INSERT", old_image=world.image("acct-1", "tr-5"))
-    return [decode_record(raw) for raw in [*raws, bad, insert]]
+    keys_only = stream_record(5, old_image={"transcript_id": "tr-5"}, view_type="KEYS_ONLY")
+    del keys_only["dynamodb"]["OldImage"]  # type: ignore[attr-defined]
+    insert = stream_record(6, event="INSERT", old_image=world.image("acct-1", "tr-6"))
+    return [decode_record(raw) for raw in [*raws, bad, keys_only, insert]]
 
 
 async def _each(processor: RecordProcessor, records: Sequence[StreamRecord | Undecodable]) -> list[Outcome]:
@@ -105,7 +107,9 @@ async def test_a_shadow_run_counts_what_a_real_run_then_deletes_and_deletes_noth
 
     real = await _each(world.processor, records)
 
-    assert [type(o) for o in shadow] == [type(o) for o in real] == [Deleted] * 3 + [DeadLettered, Ignored]
+    assert (
+        [type(o) for o in shadow] == [type(o) for o in real] == [Deleted] * 3 + [DeadLettered] * 2 + [Ignored]
+    )
     for kind in SHADOW_TARGET_KINDS:
         would = sum(
             world.sample("reconciler_shadow_targets_total", table="transcripts", cause=c, kind=kind)
@@ -118,7 +122,7 @@ async def test_a_shadow_run_counts_what_a_real_run_then_deletes_and_deletes_noth
     refused = {"table": "llm_requests", "reason": "out_of_scope"}
     assert world.sample("reconciler_shadow_refusals_total", **refused) == 1
     assert world.sample("reconciler_unsafe_targets_total", **refused) == 1
-    for kind in ("unsafe", "undecodable"):
+    for kind in ("unsafe", "undecodable", "no_image"):
         assert world.sample("reconciler_shadow_dead_letters_total", table="transcripts", kind=kind) == 1
         assert world.sample("reconciler_dead_letters_total", kind=kind) == 1
 
@@ -133,6 +137,7 @@ async def test_shadow_events_name_identifiers_and_s3_keys_never_image_content(wo
     assert names.count("shadow.would_delete") == 3
     assert names.count("shadow.would_refuse") == 1
     assert sorted(e["kind"] for e in logs if e["event"] == "shadow.would_dead_letter") == [
+        "no_image",
         "undecodable",
         "unsafe",
     ]
@@ -156,6 +161,7 @@ async def test_the_shadow_stores_refuse_to_delete_even_when_the_executor_would(w
 
     assert isinstance(outcome, DeadLettered)
     assert "dry run: DeleteObjects on" in outcome.reason
+    assert _live(world) == 0  # not even the unfinished deletion a real run's dead letter would count
     assert world.artifacts.buckets == buckets
     assert world.items.tables == tables
     assert {"shadow.write_refused", "shadow.would_dead_letter"} <= {e["event"] for e in logs}
