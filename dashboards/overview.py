@@ -83,6 +83,7 @@ def build(slo: Slo | None = None, job: str = JOB) -> model.Dashboard:
         "Throughput": _throughput_panels(),
         "Failures and refusals": _failure_panels(),
         "Shards and replicas": [*_replica_panels(), *_lease_panels(), *_shard_panels()],
+        "Shadow mode (dry run)": _shadow_panels(),
     }
     for title, panels in rows.items():
         board.with_row(dashboard_builders.Row(title))
@@ -472,3 +473,43 @@ def _shard_panels() -> Panels:
         ),
         _with_lines(poll_age, (STALL_SECONDS, "red")),
     ]
+
+
+def _shadow_panels() -> Panels:
+    """What a ``reconciler run --dry-run`` worker would have done: empty for a worker that deletes."""
+    would = _series(
+        "Shadow: records a real run would delete",
+        "Dry run only: stream records whose deletion a real run would carry out, by source table and"
+        " cause; no data for a worker that deletes. Good is a rate that follows the tables' expiries and"
+        " customer deletions, as the real job's deleted outcomes do.",
+        "ops",
+        _targets((_rate("table, cause", "reconciler_shadow_records_total"), "{{table}} {{cause}}")),
+    )
+    targets = _series(
+        "Shadow: artifacts a real run would delete per second",
+        "Dry run only: object versions, delete markers and linked items a real run would delete, by source"
+        " table, cause and kind. Good is what you expect the worker to delete, nothing more: compare it"
+        " with the real job's deleted artifacts.",
+        "ops",
+        _targets(
+            (_rate("table, cause, kind", "reconciler_shadow_targets_total"), "{{table}} {{cause}} {{kind}}")
+        ),
+    )
+    refusals = _series(
+        "Shadow: refusals and dead letters a real run would write",
+        "Dry run only: targets the scope check would refuse (by table and reason) and dead letters a real"
+        " run would write (by kind); none is written. Good is zero; each bar is in the shadow.would_refuse"
+        " and shadow.would_dead_letter log events.",
+        "short",
+        _targets(
+            (
+                _rate("table, reason", "reconciler_shadow_refusals_total", "increase"),
+                "refused {{table}} {{reason}}",
+            ),
+            (
+                _rate("table, kind", "reconciler_shadow_dead_letters_total", "increase"),
+                "dead letter {{table}} {{kind}}",
+            ),
+        ),
+    )
+    return [would, targets, _red_above_zero(refusals.draw_style(common.GraphDrawStyle.BARS))]

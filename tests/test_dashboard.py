@@ -289,4 +289,5 @@ def test_layout_is_tidy() -> None:
         "Throughput",
         "Failures and refusals",
         "Shards and replicas",
+        "Shadow mode (dry run)",
     ]

@@ -1,4 +1,5 @@
 """A real Prometheus scrapes a real worker on moto: a lagging TTL service breaches the SLO and pages.
+A shadow worker (``--dry-run``) beside it, scraped as a job of its own, feeds the dashboard's shadow row.
 
 Items whose TTL expired two hours ago are deleted now, as a late TTL service would, so their deletion lag
 exceeds the one-hour objective. The rules are the shipped ones with every window and ``for`` scaled by
@@ -39,6 +40,7 @@ SCALE = 1 / 60
 LATE = 2 * 3600  # the TTL expired two hours before the TTL service deleted the item
 DASHBOARD = Path(__file__).parent.parent / "dashboards" / "reconciler-overview.json"
 FAST_BURN = "ReconcilerDeletionLagBudgetBurnFast"
+SHADOW_JOB = "reconciler-shadow"
 # Panels whose counters start at zero: the held upload and the tampered link must move them.
 DRIVEN = ("Failures", "Unsafe targets", "Dead letters", "outcomes", "Artifacts")
 
@@ -48,8 +50,10 @@ def _now() -> dt.datetime:
 
 
 @contextlib.asynccontextmanager
-async def _worker(endpoint: str, rules: Rules, registry: CollectorRegistry) -> AsyncIterator[Worker]:
-    settings = local_settings(endpoint, idle_poll_seconds=0.05, max_idle_poll_seconds=0.2)
+async def _worker(
+    endpoint: str, rules: Rules, registry: CollectorRegistry, *, dry_run: bool = False
+) -> AsyncIterator[Worker]:
+    settings = local_settings(endpoint, idle_poll_seconds=0.05, max_idle_poll_seconds=0.2, dry_run=dry_run)
     aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
     async with build_worker(settings, rules, registry, RetryPolicy(attempts=3), aws) as worker:
         task = asyncio.create_task(worker.run())
@@ -103,9 +107,10 @@ async def _wait_firing(
 
 def _panel_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
-    substitutions = {"$__rate_interval": "5m", "$job": JOB}  # the test's whole history fits in 5 minutes
     found = []
     for title, expr in queries(dashboard):
+        job = SHADOW_JOB if title.startswith("Shadow:") else JOB  # the shadow row shows the dry run's job
+        substitutions = {"$__rate_interval": "5m", "$job": job}  # the test's history fits in 5 minutes
         for variable, value in substitutions.items():
             expr = expr.replace(variable, value)  # noqa: PLW2901 - the panel's query, made concrete
         found.append((title, expr))
@@ -156,12 +161,17 @@ async def test_a_lagging_ttl_service_fires_the_fast_burn_alert_and_every_panel_h
     )
     registry = CollectorRegistry()
 
-    async with _worker(endpoint, rules, registry) as worker:
+    async with (
+        _worker(endpoint, rules, registry) as worker,
+        _worker(endpoint, rules, CollectorRegistry(), dry_run=True) as shadow,
+    ):
         assert worker.http is not None
+        assert shadow.http is not None
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
-                {"job_name": JOB, "static_configs": [{"targets": [f"127.0.0.1:{worker.http.port}"]}]}
+                {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{http.port}"]}]}
+                for job, http in ((JOB, worker.http), (SHADOW_JOB, shadow.http))
             ],
         }
         async with prometheus(tmp_path, config, {"groups": rule_groups(scale=SCALE)}) as base:
