@@ -189,7 +189,7 @@ def test_a_dry_run_keeps_its_leases_in_its_own_table(monkeypatch: pytest.MonkeyP
 )
 def test_a_dry_run_refuses_a_lease_table_a_real_worker_uses(tables: dict[str, str]) -> None:
     with pytest.raises(ValidationError, match="must differ from the checkpoint and dead-letter tables"):
-        Settings(config="r.toml", dry_run=True, **tables)
+        Settings.model_validate({"config": "r.toml", "dry_run": True} | tables)
 
 
 async def test_a_shadow_worker_says_so_at_start_and_in_every_readiness_answer(world: World) -> None:
