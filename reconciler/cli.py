@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from reconciler import __version__
 from reconciler.errors import ConfigError, DecodeError, ReconcilerError
+from reconciler.preflight import PreflightError
 from reconciler.rules import Rules, load_rules
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ from reconciler.settings import Settings, unknown_variables
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNSAFE = 3
+EXIT_PREFLIGHT = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     except (ConfigError, DecodeError) as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except PreflightError as exc:  # a resource missing, unusable or not permitted: named, one per line
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_PREFLIGHT
     except ReconcilerError as exc:  # AWS refused or failed at start: one line, never a traceback
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_FAILURE
