@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import structlog
+from conftest import DEMO_RULES, worker_env
 
 from reconciler import cli
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
@@ -21,7 +22,6 @@ from reconciler.demo.layout import Layout
 from reconciler.demo.moto_server import CREDENTIALS, REGION
 from reconciler.preflight import Preflight, PreflightError, Problem, requirements
 from reconciler.rules import Rules
-from tests.conftest import DEMO_RULES, worker_env
 
 OWN = {"reconciler-checkpoints": "checkpoint table", "reconciler-dead-letters": "dead-letter table"}
 
