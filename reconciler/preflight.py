@@ -34,7 +34,7 @@ from typing import Protocol
 import structlog
 
 from reconciler.core.spec import RuleSet
-from reconciler.errors import ReconcilerError
+from reconciler.errors import MissingCredentialsError, ReconcilerError
 from reconciler.iam import static_prefix
 
 log = structlog.get_logger("reconciler.preflight")
@@ -178,7 +178,9 @@ class Preflight:
             results = await asyncio.gather(*(checks[n]() for n in names), return_exceptions=True)
             waiting: dict[str, Check] = {}
             for name, result in zip(names, results, strict=True):
-                if isinstance(result, ReconcilerError) and result.retriable:
+                if isinstance(result, MissingCredentialsError):  # nothing to wait for: none configured
+                    problems.append(Problem("AWS credentials", f"{result} (none in the default chain)"))
+                elif isinstance(result, ReconcilerError) and result.retriable:
                     waiting[name] = checks[name]
                     log.warning(
                         "preflight.waiting",
