@@ -14,13 +14,16 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy, translate
 from reconciler.adapters.dynamodb import DynamoDBDeadLetterStore, DynamoDBItemStore
 from reconciler.adapters.leases import DynamoDBLeaseStore
+from reconciler.adapters.probes import AwsResourceProbe
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.tables import CHECKPOINTS, create_table, create_worker_tables
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
+from reconciler.core.spec import RuleSet
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import ArtifactStore, DeadLetterStore, ItemStore
+from reconciler.preflight import Preflight, requirements
 from reconciler.processing import RecordProcessor
 from reconciler.rules import Rules
 from reconciler.settings import Settings
@@ -32,26 +35,38 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Caller) -> Preflight:
+    """The start-up checks; with ``create_tables``, the worker's tables are created first. A dry run's own
+    table is its lease table alone, and it proves no delete grant: it writes to nothing else."""
+
+    async def create() -> None:
+        try:
+            if settings.dry_run:
+                keys = CHECKPOINTS
+                await create_table(
+                    clients.dynamodb, settings.lease_table, keys.attributes, keys.ttl_attribute, call=call
+                )
+            else:
+                await create_worker_tables(
+                    clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
+                )
+        except (BotoCoreError, ClientError) as exc:  # the waiter's own errors, as our tree says
+            raise translate(exc) from exc
+
+    own = {settings.checkpoint_table: "checkpoint table", settings.dead_letter_table: "dead-letter table"}
+    if settings.dry_run:
+        own = {settings.lease_table: "shadow checkpoint table"}
+    return Preflight(
+        requirements(spec, own),
+        AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, call, read_only=settings.dry_run),
+        create_tables=create if settings.create_tables else None,
+    )
+
+
 def worker_id(settings: Settings) -> str:
     """This replica's name in the lease table: ``worker_id`` (the pod name in Kubernetes), else host and
     process, so two workers on one host never share a name."""
     return settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-
-
-async def _create_tables(settings: Settings, clients: AwsClients, call: Caller) -> None:
-    """The worker's tables; a dry run's own lease table only, since it writes nowhere else."""
-    try:
-        if settings.dry_run:
-            keys = CHECKPOINTS
-            await create_table(
-                clients.dynamodb, settings.lease_table, keys.attributes, keys.ttl_attribute, call=call
-            )
-        else:
-            await create_worker_tables(
-                clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
-            )
-    except (BotoCoreError, ClientError) as exc:  # no credentials, access denied: one line, no traceback
-        raise translate(exc) from exc
 
 
 def _shadowed(
@@ -88,8 +103,6 @@ async def build_worker(
         region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
     )
     async with AwsClients(aws) as clients:
-        if settings.create_tables:
-            await _create_tables(settings, clients, call)
         # Records in flight share DeleteObjects requests per bucket, and re-creation checks share
         # BatchGetItem requests per table.
         items = CoalescingItemStore(DynamoDBItemStore(clients.dynamodb, call))
@@ -122,6 +135,7 @@ async def build_worker(
             processor=processor,
             metrics=metrics,
             owner=owner,
+            preflight=_preflight(settings, spec, clients, call) if settings.preflight else None,
         )
         try:
             yield Worker(settings, spec, parts, clock=utcnow)

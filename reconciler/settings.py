@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     checkpoint_table: str = "reconciler-checkpoints"
     dead_letter_table: str = "reconciler-dead-letters"
     create_tables: bool = Field(default=False, description="Create the worker's own tables if missing.")
+    preflight: bool = Field(
+        default=True, description="Check every table, stream, bucket and grant before consuming (exit 4)."
+    )
     dry_run: bool = Field(
         default=False,
         description="Shadow mode: read and resolve as a real run does; delete nothing, write no dead letter.",
