@@ -56,7 +56,7 @@ def test_the_script_writes_alert_rules_and_dashboard_per_deployment_with_kept_la
     rules = (tmp_path / RULES).read_text()
     assert "sum by (job, namespace, cluster) (rate(reconciler_pipeline_lag_seconds_bucket" in rules
     assert "by (job) " not in rules
-    # every aggregation of the shipped rules, and two more: ReconcilerTargetMissing names a vanished deployment
+    # every aggregation of the shipped rules, and two more: TargetMissing names a vanished deployment
     assert rules.count("by (job, namespace, cluster") == (ROOT / RULES).read_text().count("by (job") + 2
     dashboard = (tmp_path / DASHBOARD).read_text()
     assert 'namespace=~\\"$namespace\\",cluster=~\\"$cluster\\"' in dashboard
