@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.observability.slo import Slo
-from scripts.generate import DASHBOARD, PROMETHEUS_RULE, RULES, outputs, stale
+from scripts.generate import DASHBOARD, PROMETHEUS_RULE, RULES, main, outputs, stale
 
 ROOT = Path(__file__).parent.parent
 
@@ -51,8 +51,7 @@ def test_the_script_refuses_an_slo_no_series_can_measure(tmp_path: Path) -> None
 
 
 def test_the_script_writes_alert_rules_and_dashboard_per_deployment_with_kept_labels(tmp_path: Path) -> None:
-    result = _generate(tmp_path, "--keep-labels", "namespace,cluster")
-    assert result.returncode == 0, result.stderr
+    assert main(["--keep-labels", "namespace,cluster", "--out", str(tmp_path)]) == 0
     rules = (tmp_path / RULES).read_text()
     assert "sum by (job, namespace, cluster) (rate(reconciler_pipeline_lag_seconds_bucket" in rules
     assert "by (job) " not in rules
@@ -65,7 +64,7 @@ def test_the_script_writes_alert_rules_and_dashboard_per_deployment_with_kept_la
 
 def test_the_script_gives_alerts_absolute_runbook_urls_from_a_base_url(tmp_path: Path) -> None:
     base = "https://git.example.com/deletion-reconciler/blob/main/docs/runbook.md"
-    assert _generate(tmp_path, "--runbook", base).returncode == 0
+    assert main(["--runbook", base, "--out", str(tmp_path)]) == 0
     urls = re.findall(r"runbook_url: (\S+)", (tmp_path / RULES).read_text())
     default = re.findall(r"runbook_url: (\S+)", (ROOT / RULES).read_text())
     assert len(urls) == len(default) > 15
@@ -85,9 +84,10 @@ def test_the_script_gives_alerts_absolute_runbook_urls_from_a_base_url(tmp_path:
     ],
 )
 def test_the_script_refuses_an_alert_runbook_or_kept_label_it_cannot_use(
-    tmp_path: Path, flag: str, value: str, message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
 ) -> None:
-    result = _generate(tmp_path, flag, value)
-    assert result.returncode == 2
-    assert message in result.stderr
+    with pytest.raises(SystemExit) as exit_:
+        main([flag, value, "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / RULES).exists()
