@@ -124,6 +124,14 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
+        self.enforcement_lag = Histogram(
+            "reconciler_enforcement_lag_seconds",
+            "Seconds from an expired item's enforcement deadline (TTL expiry plus the enforcement grace)"
+            " until the sweeper deleted it (this worker's own lag, like the pipeline's).",
+            ["table"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
         self._shadow(registry)
         self.iterator_age = Gauge(
             "reconciler_iterator_age_seconds",
@@ -261,6 +269,7 @@ class Metrics:
 
     def _initialize_source(self, table: str) -> None:
         self.shards.labels(table)
+        self.enforcement_lag.labels(table)
         self.source_up.labels(table).set(0)
         self.leases_held.labels(table)
         self.shards_ended.labels(table)
@@ -269,6 +278,16 @@ class Metrics:
         self.in_flight.labels(table)
         for transition in LEASE_TRANSITIONS:
             self.lease_transitions.labels(table, transition)
+
+    def observe_enforced(self, table: str, lag_seconds: float) -> None:
+        """Count one expired item of ``table`` the sweeper deleted ``lag_seconds`` after its deadline.
+
+        For the enforcement sweeper: call it once per item it deleted itself, with the time from TTL expiry
+        plus the enforcement grace to its successful delete (clamped at zero: an early delete is on time).
+        The deletion-lag SLO counts each call as one event of the worker's own lag, beside the pipeline's.
+        The item's artifacts then go through the stream like any other REMOVE (``reconciler_pipeline_lag``).
+        """
+        self.enforcement_lag.labels(table).observe(max(lag_seconds, 0.0))
 
     def forget_shard(self, table: str, shard: str) -> None:
         """Drop a finished shard's series so closed shards do not pile up."""
