@@ -12,8 +12,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy, translate
-from reconciler.adapters.dynamodb import DynamoDBDeadLetterStore, DynamoDBItemStore
+from reconciler.adapters.dynamodb import DynamoDBItemStore
 from reconciler.adapters.leases import DynamoDBLeaseStore
+from reconciler.adapters.letters import DynamoDBDeadLetterStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.tables import create_worker_tables
@@ -90,6 +91,7 @@ async def build_worker(
             processor=processor,
             metrics=metrics,
             owner=owner,
+            dead_letters=dead_letters,
         )
         try:
             yield Worker(settings, spec, parts, clock=utcnow)

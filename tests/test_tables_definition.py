@@ -57,6 +57,8 @@ def test_the_template_declares_the_keys_the_worker_creates(template: dict[str, A
     properties = _properties(template, field)
     assert properties["KeySchema"] == WORKER_TABLES[field].key_schema()
     assert properties["AttributeDefinitions"] == WORKER_TABLES[field].attribute_definitions()
+    indexes = [i.definition() for i in WORKER_TABLES[field].indexes]
+    assert properties.get("GlobalSecondaryIndexes", []) == indexes
 
 
 @pytest.mark.parametrize("field", sorted(WORKER_TABLES))
@@ -114,18 +116,34 @@ def aws_env(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return endpoint
 
 
-async def _key_schemas(endpoint: str, names: list[str]) -> dict[str, tuple[list[Any], list[Any]]]:
+Described = tuple[list[Any], list[Any], dict[str, Any]]
+
+
+async def _key_schemas(endpoint: str, names: list[str]) -> dict[str, Described]:
+    """Keys, attribute definitions and indexes (name: key schema and projection) of each table."""
     aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
     async with AwsClients(aws) as clients:
         described = [(await clients.dynamodb.describe_table(TableName=n))["Table"] for n in names]
     return {
-        t["TableName"]: (list(t["KeySchema"]), sorted(t["AttributeDefinitions"], key=str)) for t in described
+        t["TableName"]: (
+            list(t["KeySchema"]),
+            sorted(t["AttributeDefinitions"], key=str),
+            {
+                i["IndexName"]: (i["KeySchema"], i["Projection"]["ProjectionType"])
+                for i in t.get("GlobalSecondaryIndexes", [])
+            },
+        )
+        for t in described
     }
 
 
-def _expected(names: dict[str, str]) -> dict[str, tuple[list[Any], list[Any]]]:
+def _expected(names: dict[str, str]) -> dict[str, Described]:
     return {
-        names[field]: (keys.key_schema(), sorted(keys.attribute_definitions(), key=str))
+        names[field]: (
+            keys.key_schema(),
+            sorted(keys.attribute_definitions(), key=str),
+            {i.name: (i.definition()["KeySchema"], i.projection) for i in keys.indexes},
+        )
         for field, keys in WORKER_TABLES.items()
     }
 

@@ -167,6 +167,23 @@ class Template:
         key = "".join(literal + (p.render(image, parent) if p else "") for literal, p in self.parts)
         return S3Location(bucket=self.bucket, key=key)
 
+    def admits(self, location: S3Location) -> bool:
+        """Whether some item's identifiers could render this template as ``location``: its bucket and
+        literal text, and one safe path segment for each placeholder. A stored scope is checked with it
+        when no image is left to render from (a dead letter's plan)."""
+        if location.bucket != self.bucket:
+            return False
+        pattern = "".join(re.escape(literal) + ("([^/]+)" if p else "") for literal, p in self.parts)
+        match = re.fullmatch(pattern, location.key)
+        if match is None:
+            return False
+        try:
+            for n, segment in enumerate(match.groups()):
+                check_segment(segment, f"segment {n}")
+        except ScopeViolation:
+            return False
+        return True
+
 
 def check_in_scope(target: S3Location, scopes: Iterable[S3Location]) -> None:
     """Raise ScopeViolation unless ``target`` lies under one of ``scopes`` and has a clean key."""
