@@ -45,9 +45,10 @@ class Verdict(StrEnum):
     RESOLVED = "resolved"  # the plan ran to the end and the letter is resolved
     REFUSED = "refused"  # a check refused a target, or the item exists again: a person must look
     FAILED = "failed"  # AWS failed: the letter stays pending, redrive again later
-    SKIPPED = "skipped"  # not redrivable, no plan, or resolved already: nothing ran
-    PLANNED = "planned"  # a dry run: what a redrive would delete
-    MISSING = "missing"  # no letter has this id
+    SKIPPED = "skipped"  # resolved already (or meanwhile): nothing to do
+    NOT_REDRIVABLE = "not_redrivable"  # a kind redrive never runs, or no plan: a person must look
+    PLANNED = "planned"  # a dry run: what a redrive would delete (not counted)
+    MISSING = "missing"  # no letter has this id (not counted)
 
 
 @dataclass(slots=True)
@@ -90,7 +91,7 @@ class Redriver:
         if letter is None:
             return Redriven(letter_id, "?", Verdict.MISSING, "no dead letter has this id")
         outcome = await self._redrive(letter)
-        if outcome.verdict is not Verdict.PLANNED:
+        if not self._dry_run:
             self._metrics.dead_letters_redriven.labels(letter.kind, outcome.verdict.value).inc()
         log.info(
             "dead_letter.redriven",
@@ -110,9 +111,10 @@ class Redriver:
             return _said(letter, Verdict.SKIPPED, f"resolved already, at {at}")
         if letter.kind in NOT_REDRIVABLE:
             why = NOT_REDRIVABLE[letter.kind]
-            return _said(letter, Verdict.SKIPPED, f"{letter.kind} letters are not redriven: {why}")
+            return _said(letter, Verdict.NOT_REDRIVABLE, f"{letter.kind} letters are not redriven: {why}")
         if letter.plan is None:
-            return _said(letter, Verdict.SKIPPED, "the letter holds no readable plan: follow the runbook")
+            why = "the letter holds no readable plan: follow the runbook"
+            return _said(letter, Verdict.NOT_REDRIVABLE, why)
         if problems := check(letter.plan, self._rules):
             detail = "plan refused by the scope check, nothing ran: " + "; ".join(problems)
             return _said(letter, Verdict.REFUSED, detail)
@@ -134,12 +136,14 @@ class Redriver:
         """After a run without errors: what was refused keeps the letter pending; else it is resolved."""
         refused = [f"{s.unsafe.target}: {s.unsafe.reason.value}" for s in result.unsafe]
         refused += recheck_refused(plan)
-        stays = "refused targets stay refused: " + "; ".join(refused)
-        if self._dry_run:
-            detail = "dry run" + (f"; the letter would stay pending, {stays}" if refused else "")
-            return Redriven(letter.letter_id, letter.kind, Verdict.PLANNED, detail, planned=result.planned)
         if refused:
-            return _said(letter, Verdict.REFUSED, stays, result.tally)
+            stays = "refused targets stay refused, the letter stays pending: " + "; ".join(refused)
+            detail = f"dry run; {stays}" if self._dry_run else stays
+            return Redriven(
+                letter.letter_id, letter.kind, Verdict.REFUSED, detail, result.tally, result.planned
+            )
+        if self._dry_run:
+            return Redriven(letter.letter_id, letter.kind, Verdict.PLANNED, "dry run", planned=result.planned)
         if await self._exists_again(plan):
             return _said(letter, Verdict.REFUSED, "the item was written again while redriven", result.tally)
         if not await self._store.resolve(letter.letter_id, self._clock()):

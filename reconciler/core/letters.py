@@ -98,28 +98,29 @@ class LetterPlan:
 
 
 def check(plan: LetterPlan, rules: RuleSet) -> list[str]:
-    """Why the executable part of ``plan`` may not run (empty if it may): every scope must be one the rules
-    could have rendered for the item's table, every object and prefix must lie in those scopes, and every
-    link must be one of the table's links, handing down only scopes its rules render."""
+    """Why the executable part of ``plan`` may not run (empty if it may). Every scope and prefix must be
+    one the rules render for the item's table and key (a placeholder over a key attribute must hold the
+    key's value), every object and prefix must lie in those scopes, and every link must be one of the
+    table's, with the key's value when it links by a key attribute, handing down only scopes its rules
+    render for this parent. Identifiers that are not part of the key cannot be checked: no image is kept."""
     table = rules.tables.get(plan.table)
     if table is None:
         return [f"table {plan.table!r} is not in the rules"]
     problems: list[str] = []
     if set(plan.key) != set(table.key):
         problems.append(f"the key names {sorted(plan.key)}, not the key of {plan.table}")
-    templates = [t for e in table.entities for t in e.scopes]
-    problems += [f"{s}: not a scope the rules render" for s in plan.scopes if not _admitted(s, templates)]
-    prefix_templates = [t for e in table.entities for t in e.prefixes]
-    problems += [
-        f"{p}: not a prefix the rules render" for p in plan.prefixes if not _admitted(p, prefix_templates)
-    ]
+    scopes = [t for e in table.entities for t in e.scopes]
+    prefixes = [t for e in table.entities for t in e.prefixes]
+    unknown = [s for s in plan.scopes if not _admitted(s, scopes, plan.key)]
+    unknown += [p for p in plan.prefixes if not _admitted(p, prefixes, plan.key)]
+    problems += [f"{location}: not a scope or prefix the rules render for this key" for location in unknown]
     for target in (*plan.objects, *plan.prefixes):
         try:
             check_in_scope(target, plan.scopes)
         except ScopeViolation as exc:
             problems.append(f"{target}: {exc}")
     for query in plan.links:
-        problems += _check_link(query, table, plan.scopes)
+        problems += _check_link(query, table, plan)
     return problems
 
 
@@ -133,50 +134,38 @@ def recheck_refused(plan: LetterPlan) -> list[str]:
         except ScopeViolation as exc:
             answers.append(f"{refused.target}: {refused.reason} ({exc})")
         else:
-            answers.append(f"{refused.target}: {refused.reason} (refused for item in {refused.table})")
+            answers.append(f"{refused.target}: {refused.reason} (refused for an item in {refused.table})")
     return answers
 
 
-def _admitted(location: S3Location, templates: Iterable[Template]) -> bool:
-    return any(template.admits(location) for template in templates)
+def _admitted(
+    location: S3Location, templates: Iterable[Template], key: Mapping[str, object], *, parent: bool = False
+) -> bool:
+    """Rendered by one of ``templates`` for an item with ``key`` (as their parent, for a link's scopes)."""
+    return any(t.admits(location, {}, key) if parent else t.admits(location, key) for t in templates)
 
 
-def _check_link(query: LinkQuery, table: TableSpec, scopes: tuple[S3Location, ...]) -> list[str]:
+def _check_link(query: LinkQuery, table: TableSpec, plan: LetterPlan) -> list[str]:
     name = f"link to {query.table} where {query.attribute}"
     spec = next((s for e in table.entities for s in e.links if _same_link(s, query)), None)
     if spec is None:
         return [f"{name}: not a link the rules have"]
     if not isinstance(query.value, str | bytes | decimal.Decimal) or query.value in {"", b""}:
         return [f"{name}: unusable link value"]
+    if spec.value_from in plan.key and plan.key[spec.value_from] != query.value:
+        return [f"{name}: the value is not the item's {spec.value_from}"]
     if query.scope is ScopeMode.OWN:
         return [f"{name}: hands down scopes its rules do not"] if query.inherited else []
     if spec.scopes:
-        return [
-            f"{name}: {s} is not a scope the link renders"
-            for s in query.inherited
-            if not _admitted(s, spec.scopes)
-        ]
-    return [f"{name}: {s} is not one of the item's scopes" for s in query.inherited if s not in scopes]
+        unknown = [s for s in query.inherited if not _admitted(s, spec.scopes, plan.key, parent=True)]
+        return [f"{name}: {s} is not a scope the link renders for this item" for s in unknown]
+    return [f"{name}: {s} is not one of the item's scopes" for s in query.inherited if s not in plan.scopes]
 
 
 def _same_link(spec: LinkSpec, query: LinkQuery) -> bool:
-    return (
-        spec.table,
-        spec.attribute,
-        spec.index,
-        spec.sort_attribute,
-        spec.sort_prefix,
-        spec.entity,
-        spec.scope,
-    ) == (
-        query.table,
-        query.attribute,
-        query.index,
-        query.sort_attribute,
-        query.sort_prefix,
-        query.entity,
-        query.scope,
-    )
+    where = (spec.table, spec.attribute, spec.index, spec.sort_attribute, spec.sort_prefix, spec.entity)
+    found = (query.table, query.attribute, query.index, query.sort_attribute, query.sort_prefix, query.entity)
+    return where == found and spec.scope is query.scope
 
 
 def _link_data(query: LinkQuery) -> dict[str, object]:

@@ -167,10 +167,11 @@ class Template:
         key = "".join(literal + (p.render(image, parent) if p else "") for literal, p in self.parts)
         return S3Location(bucket=self.bucket, key=key)
 
-    def admits(self, location: S3Location) -> bool:
-        """Whether some item's identifiers could render this template as ``location``: its bucket and
-        literal text, and one safe path segment for each placeholder. A stored scope is checked with it
-        when no image is left to render from (a dead letter's plan)."""
+    def admits(self, location: S3Location, known: Image, parent: Image | None = None) -> bool:
+        """Whether an item could render this template as ``location``: its bucket and literal text, one safe
+        path segment for each placeholder, and for each placeholder whose attribute ``known`` (or, for
+        ``{parent.x}``, ``parent``) holds, the segment that value renders. A stored scope is checked with it
+        when no image is left to render from (a dead letter's plan, whose key is what is known)."""
         if location.bucket != self.bucket:
             return False
         pattern = "".join(re.escape(literal) + ("([^/]+)" if p else "") for literal, p in self.parts)
@@ -178,8 +179,12 @@ class Template:
         if match is None:
             return False
         try:
-            for n, segment in enumerate(match.groups()):
-                check_segment(segment, f"segment {n}")
+            for placeholder, segment in zip(self.placeholders, match.groups(), strict=True):
+                check_segment(segment, placeholder.attribute)
+                source = parent if placeholder.parent else known
+                bound = source is not None and placeholder.attribute in source
+                if bound and placeholder.render(source or {}, source) != segment:
+                    return False
         except ScopeViolation:
             return False
         return True

@@ -39,7 +39,7 @@ ARTIFACT_OUTCOMES = (
     ("object", "absent"),
 )
 LEASE_TRANSITIONS = ("taken", "expired", "stolen", "released", "lost")
-REDRIVE_OUTCOMES = ("resolved", "refused", "failed", "skipped")
+REDRIVE_OUTCOMES = ("resolved", "refused", "failed", "skipped", "not_redrivable")
 RECORD_OUTCOMES = ("deleted", "ignored", "filtered", "dead_lettered", "retry")
 RECORD_EVENTS = (
     ("INSERT", "none"),
@@ -98,7 +98,7 @@ class Metrics:
         )
         self.dead_letters_redriven = Counter(
             "reconciler_dead_letters_redriven_total",
-            "Dead letters redriven in this process, by kind and outcome: resolved, refused, failed, skipped.",
+            "Dead letters redriven in this process, by kind and outcome (resolved, refused, failed, ...).",
             ["kind", "outcome"],
             registry=registry,
         )
