@@ -61,6 +61,9 @@ def dead_letters(args: argparse.Namespace, settings_of: SettingsOf) -> int:
     elif args.config is not None:
         values["config"] = args.config
     settings = settings_of(values)
+    from reconciler.observability.logs import configure_logging  # noqa: PLC0415 - keeps parsing light
+
+    configure_logging(json=settings.log_json, level=settings.log_level)  # events to stderr, answers to stdout
     try:
         return asyncio.run(_ACTIONS[args.action](args, settings))
     except (BotoCoreError, ClientError) as exc:  # no endpoint, no credentials: briefly
