@@ -16,10 +16,18 @@ from cfnlint.api import lint_file  # type: ignore[import-untyped]
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
 from reconciler.adapters.leases import FINISHED_SHARD_RETENTION, DynamoDBLeaseStore
-from reconciler.adapters.tables import CHECKPOINTS, WORKER_TABLES, create_worker_tables
+from reconciler.adapters.letters import DynamoDBDeadLetterStore
+from reconciler.adapters.tables import (
+    CHECKPOINTS,
+    DEAD_LETTERS,
+    WORKER_TABLES,
+    create_table,
+    create_worker_tables,
+)
 from reconciler.cli import main
 from reconciler.core.leases import SHARD_END, Lease
 from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
+from reconciler.ports import DeadLetter
 from reconciler.settings import Settings
 
 TEMPLATE = Path(__file__).parent.parent / "deploy" / "aws" / "tables.cfn.yaml"
@@ -236,3 +244,26 @@ async def test_only_a_finished_shards_checkpoint_expires(aws_env: str) -> None:
     expires = int(rows["shardId-done"]["expires_at"]["N"])
     assert abs(expires - (time.time() + FINISHED_SHARD_RETENTION.total_seconds())) < 60
     assert dt.timedelta(hours=24) < FINISHED_SHARD_RETENTION <= dt.timedelta(days=2)
+
+
+@pytest.mark.integration
+async def test_a_letter_table_from_an_earlier_release_gets_its_index(aws_env: str) -> None:
+    """``create_worker_tables`` adds the index with UpdateTable to a table created without it; letters
+    written from then on are listed through it."""
+    aws = AwsSettings(region=REGION, endpoint_url=aws_env, credentials=CREDENTIALS)
+    async with AwsClients(aws) as clients:
+        await create_table(clients.dynamodb, "letters", DEAD_LETTERS.attributes)  # as an earlier release did
+        assert await create_worker_tables(clients.dynamodb, "checkpoints", "letters") == {
+            "checkpoints": True,
+            "letters": False,
+        }
+        store = DynamoDBDeadLetterStore(clients.dynamodb, Caller(RetryPolicy(attempts=2)), "letters")
+        letter = DeadLetter(
+            "transcripts", "arn:s", "shardId-1", "7", "e7", "failed", "why", dt.datetime.now(dt.UTC)
+        )
+        await store.put(letter)
+        assert [x.letter_id async for x in store.list(kind="failed")] == [letter.letter_id]
+    described = (await _key_schemas(aws_env, ["letters"]))["letters"]
+    assert (
+        described == _expected({"checkpoint_table": "checkpoints", "dead_letter_table": "letters"})["letters"]
+    )
