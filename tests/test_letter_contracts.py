@@ -196,3 +196,30 @@ async def test_pending_letters_are_counted_by_kind(letters: Letters) -> None:
     assert [await store.count_pending(kind) for kind in ("failed", "unsafe", "trimmed")] == [3, 2, 0]
     if letters.operations is not None:
         assert "Scan" not in letters.operations
+
+
+@pytest.mark.integration
+async def test_a_purge_deletes_only_what_is_still_resolved_before_the_cut_off_when_it_deletes(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index lags: a letter it lists as resolved may be pending again, or resolved since, by the time
+    the delete runs. The delete's condition keeps it."""
+    reset(endpoint)
+    aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
+    async with AwsClients(aws) as clients:
+        await create_worker_tables(clients.dynamodb, "checkpoints", "letters")
+        store = DynamoDBDeadLetterStore(clients.dynamodb, Caller(RetryPolicy(attempts=3)), "letters")
+        for n in (1, 2, 3):
+            await store.put(_letter(n))
+        await store.resolve(_letter(1).letter_id, T0)  # old: purged
+        await store.resolve(_letter(2).letter_id, T0 + dt.timedelta(days=30))  # recent: kept
+        letters = [{"letter_id": {"S": _letter(n).letter_id}} for n in (1, 2, 3)]
+
+        async def stale(*_: object, **__: object) -> AsyncIterator[dict[str, Any]]:
+            for item in letters:  # as a lagging index might list them: every one, once
+                yield item
+            letters.clear()
+
+        monkeypatch.setattr(store, "_query", stale)
+        assert await store.purge_resolved(T0 + dt.timedelta(days=1)) == 1
+        assert [await store.get(_letter(n).letter_id) is None for n in (1, 2, 3)] == [True, False, False]
