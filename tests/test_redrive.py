@@ -233,3 +233,15 @@ async def test_only_pending_letters_of_a_kind_are_found_for_a_redrive_by_kind(wo
     await world.dead_letters.resolve(first.letter_id, world.clock.now)
     assert await _redriver(world).pending("failed") == [second.letter_id]
     assert await _redriver(world).pending("unsafe") == []
+
+
+async def test_a_plan_too_large_for_a_letter_is_left_out_and_the_reason_says_so(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The letter must be written whatever the plan's size: without the plan, redrive has nothing to run."""
+    monkeypatch.setattr("reconciler.processing.MAX_PLAN_CHARACTERS", 10)
+    letter = await _failed_letter(world)
+    assert letter.plan is None
+    assert letter.reason.endswith(" characters)")
+    assert "(plan too large to store: " in letter.reason
+    assert (await _redriver(world).redrive(letter.letter_id)).verdict is Verdict.NOT_REDRIVABLE
