@@ -15,12 +15,15 @@ from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
 from reconciler.adapters.dynamodb import DynamoDBItemStore
 from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.letters import DynamoDBDeadLetterStore
+from reconciler.adapters.probes import AwsResourceProbe
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.tables import create_worker_tables
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
+from reconciler.core.spec import RuleSet
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
+from reconciler.preflight import Preflight, requirements
 from reconciler.processing import RecordProcessor
 from reconciler.rules import Rules
 from reconciler.settings import Settings
@@ -29,6 +32,25 @@ from reconciler.worker import Collaborators, Worker
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Caller) -> Preflight:
+    """The start-up checks; with ``create_tables``, the worker's tables are created first."""
+
+    async def create() -> None:
+        try:
+            await create_worker_tables(
+                clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
+            )
+        except (BotoCoreError, ClientError) as exc:  # the waiter's own errors, as our tree says
+            raise translate(exc) from exc
+
+    own = {settings.checkpoint_table: "checkpoint table", settings.dead_letter_table: "dead-letter table"}
+    return Preflight(
+        requirements(spec, own),
+        AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, call),
+        create_tables=create if settings.create_tables else None,
+    )
 
 
 def worker_id(settings: Settings) -> str:
@@ -55,16 +77,6 @@ async def build_worker(
         region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
     )
     async with AwsClients(aws) as clients:
-        if settings.create_tables:
-            try:
-                await create_worker_tables(
-                    clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
-                )
-            except (
-                BotoCoreError,
-                ClientError,
-            ) as exc:  # no credentials, access denied: one line, no traceback
-                raise translate(exc) from exc
         # Records in flight share DeleteObjects requests per bucket, and re-creation checks share
         # BatchGetItem requests per table.
         items = CoalescingItemStore(DynamoDBItemStore(clients.dynamodb, call))
@@ -92,6 +104,7 @@ async def build_worker(
             metrics=metrics,
             owner=owner,
             dead_letters=dead_letters,
+            preflight=_preflight(settings, spec, clients, call) if settings.preflight else None,
         )
         try:
             yield Worker(settings, spec, parts, clock=utcnow)

@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from reconciler import __version__
 from reconciler.errors import ConfigError, DecodeError, ReconcilerError
 from reconciler.letters import LETTER_KINDS, STATUSES, dead_letters
+from reconciler.preflight import PreflightError
 from reconciler.rules import Rules, load_rules
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ from reconciler.settings import Settings, unknown_variables
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNSAFE = 3
+EXIT_PREFLIGHT = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,15 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="consume the configured streams and delete what is linked")
-    run.add_argument("--config", type=Path, help="rules file (or RECONCILER_CONFIG)")
-    run.add_argument(
-        "--http-host", help="bind address for /metrics, /healthz, /readyz (RECONCILER_HTTP_HOST)"
+    run = commands.add_parser(
+        "run",
+        help="consume the configured streams and delete what is linked",
+        description="Every setting is a flag and a RECONCILER_* variable; a flag wins over its variable.",
     )
-    run.add_argument("--http-port", type=int, help="port for the same (RECONCILER_HTTP_PORT)")
-    run.add_argument(
-        "--create-tables", action="store_true", default=None, help="create the worker's own tables"
-    )
+    add_settings_flags(run, Settings.model_fields)
 
     _add_plan(commands)
 
@@ -62,21 +61,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _table_default(field: str) -> str:
-    return str(Settings.model_fields[field].default)
+AWS_FLAGS = ("endpoint_url", "region", "tls_policy")
+"""The settings of a command that calls AWS without running the worker."""
 
 
-def _add_table_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+def add_settings_flags(parser: argparse.ArgumentParser, fields: Iterable[str]) -> None:
+    """One flag per setting, generated from the ``Settings`` model, so flags and variables cannot drift
+    apart. Values stay text here: the model parses and checks them, and its errors name flag and variable."""
+    for name in fields:
+        field = Settings.model_fields[name]
+        flag = "--" + name.replace("_", "-")
+        default = "" if field.is_required() or field.default is None else f"; default: {field.default}"
+        help_text = f"{field.description or name.replace('_', ' ')} (RECONCILER_{name.upper()}{default})"
+        if field.annotation in {bool, bool | None}:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, metavar=name.upper(), help=help_text)
+
+
+def settings_from(args: argparse.Namespace, **fixed: Any) -> Settings:
+    """The settings of a command: its flags, then ``RECONCILER_*`` variables (and ``AWS_REGION``), then
+    defaults; ``fixed`` values are the command's own."""
+    given = {n: v for n in Settings.model_fields if (v := getattr(args, n, None)) is not None}
+    return _settings(fixed | given)
+
+
+def _add_table_flags(parser: argparse.ArgumentParser) -> None:
     for flag, field in (
         ("--checkpoint-table", "checkpoint_table"),
         ("--dead-letter-table", "dead_letter_table"),
     ):
-        default = _table_default(field)
-        parser.add_argument(
-            flag,
-            default=default if defaults else None,
-            help=f"default: {default}" + ("" if defaults else f" (or RECONCILER_{field.upper()})"),
-        )
+        default = str(Settings.model_fields[field].default)
+        parser.add_argument(flag, default=default, help=f"default: {default}")
 
 
 PLAN_HELP = """Print what a deletion would do, without deleting anything.
@@ -108,8 +124,7 @@ def _add_plan(commands: Any) -> None:
         "--resolve", action="store_true", help="list what would be deleted (read-only AWS calls)"
     )
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
-    plan.add_argument("--endpoint-url", help="AWS endpoint for --resolve (RECONCILER_ENDPOINT_URL)")
-    plan.add_argument("--region", help="AWS Region for --resolve (RECONCILER_REGION or AWS_REGION)")
+    add_settings_flags(plan, AWS_FLAGS)  # for --resolve
 
 
 def _add_iam_policy(commands: Any) -> None:
@@ -119,17 +134,13 @@ def _add_iam_policy(commands: Any) -> None:
     iam.add_argument("--region", required=True, help="AWS Region of the tables")
     iam.add_argument("--partition", default="aws", help="ARN partition (default: aws)")
     # Flags only, not RECONCILER_* variables: the same command prints the same policy anywhere.
-    _add_table_flags(iam, defaults=True)
+    _add_table_flags(iam)
 
 
 def _add_init_tables(commands: Any) -> None:
     init = commands.add_parser("init-tables", help="create the worker's own tables if missing (local, tests)")
-    init.add_argument(
-        "--endpoint-url", help="AWS endpoint, e.g. moto or DynamoDB Local (RECONCILER_ENDPOINT_URL)"
-    )
-    init.add_argument("--region", help="AWS Region (RECONCILER_REGION or AWS_REGION)")
     # Unset flags fall back to the RECONCILER_* variables, so the tables are the ones `run` will use.
-    _add_table_flags(init, defaults=False)
+    add_settings_flags(init, (*AWS_FLAGS, "checkpoint_table", "dead_letter_table"))
 
 
 def _add_dead_letters(commands: Any) -> None:
@@ -153,20 +164,16 @@ def _add_dead_letters(commands: Any) -> None:
     which.add_argument("letter_id", metavar="ID", nargs="?")
     which.add_argument("--kind", choices=LETTER_KINDS, help="every pending letter of this kind")
     redrive.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
-    redrive.add_argument("--config", type=Path, help="rules file (or RECONCILER_CONFIG)")
+    add_settings_flags(redrive, ("config",))
     resolve = actions.add_parser("resolve", help="mark a letter resolved after a person dealt with it")
     resolve.add_argument("letter_id", metavar="ID")
     purge = actions.add_parser("purge-resolved", help="delete letters resolved longer ago than DURATION")
     purge.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h")
     for parser in (listing, show, redrive, resolve, purge):
-        parser.add_argument("--endpoint-url", help="AWS endpoint (RECONCILER_ENDPOINT_URL)")
-        parser.add_argument("--region", help="AWS Region (RECONCILER_REGION or AWS_REGION)")
-        parser.add_argument(
-            "--dead-letter-table", help="default: reconciler-dead-letters (RECONCILER_DEAD_LETTER_TABLE)"
-        )
+        add_settings_flags(parser, (*AWS_FLAGS, "dead_letter_table"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one return per command
     args = _parser().parse_args(argv)
     try:
         match args.command:
@@ -182,12 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             case "init-tables":
                 return _init_tables(args)
             case "dead-letters":
-                return dead_letters(args, _settings)
+                return dead_letters(args, settings_from)
             case "demo":
                 return _demo(args.transcripts)
     except (ConfigError, DecodeError) as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except PreflightError as exc:  # a resource missing, unusable or not permitted: named, one per line
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return EXIT_PREFLIGHT
     except ReconcilerError as exc:  # AWS refused or failed at start: one line, never a traceback
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -205,9 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     from reconciler.app import build_worker  # noqa: PLC0415 - keeps `plan` and `schema` free of aiobotocore
     from reconciler.observability.logs import configure_logging  # noqa: PLC0415
 
-    flags = {"config": args.config, "http_host": args.http_host, "http_port": args.http_port}
-    flags["create_tables"] = args.create_tables
-    settings = _settings({k: v for k, v in flags.items() if v is not None})
+    settings = settings_from(args)
     configure_logging(json=settings.log_json, level=settings.log_level)
     warn_unknown_variables(os.environ)
     rules = load_rules(settings.config)
@@ -250,14 +258,8 @@ def _init_tables(args: argparse.Namespace) -> int:
     from reconciler.adapters.aws import AwsClients, AwsSettings  # noqa: PLC0415
     from reconciler.adapters.tables import create_worker_tables  # noqa: PLC0415
 
-    flags = {
-        "endpoint_url": args.endpoint_url,
-        "region": args.region,
-        "checkpoint_table": args.checkpoint_table,
-        "dead_letter_table": args.dead_letter_table,
-    }
     # The same settings as `run` (flags, then RECONCILER_* and AWS_REGION); the rules file plays no part here.
-    settings = _settings({"config": Path(os.devnull)} | {k: v for k, v in flags.items() if v is not None})
+    settings = settings_from(args, config=Path(os.devnull))
     aws = AwsSettings(
         region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
     )
@@ -342,8 +344,7 @@ async def _resolve(args: argparse.Namespace, spec: RuleSet, entries: list[Entry]
     from reconciler.execution import Executor  # noqa: PLC0415
     from reconciler.observability.metrics import Metrics  # noqa: PLC0415
 
-    flags = {"endpoint_url": args.endpoint_url, "region": args.region}
-    settings = _settings({"config": args.config} | {k: v for k, v in flags.items() if v is not None})
+    settings = settings_from(args)
     call = Caller(RetryPolicy())
     aws = AwsSettings(
         region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy

@@ -40,6 +40,11 @@ class CredentialsError(AccessError):
     failing ``credential_process``). Records wait; the worker keeps running and says so loudly."""
 
 
+class MissingCredentialsError(CredentialsError):
+    """The chain found no credentials at all: at start, a deployment mistake (pre-flight exits); while
+    running, records wait as for any credentials failure."""
+
+
 class PermanentError(ReconcilerError):
     """AWS refused for good (access denied, object lock, validation): retrying will not help."""
 

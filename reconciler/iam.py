@@ -13,22 +13,23 @@ worker can reach (the sources and the tables linked from them; a table that noth
   granted.
 - linked tables: ``Query`` on the table, or on ``table/NAME/index/INDEX`` when a link names an index;
   ``BatchGetItem`` and ``GetItem`` where an index is queried (a page of items is read again, consistently, in
-  one ``BatchGetItem``; ``GetItem`` as for the sources); ``DeleteItem`` (conditional,
-  ``dynamodb.py``). Nothing else is deleted from DynamoDB: TTL itself removes the source items, and
-  ``BatchWriteItem`` is never called.
+  one ``BatchGetItem``; ``GetItem`` as for the sources); ``DeleteItem`` (conditional, ``dynamodb.py``);
+  ``DescribeTable`` (the pre-flight checks that the table and its indexes exist, ``preflight.py``). Nothing
+  else is deleted from DynamoDB: TTL itself removes the source items, and ``BatchWriteItem`` is never called.
 - the checkpoint table, which is also the lease table (one item per stream ARN and shard id): ``Query`` (a
   stream's leases, by partition key), ``GetItem``, ``UpdateItem`` (checkpoints, and taking, renewing and
   releasing a lease, each conditional on its counter) and ``PutItem`` (a new shard's lease, created only if
   absent); the dead-letter table: ``UpdateItem`` (a letter written again adds its targets to those it holds)
-  and ``Query`` on its index ``by-kind-status`` only (the pending letters counted for the gauge).
+  and ``Query`` on its index ``by-kind-status`` only (the pending letters counted for the gauge); both:
+  ``DescribeTable``, for the pre-flight.
 - S3: ``ListObjectVersions`` (IAM action ``s3:ListBucketVersions``) on each bucket, only for prefixes under a
   scope (condition key ``s3:prefix``); ``DeleteObjects`` by ``VersionId``, which S3 authorizes per key as
   ``s3:DeleteObject`` and ``s3:DeleteObjectVersion``, only under each scope's static prefix. ``ListObjectsV2``
   is never called, so ``s3:ListBucket`` is not granted.
 
-Not granted on purpose: ``CreateTable`` (and the ``DescribeTable`` its waiter calls) on the worker's own
-tables. Production creates them from ``deploy/aws/tables.cfn.yaml``; ``run --create-tables`` and
-``init-tables`` are for local and test use with other credentials. Under this policy ``--create-tables``
+Not granted on purpose: ``CreateTable`` on the worker's own tables. Production creates them from
+``deploy/aws/tables.cfn.yaml``; ``run --create-tables`` and ``init-tables`` are for local and test use with
+other credentials. Under this policy ``--create-tables``
 fails with AccessDenied even when the tables exist: IAM is checked before the table is looked up. Nor what
 ``reconciler dead-letters`` adds to the worker's calls (``GetItem`` and ``DeleteItem`` on the dead-letter
 table): the worker never reads a whole letter back or deletes one.
@@ -74,7 +75,15 @@ DELETE_ACTIONS = frozenset({"s3:DeleteObject", "s3:DeleteObjectVersion", "dynamo
 
 # Checkpoints and shard leases share the checkpoint table: Query lists a stream's leases, PutItem creates a
 # new shard's lease (attribute_not_exists), GetItem and UpdateItem read, renew, take and release them.
-CHECKPOINT_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem")
+# DescribeTable on every table: the pre-flight checks that each exists (and a linked table's indexes).
+CHECKPOINT_ACTIONS = (
+    "dynamodb:DescribeTable",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+)
+DEAD_LETTER_ACTIONS = ("dynamodb:DescribeTable", "dynamodb:UpdateItem")
 # The dead-letter table's index, as ``reconciler/adapters/tables.py`` names it (a test keeps the two equal;
 # this module stays free of botocore).
 DEAD_LETTER_INDEX = "by-kind-status"
@@ -119,7 +128,7 @@ def policy(
         *_source_statements(rules, arns),
         *_linked_statements(rules, arns),
         _statement("WorkerCheckpoints", CHECKPOINT_ACTIONS, [arns.table(checkpoint_table)]),
-        _statement("WorkerDeadLetters", ["dynamodb:UpdateItem"], [arns.table(dead_letter_table)]),
+        _statement("WorkerDeadLetters", DEAD_LETTER_ACTIONS, [arns.table(dead_letter_table)]),
         _statement(
             "WorkerDeadLettersCount", ["dynamodb:Query"], [arns.index(dead_letter_table, DEAD_LETTER_INDEX)]
         ),
@@ -183,6 +192,9 @@ def _linked_statements(rules: Rules, arns: _Arns) -> list[Statement]:
             [arns.index(link.table, link.index) if link.index else arns.table(link.table) for link in links],
         ),
         _statement("LinkedItemsDelete", ["dynamodb:DeleteItem"], [arns.table(link.table) for link in links]),
+        _statement(
+            "LinkedTablesDescribe", ["dynamodb:DescribeTable"], [arns.table(link.table) for link in links]
+        ),
     ]
     # Indexes are eventually consistent and may project only keys: what they find is read again.
     reread = [arns.table(link.table) for link in links if link.index]

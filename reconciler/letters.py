@@ -43,26 +43,18 @@ EXIT_UNSAFE = 3
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
-SettingsOf = Callable[[dict[str, Any]], "Settings"]
+SettingsFrom = Callable[..., "Settings"]
 
 
-def dead_letters(args: argparse.Namespace, settings_of: SettingsOf) -> int:
-    """Run one ``dead-letters`` action; ``settings_of`` builds ``Settings`` as the CLI does."""
+def dead_letters(args: argparse.Namespace, settings_from: SettingsFrom) -> int:
+    """Run one ``dead-letters`` action; ``settings_from(args, **fixed)`` builds ``Settings`` as the CLI does
+    (flags, then ``RECONCILER_*`` variables)."""
     from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415 - botocore stays lazy
 
-    flags = {
-        "endpoint_url": args.endpoint_url,
-        "region": args.region,
-        "dead_letter_table": args.dead_letter_table,
-    }
-    values: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    if args.action != "redrive":
-        values["config"] = Path(os.devnull)  # only redrive needs the rules
-    elif args.config is not None:
-        values["config"] = args.config
-    settings = settings_of(values)
-    from reconciler.observability.logs import configure_logging  # noqa: PLC0415 - keeps parsing light
+    from reconciler.observability.logs import configure_logging  # noqa: PLC0415
 
+    redrive = args.action == "redrive"  # only redrive needs the rules
+    settings = settings_from(args) if redrive else settings_from(args, config=Path(os.devnull))
     configure_logging(json=settings.log_json, level=settings.log_level)  # events to stderr, answers to stdout
     try:
         return asyncio.run(_ACTIONS[args.action](args, settings))

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     checkpoint_table: str = "reconciler-checkpoints"
     dead_letter_table: str = "reconciler-dead-letters"
     create_tables: bool = Field(default=False, description="Create the worker's own tables if missing.")
+    preflight: bool = Field(
+        default=True, description="Check every table, stream, bucket and grant before consuming (exit 4)."
+    )
     worker_id: str = Field(default="", description="Name of this replica in leases (default: host name).")
     batch_size: int = Field(default=1000, ge=1, le=1000, description="GetRecords Limit.")
     concurrency: int = Field(

@@ -29,6 +29,7 @@ from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.observability.http import HttpServer
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import DeadLetterStore, LeaseStore, LetterKind, StreamSource
+from reconciler.preflight import Preflight
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.settings import Settings
 
@@ -44,6 +45,8 @@ class Collaborators:
     owner: str = "worker"
     dead_letters: DeadLetterStore | None = None
     """Counted for ``reconciler_dead_letters_pending`` when set."""
+    preflight: Preflight | None = None
+    """Checks (and table creation) before anything is consumed; None skips them."""
 
 
 class Worker:
@@ -75,6 +78,7 @@ class Worker:
         self._heartbeat = clock()
         self._problems: dict[str, str] = dict.fromkeys(rules.sources, "not discovered yet")
         self._discovered_once = False
+        self._checked = parts.preflight is None
         self._ended = 0
         self.http: HttpServer | None = None
 
@@ -111,6 +115,8 @@ class Worker:
     def readiness(self) -> tuple[bool, str]:
         if self._stopping.is_set():
             return False, "shutting down"
+        if not self._checked:
+            return False, "pre-flight checks running"
         consuming = f"consuming {sum(not c.finished for c in self._consumers.values())} shards"
         if self._problems:
             problems = "; ".join(f"source {t!r}: {p}" for t, p in sorted(self._problems.items()))
@@ -129,6 +135,8 @@ class Worker:
         ).start()
         log.info("worker.started", http_port=self.http.port, sources=list(self._rules.sources))
         try:
+            if not await self._preflight():
+                return  # stopped while AWS was still being waited for: nothing was claimed
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._renewals(), name="lease-heartbeat")
                 if self._parts.dead_letters is not None:
@@ -144,6 +152,18 @@ class Worker:
         finally:
             await self.http.close()
         log.info("worker.stopped", shards=len(self._consumers), ended=self._ended)
+
+    async def _preflight(self) -> bool:
+        preflight = self._parts.preflight
+        if preflight is not None:
+
+            def beat() -> None:
+                self._heartbeat = self._clock()
+
+            if not await preflight.run(self._stopping, beat):
+                return False
+        self._checked = True
+        return True
 
     async def _supervise(self, group: asyncio.TaskGroup) -> None:
         next_discovery = time.monotonic()  # schedules run on the monotonic clock; ``clock`` stamps events

@@ -15,7 +15,7 @@ import pytest
 from conftest import DEMO_RULES
 from prometheus_client import CollectorRegistry
 
-from reconciler.cli import EXIT_FAILURE, EXIT_UNSAFE, EXIT_USAGE, main
+from reconciler.cli import EXIT_PREFLIGHT, EXIT_UNSAFE, EXIT_USAGE, main
 
 
 def _image(tmp_path: Path, **overrides: dict[str, str]) -> Path:
@@ -223,7 +223,7 @@ def test_a_port_that_cannot_be_served_is_a_one_line_error(
     assert f"cannot serve HTTP on {host}:{port}" in line
 
 
-def test_missing_credentials_when_creating_tables_are_a_one_line_error(
+def test_missing_credentials_at_start_are_a_preflight_problem(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -235,6 +235,9 @@ def test_missing_credentials_when_creating_tables_are_a_one_line_error(
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask the instance metadata service
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never reached: signing fails first
-    assert main(["run", "--config", str(DEMO_RULES), "--http-port", "0", "--create-tables"]) == EXIT_FAILURE
-    line = _one_line(capsys.readouterr().err)
-    assert "no usable AWS credentials" in line
+    assert main(["run", "--config", str(DEMO_RULES), "--http-port", "0", "--create-tables"]) == EXIT_PREFLIGHT
+    err = capsys.readouterr().err  # the JSON log lines first, then the summary
+    assert err.splitlines()[-2:] == [
+        "reconciler: pre-flight found 1 problem:",
+        "  AWS credentials: no usable AWS credentials: NoCredentialsError (none in the default chain)",
+    ]

@@ -180,7 +180,8 @@ def test_the_lease_table_is_the_checkpoint_table_and_gets_what_leases_need() -> 
     document = _policy(load_rules(EXAMPLE_RULES), checkpoint_table="leases")
     table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/leases"
     on_leases = {action for action, resource in _grants(document) if resource == table}
-    assert on_leases == {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem"}
+    expected = {"dynamodb:Query", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem"}
+    assert on_leases == expected | {"dynamodb:DescribeTable"}  # DescribeTable: the pre-flight
     assert not any(resource.startswith(f"{table}/") for _, resource in _grants(document))  # no index
 
 
@@ -197,16 +198,22 @@ def test_each_kind_of_resource_gets_only_its_own_actions() -> None:
             "dynamodb:GetRecords",
         },
         f"{table}transcripts": {"dynamodb:DescribeTable", "dynamodb:BatchGetItem", "dynamodb:GetItem"},
-        f"{table}speech_outputs": {"dynamodb:Query", "dynamodb:DeleteItem"},
-        f"{table}llm_requests": {"dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:DeleteItem"},
+        f"{table}speech_outputs": {"dynamodb:Query", "dynamodb:DeleteItem", "dynamodb:DescribeTable"},
+        f"{table}llm_requests": {
+            "dynamodb:BatchGetItem",
+            "dynamodb:GetItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:DescribeTable",
+        },
         f"{table}llm_requests/index/by_transcript": {"dynamodb:Query"},
         f"{table}checkpoints": {
             "dynamodb:GetItem",
             "dynamodb:UpdateItem",
             "dynamodb:Query",
             "dynamodb:PutItem",
+            "dynamodb:DescribeTable",
         },
-        f"{table}dead-letters": {"dynamodb:UpdateItem"},
+        f"{table}dead-letters": {"dynamodb:UpdateItem", "dynamodb:DescribeTable"},
         f"{table}dead-letters/index/by-kind-status": {"dynamodb:Query"},
         **{f"arn:aws:s3:::{b}": {"s3:ListBucketVersions"} for b in rules.buckets},
         **{
@@ -369,6 +376,7 @@ def test_a_new_bucket_and_table_appear_in_the_policy() -> None:
         ("s3:DeleteObjectVersion", "arn:aws:s3:::stt-exports/audit/*"),
         ("dynamodb:Query", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
         ("dynamodb:DeleteItem", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
+        ("dynamodb:DescribeTable", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
     }
     assert set(_grants(before)) <= set(_grants(after))
 

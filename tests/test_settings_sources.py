@@ -1,14 +1,17 @@
 """The AWS Region comes from the usual places: a flag or RECONCILER_REGION, AWS_REGION, then botocore's own
 chain (AWS_DEFAULT_REGION, the profile in the AWS config file); no Region anywhere is a one-line error. And a
-misspelled RECONCILER_* variable is named, not silently ignored."""
+misspelled RECONCILER_* variable is named, not silently ignored. Every setting is a flag and a variable from
+one model, and a bad one is a one-line error naming both."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 import structlog
 
+from reconciler import cli
 from reconciler.adapters.aws import AwsClients, AwsSettings
 from reconciler.cli import main, warn_unknown_variables
 from reconciler.errors import ConfigError
@@ -88,3 +91,58 @@ def test_unknown_variables_are_logged_by_name_never_by_value() -> None:
             "did_you_mean": "RECONCILER_LEASE_SECONDS",
         }
     ]
+
+
+def test_every_setting_is_a_run_flag_and_a_flag_wins_over_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One model for both: a setting added to ``Settings`` is a flag of ``run`` without more code."""
+    parser = cli._parser()
+    run = next(
+        action.choices["run"] for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    flags = {option for action in run._actions for option in action.option_strings}
+    assert {"--" + name.replace("_", "-") for name in Settings.model_fields} <= flags
+
+    monkeypatch.setenv("RECONCILER_BATCH_SIZE", "10")
+    monkeypatch.setenv("RECONCILER_LOG_JSON", "true")
+    args = parser.parse_args(["run", "--config", "r.toml", "--batch-size", "20", "--no-log-json"])
+    settings = cli.settings_from(args)
+    assert (settings.batch_size, settings.log_json, settings.config) == (20, False, Path("r.toml"))
+    assert cli.settings_from(parser.parse_args(["run", "--config", "r.toml"])).batch_size == 10
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (
+            ["--batch-size", "lots"],
+            {},
+            "--batch-size / RECONCILER_BATCH_SIZE: Input should be a valid integer",
+        ),
+        (
+            [],
+            {"RECONCILER_LOG_LEVEL": "LOUD"},
+            "--log-level / RECONCILER_LOG_LEVEL: Value error, must be one of",
+        ),
+        (
+            [],
+            {"RECONCILER_TLS_POLICY": "none"},
+            "--tls-policy / RECONCILER_TLS_POLICY: Input should be 'strict'",
+        ),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_its_flag_and_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["run", "--config", "r.toml", *argv]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("reconciler: invalid settings: ")
+    assert named in err

@@ -39,6 +39,7 @@ from reconciler.errors import (
     AccessError,
     ConfigError,
     CredentialsError,
+    MissingCredentialsError,
     PermanentError,
     ReconcilerError,
     TransientError,
@@ -140,7 +141,8 @@ def translate(exc: Exception) -> ReconcilerError:
     if isinstance(exc, CREDENTIAL_ERRORS):
         provider = getattr(exc, "kwargs", {}).get("provider")
         source = f" from {provider}" if isinstance(provider, str) else ""
-        return CredentialsError(f"no usable AWS credentials{source}: {type(exc).__name__}")
+        kind = MissingCredentialsError if isinstance(exc, NoCredentialsError) else CredentialsError
+        return kind(f"no usable AWS credentials{source}: {type(exc).__name__}")
     name = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
     if name in ACCESS_CODES:
         return AccessError(f"AWS refused the request: {name} (check credentials, IAM and deployed resources)")

@@ -1,0 +1,223 @@
+"""The pre-flight checks' AWS calls (``reconciler.preflight``): read-only, or refused by design.
+
+Each check names the resource and, for a refusal, the IAM action that is missing. AWS answers that say
+nothing about the deployment (throttling, 5xx, a credentials service that is down) are raised as retriable
+errors: the pre-flight loop waits them out.
+
+``DeleteItem`` on a linked table is proven with a condition that can never hold
+(``attribute_exists(k) AND attribute_not_exists(k)``): DynamoDB checks IAM before it evaluates a condition
+(https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/specifying-conditions.html), so a
+granted call fails with ``ConditionalCheckFailedException`` and a missing grant with
+``AccessDeniedException``; no item can match, so none is ever deleted.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from reconciler.adapters.aws import Caller, error_code
+from reconciler.core.records import StreamViewType
+from reconciler.errors import AccessError, CredentialsError, PermanentError, ReconcilerError
+from reconciler.preflight import Problem
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+    from types_aiobotocore_dynamodbstreams import DynamoDBStreamsClient
+    from types_aiobotocore_s3 import S3Client
+
+MISSING = frozenset({"ResourceNotFoundException", "NoSuchBucket"})
+DENIED = frozenset({"AccessDenied", "AccessDeniedException", "AllAccessDisabled"})
+# A key value no real item is likely to hold: reads find nothing; the impossible delete never matches.
+_DUMMY: dict[str, Any] = {"S": {"S": "#reconciler-preflight"}, "N": {"N": "0"}, "B": {"B": b"#reconciler"}}
+
+
+def _code(exc: ReconcilerError) -> str:
+    cause = exc.__cause__
+    return error_code(cause) if isinstance(cause, ClientError) else ""
+
+
+class _Refused(Exception):  # noqa: N818 - an answer, not a failure: turned into a Problem at once
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+
+
+class AwsResourceProbe:
+    def __init__(
+        self, dynamodb: DynamoDBClient, streams: DynamoDBStreamsClient, s3: S3Client, call: Caller
+    ) -> None:
+        self._dynamodb = dynamodb
+        self._streams = streams
+        self._s3 = s3
+        self._call = call
+
+    async def _ask(self, resource: str, action: str, fn: Any, /, **params: Any) -> Any:
+        """One call; a missing resource or a missing grant becomes a ``Problem`` (raised as ``_Refused``)."""
+        try:
+            return await self._call(fn, **params)
+        except CredentialsError:
+            raise  # the credentials source may come back: waited out
+        except (AccessError, PermanentError) as exc:
+            code = _code(exc)
+            if code in MISSING:
+                raise _Refused(Problem(resource, "does not exist")) from exc
+            if code in DENIED:
+                raise _Refused(Problem(resource, f"not allowed: {action}")) from exc
+            if isinstance(exc, AccessError) and code:  # bad keys, an expired token, a wrong signature
+                raise _Refused(Problem(resource, f"AWS refused the credentials: {code}")) from exc
+            raise
+
+    async def _describe(self, table: str, resource: str) -> dict[str, Any]:
+        response = await self._ask(
+            resource, "dynamodb:DescribeTable", self._dynamodb.describe_table, TableName=table
+        )
+        return dict(response["Table"])
+
+    async def source(self, table: str) -> list[Problem]:
+        resource = f"source table {table!r}"
+        try:
+            description = await self._describe(table, resource)
+            spec = description.get("StreamSpecification", {})
+            arn = description.get("LatestStreamArn")
+            if not arn or not spec.get("StreamEnabled", False):
+                return [Problem(resource, "has no stream; enable one with OLD_IMAGE or NEW_AND_OLD_IMAGES")]
+            view = spec.get("StreamViewType")
+            if view is None or not StreamViewType(view).has_old_image:
+                return [Problem(resource, f"streams {view}; OLD_IMAGE or NEW_AND_OLD_IMAGES is needed")]
+            problems = await self._stream(f"stream of table {table!r}", arn)
+            await self._read(resource, table, _dummy_key(description))
+        except _Refused as refused:
+            return [refused.problem]
+        return problems
+
+    async def _read(self, resource: str, table: str, key: dict[str, Any]) -> None:
+        await self._ask(
+            resource,
+            "dynamodb:BatchGetItem",
+            self._dynamodb.batch_get_item,
+            RequestItems={table: {"Keys": [key]}},
+        )
+
+    async def _stream(self, resource: str, arn: str) -> list[Problem]:
+        try:
+            described = await self._ask(
+                resource, "dynamodb:DescribeStream", self._streams.describe_stream, StreamArn=arn, Limit=1
+            )
+            shards = described["StreamDescription"].get("Shards", [])
+            if not shards:
+                return []  # a new stream: nothing to read yet, nothing more to prove
+            iterator = await self._ask(
+                resource,
+                "dynamodb:GetShardIterator",
+                self._streams.get_shard_iterator,
+                StreamArn=arn,
+                ShardId=shards[0]["ShardId"],
+                ShardIteratorType="LATEST",
+            )
+            await self._ask(
+                resource,
+                "dynamodb:GetRecords",
+                self._streams.get_records,
+                ShardIterator=iterator["ShardIterator"],
+                Limit=1,
+            )
+        except _Refused as refused:
+            return [refused.problem]
+        return []
+
+    async def linked(self, table: str, indexes: frozenset[str]) -> list[Problem]:
+        resource = f"linked table {table!r}"
+        try:
+            description = await self._describe(table, resource)
+            present = {
+                index["IndexName"]: index["KeySchema"]
+                for kind in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes")
+                for index in description.get(kind, [])
+            }
+            missing = sorted(indexes - set(present))
+            if missing:
+                return [Problem(f"index {name!r} of {resource}", "does not exist") for name in missing]
+            types = {a["AttributeName"]: a["AttributeType"] for a in description["AttributeDefinitions"]}
+            targets: list[tuple[str | None, list[dict[str, Any]]]] = [
+                (name, present[name]) for name in sorted(indexes)
+            ] or [(None, description["KeySchema"])]
+            for index, schema in targets:
+                await self._query(resource, table, index, _partition(schema), types)
+            await self._impossible_delete(resource, table, description)
+        except _Refused as refused:
+            return [refused.problem]
+        return []
+
+    async def _query(
+        self, resource: str, table: str, index: str | None, attribute: str, types: dict[str, str]
+    ) -> None:
+        params: dict[str, Any] = {
+            "TableName": table,
+            "KeyConditionExpression": "#k = :v",
+            "ExpressionAttributeNames": {"#k": attribute},
+            "ExpressionAttributeValues": {":v": _DUMMY[types[attribute]]},
+            "Select": "COUNT",
+            "Limit": 1,
+        }
+        where = f"{resource} index {index!r}" if index else resource
+        if index:
+            params["IndexName"] = index
+        await self._ask(where, "dynamodb:Query", self._dynamodb.query, **params)
+
+    async def _impossible_delete(self, resource: str, table: str, description: dict[str, Any]) -> None:
+        partition = _partition(description["KeySchema"])
+        try:
+            await self._ask(
+                resource,
+                "dynamodb:DeleteItem",
+                self._dynamodb.delete_item,
+                TableName=table,
+                Key=_dummy_key(description),
+                ConditionExpression="attribute_exists(#k) AND attribute_not_exists(#k)",
+                ExpressionAttributeNames={"#k": partition},
+            )
+        except PermanentError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+            return  # granted, and (as always) nothing matched
+        raise PermanentError(f"{resource}: an impossible conditional delete succeeded")  # pragma: no cover
+
+    async def bucket(self, bucket: str, prefixes: tuple[str, ...]) -> list[Problem]:
+        try:
+            for prefix in prefixes:
+                await self._ask(
+                    f"bucket {bucket!r}" + (f" prefix {prefix!r}" if prefix else ""),
+                    "s3:ListBucketVersions",
+                    self._s3.list_object_versions,
+                    Bucket=bucket,
+                    Prefix=prefix,
+                    MaxKeys=1,
+                )
+        except _Refused as refused:
+            problem = refused.problem
+            if problem.detail == "does not exist":  # the bucket, whichever prefix found it
+                problem = Problem(f"bucket {bucket!r}", problem.detail)
+            return [problem]
+        return []
+
+    async def own_table(self, table: str, role: str) -> list[Problem]:
+        resource = f"{role} {table!r}"
+        try:
+            await self._describe(table, resource)
+        except _Refused as refused:
+            problem = refused.problem
+            if problem.detail == "does not exist":
+                hint = "create it from deploy/aws/tables.cfn.yaml, or run with --create-tables"
+                problem = Problem(resource, f"does not exist ({hint})")
+            return [problem]
+        return []
+
+
+def _partition(schema: list[dict[str, Any]]) -> str:
+    return str(next(k["AttributeName"] for k in schema if k["KeyType"] == "HASH"))
+
+
+def _dummy_key(description: dict[str, Any]) -> dict[str, Any]:
+    types = {a["AttributeName"]: a["AttributeType"] for a in description["AttributeDefinitions"]}
+    return {k["AttributeName"]: _DUMMY[types[k["AttributeName"]]] for k in description["KeySchema"]}
