@@ -120,7 +120,8 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _status(exc: ClientError) -> int:
+def http_status(exc: ClientError) -> int:
+    """The HTTP status of an AWS error answer (0 if it had none)."""
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
@@ -129,7 +130,7 @@ def is_retriable(exc: Exception) -> bool:
     if isinstance(exc, ReconcilerError):
         return isinstance(exc, TransientError)  # AccessError waits at the record level, not in a tight loop
     if isinstance(exc, ClientError):
-        return error_code(exc) in THROTTLING_CODES or _status(exc) >= 500  # noqa: PLR2004 - 5xx
+        return error_code(exc) in THROTTLING_CODES or http_status(exc) >= 500  # noqa: PLR2004 - 5xx
     return isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | TimeoutError)
 
 

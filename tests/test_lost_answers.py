@@ -1,0 +1,95 @@
+"""Writes whose answer is lost (faults): the request ran, the connection dropped before its answer came back,
+and the retry meets the state the first attempt left. Each write must read that state as its own success.
+
+The connection is dropped by the proxy in tests/faults.py, between real aiobotocore clients and moto; a lost
+answer to UpdateTimeToLive needs a stand-in, as moto does not refuse TTL enabled twice the way AWS does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, ConnectionClosedError
+from faults import FaultProxy, Kind, Rule
+
+from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.tables import CHECKPOINTS, create_table, create_worker_tables
+from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
+
+
+def _lost_once(operation: str) -> Rule:
+    return Rule(Kind.DROP_AFTER, 1.0, operations=frozenset({operation}), times=1)
+
+
+@dataclass
+class Proxied:
+    proxy: FaultProxy
+    via: AwsClients  # through the proxy
+    direct: AwsClients  # straight to moto
+    call: Caller
+
+
+@pytest.fixture
+async def proxied(endpoint: str) -> AsyncIterator[Proxied]:
+    reset(endpoint)
+    async with (
+        FaultProxy(endpoint) as proxy,
+        AwsClients(AwsSettings(region=REGION, endpoint_url=proxy.url, credentials=CREDENTIALS)) as via,
+        AwsClients(AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)) as direct,
+    ):
+        yield Proxied(proxy, via, direct, Caller(RetryPolicy(attempts=3)))
+
+
+@pytest.mark.integration
+async def test_fault_a_table_whose_creation_answer_was_lost_still_gets_its_ttl(proxied: Proxied) -> None:
+    proxied.proxy.rules = (_lost_once("CreateTable"),)
+    created = await create_worker_tables(proxied.via.dynamodb, "checkpoints", "letters", proxied.call)
+    assert proxied.proxy.count(Kind.DROP_AFTER, "CreateTable") == 1
+    assert created == {"checkpoints": True, "letters": True}
+    ttl = await proxied.direct.dynamodb.describe_time_to_live(TableName="checkpoints")
+    assert ttl["TimeToLiveDescription"].get("TimeToLiveStatus") == "ENABLED"
+    assert ttl["TimeToLiveDescription"].get("AttributeName") == CHECKPOINTS.ttl_attribute
+
+
+class TtlAnswerLost:
+    """A new table whose UpdateTimeToLive runs, then loses its answer; asked again, AWS refuses to enable
+    TTL twice (https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_UpdateTimeToLive.html)."""
+
+    def __init__(self) -> None:
+        self.ttl: str | None = None
+        self.calls: list[str] = []
+
+    async def create_table(self, **_: Any) -> dict[str, Any]:
+        return {}
+
+    async def describe_table(self, **_: Any) -> dict[str, Any]:
+        return {"Table": {"TableStatus": "ACTIVE"}}
+
+    async def update_time_to_live(self, *, TableName: str, TimeToLiveSpecification: Any) -> dict[str, Any]:  # noqa: N803
+        self.calls.append("UpdateTimeToLive")
+        if self.ttl is not None:
+            error: Any = {
+                "Error": {"Code": "ValidationException", "Message": "TimeToLive is already enabled"},
+                "ResponseMetadata": {"HTTPStatusCode": 400},
+            }
+            raise ClientError(error, "UpdateTimeToLive")
+        self.ttl = TimeToLiveSpecification["AttributeName"]
+        raise ConnectionClosedError(endpoint_url="http://127.0.0.1:1/")
+
+
+async def test_fault_a_lost_answer_to_enabling_ttl_is_not_a_failed_start() -> None:
+    client = TtlAnswerLost()
+    created = await create_table(
+        client,  # type: ignore[arg-type]
+        "checkpoints",
+        CHECKPOINTS.attributes,
+        CHECKPOINTS.ttl_attribute,
+        call=Caller(RetryPolicy(attempts=3)),
+        poll_seconds=0,
+    )
+    assert created
+    assert client.ttl == CHECKPOINTS.ttl_attribute
+    assert client.calls == ["UpdateTimeToLive", "UpdateTimeToLive"]
