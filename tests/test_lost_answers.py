@@ -16,8 +16,12 @@ from botocore.exceptions import ClientError, ConnectionClosedError
 from faults import FaultProxy, Kind, Rule
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.tables import CHECKPOINTS, create_table, create_worker_tables
+from reconciler.core.leases import SHARD_END, Lease
 from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
+
+ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/transcripts/stream/2026-01-01T00:00:00.000"
 
 
 def _lost_once(operation: str) -> Rule:
@@ -93,3 +97,49 @@ async def test_fault_a_lost_answer_to_enabling_ttl_is_not_a_failed_start() -> No
     assert created
     assert client.ttl == CHECKPOINTS.ttl_attribute
     assert client.calls == ["UpdateTimeToLive", "UpdateTimeToLive"]
+
+
+@pytest.fixture
+async def leases(proxied: Proxied) -> DynamoDBLeaseStore:
+    """The lease store of worker "w" through the proxy, on a lease table holding one free shard."""
+    await create_worker_tables(proxied.direct.dynamodb, "checkpoints", "letters")
+    store = DynamoDBLeaseStore(proxied.via.dynamodb, proxied.call, "checkpoints", "w")
+    assert await store.create(Lease(ARN, "shardId-1", "transcripts"))
+    return store
+
+
+@pytest.mark.integration
+async def test_fault_a_lease_taken_with_its_answer_lost_is_held(
+    proxied: Proxied, leases: DynamoDBLeaseStore
+) -> None:
+    """Retried, the take's condition no longer holds (the counter moved): the token it wrote says the
+    lease is ours, where a lost race would leave the shard unread for a whole lease period."""
+    free = await leases.get(ARN, "shardId-1")
+    assert free is not None
+    proxied.proxy.rules = (_lost_once("UpdateItem"),)
+    taken = await leases.take(free, "w")
+    assert proxied.proxy.count(Kind.DROP_AFTER, "UpdateItem") == 1
+    stored = await leases.get(ARN, "shardId-1")
+    assert taken is not None
+    assert stored == taken
+    assert taken.owner == "w"
+    assert taken.counter == free.counter + 1
+    assert await leases.renew(taken) is not None
+
+
+@pytest.mark.integration
+async def test_fault_a_shard_end_checkpoint_with_its_answer_lost_is_not_a_lost_lease(
+    proxied: Proxied, leases: DynamoDBLeaseStore
+) -> None:
+    """SHARD_END gives the lease up with it, so its retry finds no token: the shard's end, not a peer."""
+    free = await leases.get(ARN, "shardId-1")
+    assert free is not None
+    taken = await leases.take(free, "w")
+    assert taken is not None
+    proxied.proxy.rules = (_lost_once("UpdateItem"),)
+    await leases.checkpoint(taken, SHARD_END)  # no LeaseLostError
+    assert proxied.proxy.count(Kind.DROP_AFTER, "UpdateItem") == 1
+    ended = await leases.get(ARN, "shardId-1")
+    assert ended is not None
+    assert ended.ended
+    assert ended.owner is None
