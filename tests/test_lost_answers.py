@@ -7,6 +7,7 @@ answer to UpdateTimeToLive needs a stand-in, as moto does not refuse TTL enabled
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,12 @@ from botocore.exceptions import ClientError, ConnectionClosedError
 from faults import FaultProxy, Kind, Rule
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.dynamodb import DynamoDBDeadLetterStore
 from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.tables import CHECKPOINTS, create_table, create_worker_tables
 from reconciler.core.leases import SHARD_END, Lease
 from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
+from reconciler.ports import DeadLetter
 
 ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/transcripts/stream/2026-01-01T00:00:00.000"
 
@@ -143,3 +146,28 @@ async def test_fault_a_shard_end_checkpoint_with_its_answer_lost_is_not_a_lost_l
     assert ended is not None
     assert ended.ended
     assert ended.owner is None
+
+
+@pytest.mark.integration
+async def test_fault_a_dead_letter_written_with_its_answer_lost_is_still_new(proxied: Proxied) -> None:
+    """A new letter is counted, and the dead-letter alert fires on that count: the retry finding the
+    letter its own first attempt wrote must not take it for a redelivered record's."""
+    await create_worker_tables(proxied.direct.dynamodb, "checkpoints", "letters")
+    letters = DynamoDBDeadLetterStore(proxied.via.dynamodb, proxied.call, "letters")
+    letter = DeadLetter(
+        source_table="transcripts",
+        stream_arn=ARN,
+        shard_id="shardId-1",
+        sequence_number="100",
+        event_id="e-1",
+        kind="unsafe",
+        reason="1 targets refused by the scope check",
+        created_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        item_table="transcripts",
+        item_key={"transcript_id": "tr-1"},
+        targets=("out_of_scope: s3://stt-uploads/acct-2/victim/audio.wav",),
+    )
+    proxied.proxy.rules = (_lost_once("UpdateItem"),)
+    assert await letters.put(letter)
+    assert proxied.proxy.count(Kind.DROP_AFTER, "UpdateItem") == 1
+    assert not await letters.put(letter)  # the same record delivered again: not a new letter

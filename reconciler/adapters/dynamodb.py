@@ -8,6 +8,7 @@ https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_DeleteItem.ht
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +172,11 @@ class DynamoDBDeadLetterStore:
         names = {f"#f{n}": name for n, name in enumerate(fields)}
         values = {f":f{n}": value for n, value in enumerate(fields.values())}
         update = "SET " + ", ".join(f"#f{n} = :f{n}" for n in range(len(fields)))
+        # The write that created the letter, kept by its retries: a retry after a lost answer finds the
+        # letter its own first attempt wrote, which is new all the same (the dead-letter alert counts it).
+        write = uuid.uuid4().hex
+        names["#w"], values[":w"] = "created_by_write", {"S": write}
+        update += ", #w = if_not_exists(#w, :w)"
         if letter.targets:
             names["#t"], values[":t"] = "targets", {"SS": list(dict.fromkeys(letter.targets))}
             update += " ADD #t :t"
@@ -183,4 +189,5 @@ class DynamoDBDeadLetterStore:
             ExpressionAttributeValues=values,
             ReturnValues="ALL_OLD",
         )
-        return "Attributes" not in response  # nothing was there before: the letter is new
+        before = response.get("Attributes")
+        return before is None or before.get("created_by_write") == {"S": write}
