@@ -9,9 +9,13 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from faults import Call, FaultProxy, Kind, Rule, identify
+from structlog.testing import capture_logs
 
-from reconciler.adapters.aws import AwsClients, AwsSettings, is_retriable
+from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy, is_retriable
+from reconciler.adapters.s3 import S3ArtifactStore
+from reconciler.core.scope import S3Location
 from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
+from reconciler.errors import TransientError
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +152,20 @@ def test_fault_a_rule_with_a_limit_fires_no_more_than_that_and_then_leaves_its_s
     )
     drawn = [proxy.choose(Call("dynamodb", "CreateTable")) for _ in range(5)]
     assert drawn == [Kind.DROP_AFTER, Kind.DROP_AFTER, Kind.THROTTLING, Kind.THROTTLING, Kind.THROTTLING]
+
+
+async def test_fault_retries_and_the_error_after_them_name_the_operation_and_its_bucket(
+    proxied: tuple[FaultProxy, AwsClients, AwsClients],
+) -> None:
+    proxy, via, _ = proxied
+    proxy.rules = (Rule(Kind.SLOW_DOWN, 1.0, operations=frozenset({"ListObjectVersions"})),)
+    store = S3ArtifactStore(via.s3, Caller(RetryPolicy(attempts=3)))
+    with capture_logs() as logs, pytest.raises(TransientError) as raised:
+        async for _ in store.list_versions(S3Location("faults", "acct-1/tr-1/"), exact=False):
+            pass
+    assert str(raised.value) == "AWS call failed after retries: SlowDown (list_object_versions on faults)"
+    retries = [
+        (e["operation"], e["resource"], e["error"]) for e in logs if e["event"] == "aws.retry_scheduled"
+    ]
+    assert retries == [("list_object_versions", "faults", "SlowDown")] * 2
+    assert "acct-1" not in str(logs)  # a prefix is part of a key: never logged

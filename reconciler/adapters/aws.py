@@ -134,16 +134,21 @@ def is_retriable(exc: Exception) -> bool:
     return isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | TimeoutError)
 
 
-def translate(exc: Exception) -> ReconcilerError:
-    """An AWS or network error, after retries, as a member of our tree."""
+def translate(exc: Exception, call: tuple[str, str | None] | None = None) -> ReconcilerError:
+    """An AWS or network error, after retries, as a member of our tree; ``call`` (the operation, and the
+    bucket, table or stream it was about) is named in the message."""
     if isinstance(exc, ReconcilerError):
         return exc
     if isinstance(exc, CREDENTIAL_ERRORS):
         provider = getattr(exc, "kwargs", {}).get("provider")
         source = f" from {provider}" if isinstance(provider, str) else ""
         return CredentialsError(f"no usable AWS credentials{source}: {type(exc).__name__}")
-    name = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
-    if name in ACCESS_CODES:
+    code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+    name = code
+    if call is not None:
+        operation, resource = call
+        name += f" ({operation} on {resource})" if resource else f" ({operation})"
+    if code in ACCESS_CODES:
         return AccessError(f"AWS refused the request: {name} (check credentials, IAM and deployed resources)")
     if is_retriable(exc):
         return TransientError(f"AWS call failed after retries: {name}")
@@ -230,7 +235,7 @@ class Caller:
             TimeoutError,
             *CREDENTIAL_ERRORS,
         ) as exc:
-            raise translate(exc) from exc
+            raise translate(exc, _CALL.get()) from exc
         finally:
             _CALL.reset(described)
 
