@@ -36,7 +36,11 @@ pytestmark = pytest.mark.integration
 
 SEEDS = (11, 23, 37)
 TRANSCRIPTS = 12
-RETRY_ATTEMPTS = 6  # per AWS call; a record is tried again up to ``max_attempts`` (50) times
+# Attempts per AWS call (stamina's test mode: no waits). Six while the worker creates its tables, as the
+# default policy allows: a call still failing there stops the start, by design. Then three, so that calls
+# also fail after their retries and records are retried in place, holding the checkpoint (a record is tried
+# up to ``max_attempts``, 50 times, before it is dead-lettered).
+START_ATTEMPTS, RUN_ATTEMPTS = 6, 3
 FINISH_WITHIN = 45.0
 FIRED_AT_LEAST = 3  # of every kind: a suite whose faults never fire proves nothing
 CHECKPOINTS = "reconciler-checkpoints"
@@ -71,7 +75,7 @@ def _settings(url: str) -> Settings:
         discovery_seconds=0.1,
         describe_stream_per_second=10,
         heartbeat_seconds=0.1,
-        lease_seconds=1.0,
+        lease_seconds=2.0,
         checkpoint_seconds=0,
         shutdown_grace_seconds=5,
     )
@@ -102,7 +106,7 @@ async def test_fault_thirty_percent_of_requests_failing_loses_nothing_and_touche
     assert all(all(shot.values()) for shot in live_before)  # each holds versions and items to compare
     caplog.set_level(logging.WARNING)
 
-    with capture_logs() as logs, stamina.set_testing(True, attempts=RETRY_ATTEMPTS):
+    with capture_logs() as logs, stamina.set_testing(True, attempts=START_ATTEMPTS):
         async with FaultProxy(endpoint, RULES, seed=seed) as proxy:
             async with running(_settings(proxy.url), rules):
                 await delete(layout, population)
@@ -134,8 +138,9 @@ async def test_fault_thirty_percent_of_requests_failing_loses_nothing_and_touche
 async def running(settings: Settings, rules: Rules) -> AsyncIterator[None]:
     """One worker, creating its tables, through the proxy; stopped gracefully (under faults too)."""
     aws = AwsSettings(region=REGION, endpoint_url=settings.endpoint_url, credentials=CREDENTIALS)
-    retry = RetryPolicy(attempts=RETRY_ATTEMPTS)
+    retry = RetryPolicy(attempts=START_ATTEMPTS)
     async with build_worker(settings, rules, CollectorRegistry(), retry, aws) as worker:
+        stamina.set_testing(True, attempts=RUN_ATTEMPTS)  # restored by the caller's set_testing
         task = asyncio.create_task(worker.run())
         try:
             yield
