@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from reconciler.adapters.aws import Caller, RetryPolicy, aws_operation, error_code, http_status
+from reconciler.adapters.aws import (
+    Caller,
+    RetryPolicy,
+    aws_operation,
+    error_code,
+    http_status,
+    is_retriable,
+)
 from reconciler.errors import TransientError
 
 if TYPE_CHECKING:
@@ -97,13 +104,12 @@ async def _create_if_absent(*, fn: Callable[..., Awaitable[object]], tried: _Tri
     retry found the table in use: its TTL is still to be switched on."""
     try:
         await fn(**kwargs)
-    except ClientError as exc:
-        if error_code(exc) == "ResourceInUseException":
+    except Exception as exc:
+        if isinstance(exc, ClientError) and error_code(exc) == "ResourceInUseException":
             return tried.may_have_run
-        tried.may_have_run |= http_status(exc) >= 500  # noqa: PLR2004 - 5xx
-        raise
-    except Exception:
-        tried.may_have_run = True
+        # A throttle or a refusal ran nothing; a 5xx, a dropped connection or a timeout may have.
+        ran = http_status(exc) >= 500 if isinstance(exc, ClientError) else is_retriable(exc)  # noqa: PLR2004 - 5xx
+        tried.may_have_run |= ran
         raise
     return True
 
