@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 from botocore.exceptions import ClientError
 
-from reconciler.adapters.aws import Caller, RetryPolicy, aws_operation, error_code
+from reconciler.adapters.aws import (
+    Caller,
+    RetryPolicy,
+    aws_operation,
+    error_code,
+    http_status,
+    is_retriable,
+)
 from reconciler.errors import TransientError
 
 if TYPE_CHECKING:
@@ -100,6 +107,7 @@ async def create_table(
     created = await call(
         _create_if_absent,
         fn=client.create_table,
+        tried=_Tried(),
         TableName=name,
         BillingMode="PAY_PER_REQUEST",
         KeySchema=table.key_schema(),
@@ -112,22 +120,50 @@ async def create_table(
             await _add_index(client, name, table, index, call, poll_seconds)
     if created and ttl_attribute is not None:
         await call(
-            client.update_time_to_live,
+            _enable_ttl,
+            fn=client.update_time_to_live,
             TableName=name,
             TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute},
         )
     return bool(created)
 
 
+@dataclass(slots=True)
+class _Tried:
+    """Whether an earlier attempt of a retried call may have run: its answer was lost (the connection
+    dropped, a read timed out) or was a 5xx, after which AWS may or may not have done the work."""
+
+    may_have_run: bool = False
+
+
 @aws_operation("create_table")
-async def _create_if_absent(*, fn: Callable[..., Awaitable[object]], **kwargs: Any) -> bool:
+async def _create_if_absent(*, fn: Callable[..., Awaitable[object]], tried: _Tried, **kwargs: Any) -> bool:
+    """True if the table was created now, by this call, even when the answer saying so was lost and the
+    retry found the table in use: its TTL is still to be switched on."""
+    try:
+        await fn(**kwargs)
+    except Exception as exc:
+        if isinstance(exc, ClientError) and error_code(exc) == "ResourceInUseException":
+            return tried.may_have_run
+        # A throttle or a refusal ran nothing; a 5xx, a dropped connection or a timeout may have.
+        ran = http_status(exc) >= 500 if isinstance(exc, ClientError) else is_retriable(exc)  # noqa: PLR2004 - 5xx
+        tried.may_have_run |= ran
+        raise
+    return True
+
+
+@aws_operation("update_time_to_live")
+async def _enable_ttl(*, fn: Callable[..., Awaitable[object]], **kwargs: Any) -> None:
+    """UpdateTimeToLive is not idempotent: enabling TTL twice is a ValidationException, which is what the
+    retry of a call whose answer was lost meets. That refusal says the work is done.
+    https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_UpdateTimeToLive.html"""
     try:
         await fn(**kwargs)
     except ClientError as exc:
-        if error_code(exc) == "ResourceInUseException":
-            return False
+        message = str(exc.response.get("Error", {}).get("Message", ""))
+        if error_code(exc) == "ValidationException" and "already enabled" in message.lower():
+            return
         raise
-    return True
 
 
 async def _add_index(  # noqa: PLR0917 - the table's context, passed through
