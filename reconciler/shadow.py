@@ -12,6 +12,7 @@ instead of deleting.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 
@@ -29,6 +30,8 @@ from reconciler.ports import (
     DeadLetter,
     DeleteReport,
     ItemStore,
+    LetterKind,
+    LetterStatus,
     ObjectVersion,
     VersionPage,
 )
@@ -85,7 +88,8 @@ class ShadowReport:
 
 
 class ShadowDeadLetters:
-    """A ``DeadLetterStore`` that writes nothing: each letter a real run would write is logged and counted."""
+    """A ``DeadLetterStore`` that writes nothing: each letter a real run would write is logged and counted,
+    and it holds none (nothing to list, resolve, purge or count)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
@@ -107,6 +111,29 @@ class ShadowDeadLetters:
             targets_not_logged=max(len(letter.targets) - MAX_LOGGED, 0),
         )
         return False
+
+    async def list(
+        self,
+        *,
+        kind: LetterKind | None = None,  # noqa: ARG002 - the protocol's filters; there is nothing to filter
+        since: dt.datetime | None = None,  # noqa: ARG002
+        status: LetterStatus | None = None,  # noqa: ARG002
+    ) -> AsyncIterator[DeadLetter]:
+        none: tuple[DeadLetter, ...] = ()
+        for letter in none:
+            yield letter
+
+    async def get(self, letter_id: str) -> DeadLetter | None:  # noqa: ARG002 - no letter is held
+        return None
+
+    async def resolve(self, letter_id: str, at: dt.datetime) -> bool:  # noqa: ARG002 - no letter is held
+        return False
+
+    async def purge_resolved(self, older_than: dt.datetime) -> int:  # noqa: ARG002 - no letter is held
+        return 0
+
+    async def count_pending(self, kind: LetterKind) -> int:  # noqa: ARG002 - no letter is held
+        return 0
 
 
 class ReadOnlyArtifacts:

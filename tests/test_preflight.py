@@ -238,3 +238,13 @@ async def test_run_exits_with_code_4_naming_each_problem(endpoint: str, layout: 
     assert "  bucket 'stt-llm-gateway': does not exist" in done.stderr
     assert "  linked table 'speech_outputs': does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("code", ["ExpiredIteratorException", "TrimmedDataAccessException"])
+async def test_a_shard_read_at_an_awkward_moment_still_proves_the_grant(
+    clients: AwsClients, rules: Rules, code: str
+) -> None:
+    """A fault, not a problem: the read was allowed, which is all the pre-flight asks."""
+    calls = refuse(clients, "before-call.dynamodb-streams.GetRecords", code)
+    assert await problems_of(preflight(clients, rules)) == ()
+    assert calls[0] == 1
