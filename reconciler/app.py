@@ -18,12 +18,12 @@ from reconciler.adapters.letters import DynamoDBDeadLetterStore
 from reconciler.adapters.probes import AwsResourceProbe
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
-from reconciler.adapters.tables import create_worker_tables
+from reconciler.adapters.tables import DEAD_LETTERS, create_worker_tables
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
 from reconciler.core.spec import RuleSet
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
-from reconciler.preflight import Preflight, requirements
+from reconciler.preflight import OwnTable, Preflight, requirements
 from reconciler.processing import RecordProcessor
 from reconciler.rules import Rules
 from reconciler.settings import Settings
@@ -45,7 +45,12 @@ def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Cal
         except (BotoCoreError, ClientError) as exc:  # the waiter's own errors, as our tree says
             raise translate(exc) from exc
 
-    own = {settings.checkpoint_table: "checkpoint table", settings.dead_letter_table: "dead-letter table"}
+    own = {
+        settings.checkpoint_table: OwnTable("checkpoint table"),
+        settings.dead_letter_table: OwnTable(
+            "dead-letter table", frozenset(index.name for index in DEAD_LETTERS.indexes)
+        ),
+    }
     return Preflight(
         requirements(spec, own),
         AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, call),

@@ -62,6 +62,14 @@ class PreflightError(ReconcilerError):
 
 
 @dataclass(frozen=True, slots=True)
+class OwnTable:
+    """One of the worker's own tables: what it is for, and the indexes the worker queries."""
+
+    role: str
+    indexes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class Requirements:
     """What the worker will touch: the sources, each linked table with the indexes links query, each bucket
     with the static prefixes of its scopes, and the worker's own tables (name to role)."""
@@ -69,10 +77,10 @@ class Requirements:
     sources: tuple[str, ...]
     linked: Mapping[str, frozenset[str]]
     buckets: Mapping[str, tuple[str, ...]]
-    own_tables: Mapping[str, str] = field(default_factory=dict)
+    own_tables: Mapping[str, OwnTable] = field(default_factory=dict)
 
 
-def requirements(rules: RuleSet, own_tables: Mapping[str, str] | None = None) -> Requirements:
+def requirements(rules: RuleSet, own_tables: Mapping[str, OwnTable] | None = None) -> Requirements:
     """Every resource the rules can make the worker touch: the sources, the tables linked from them
     (directly or not), and the buckets of their scopes. Pure."""
     linked: dict[str, set[str]] = {}
@@ -109,7 +117,7 @@ class ResourceProbe(Protocol):
 
     async def bucket(self, bucket: str, prefixes: tuple[str, ...]) -> list[Problem]: ...
 
-    async def own_table(self, table: str, role: str) -> list[Problem]: ...
+    async def own_table(self, table: str, own: OwnTable) -> list[Problem]: ...
 
 
 Check = Callable[[], Awaitable[list[Problem]]]
@@ -142,8 +150,8 @@ class Preflight:
             checks[f"linked table {table!r}"] = functools.partial(probe.linked, table, indexes)
         for bucket, prefixes in needs.buckets.items():
             checks[f"bucket {bucket!r}"] = functools.partial(probe.bucket, bucket, prefixes)
-        for table, role in needs.own_tables.items():
-            checks[f"{role} {table!r}"] = functools.partial(probe.own_table, table, role)
+        for table, own in needs.own_tables.items():
+            checks[f"{own.role} {table!r}"] = functools.partial(probe.own_table, table, own)
         return checks
 
     async def run(self, stopping: asyncio.Event, beat: Callable[[], None] = lambda: None) -> bool:
