@@ -15,6 +15,7 @@ from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
 from reconciler.adapters.dynamodb import DynamoDBDeadLetterStore, DynamoDBItemStore
 from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.probes import AwsResourceProbe
+from reconciler.adapters.receipts import DynamoDBReceiptStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.tables import create_worker_tables
@@ -24,6 +25,7 @@ from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
 from reconciler.preflight import Preflight, requirements
 from reconciler.processing import RecordProcessor
+from reconciler.receipts import ReceiptWriter
 from reconciler.rules import Rules
 from reconciler.settings import Settings
 from reconciler.worker import Collaborators, Worker
@@ -39,12 +41,20 @@ def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Cal
     async def create() -> None:
         try:
             await create_worker_tables(
-                clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
+                clients.dynamodb,
+                settings.checkpoint_table,
+                settings.dead_letter_table,
+                call,
+                receipts=settings.receipt_table,
             )
         except (BotoCoreError, ClientError) as exc:  # the waiter's own errors, as our tree says
             raise translate(exc) from exc
 
-    own = {settings.checkpoint_table: "checkpoint table", settings.dead_letter_table: "dead-letter table"}
+    own = {
+        settings.checkpoint_table: "checkpoint table",
+        settings.dead_letter_table: "dead-letter table",
+        settings.receipt_table: "receipt table",
+    }
     return Preflight(
         requirements(spec, own),
         AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, call),
@@ -82,6 +92,9 @@ async def build_worker(
         artifacts = CoalescingArtifactStore(S3ArtifactStore(clients.s3, call))
         executor = Executor(spec, artifacts, items, metrics, fanout=settings.record_fanout)
         dead_letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
+        receipts = DynamoDBReceiptStore(
+            clients.dynamodb, call, settings.receipt_table, settings.receipt_retention_days
+        )
         processor = RecordProcessor(
             rules=spec,
             executor=executor,
@@ -89,6 +102,7 @@ async def build_worker(
             metrics=metrics,
             clock=utcnow,
             items=items,
+            receipts=ReceiptWriter(receipts, artifacts, items, spec, metrics, utcnow),
         )
         owner = worker_id(settings)
         leases = DynamoDBLeaseStore(
@@ -103,6 +117,7 @@ async def build_worker(
             metrics=metrics,
             owner=owner,
             preflight=_preflight(settings, spec, clients, call) if settings.preflight else None,
+            receipts=receipts,
         )
         try:
             yield Worker(settings, spec, parts, clock=utcnow)

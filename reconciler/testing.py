@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from reconciler.core.dynamodb_json import Image, encode_key
 from reconciler.core.leases import SHARD_END, Lease
-from reconciler.core.plan import LinkQuery
+from reconciler.core.plan import LinkQuery, key_hash
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
 from reconciler.errors import (
@@ -38,6 +38,7 @@ from reconciler.ports import (
     DeadLetter,
     DeleteReport,
     ObjectVersion,
+    Receipt,
     RecordsPage,
     Shard,
     StreamInfo,
@@ -352,6 +353,30 @@ class FakeDeadLetterStore:
             )
         self.letters[letter.letter_id] = letter
         return held is None
+
+
+@dataclass
+class FakeReceiptStore:
+    """Receipts by (table, key hash), with the adapter's condition: the first receipt of an event stays, and
+    one of an earlier event never replaces a later one's. ``fail`` makes every write fail as a throttle."""
+
+    receipts: dict[tuple[str, str], Receipt] = field(default_factory=dict)
+    fail: bool = False
+    writes: int = 0
+
+    async def put(self, receipt: Receipt) -> bool:
+        if self.fail:
+            raise TransientError("receipts table throttled")
+        self.writes += 1
+        where = (receipt.table, key_hash(receipt.table, receipt.key))
+        held = self.receipts.get(where)
+        if held is not None and (held.event == receipt.event or held.event_time > receipt.event_time):
+            return False
+        self.receipts[where] = receipt
+        return True
+
+    async def get(self, table: str, key_hash: str) -> Receipt | None:
+        return self.receipts.get((table, key_hash))
 
 
 class FixedClock:

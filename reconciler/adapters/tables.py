@@ -44,7 +44,13 @@ class TableKeys:
 # Shard ids repeat across streams. A finished shard's row (SHARD_END) expires: see CheckpointStore.put.
 CHECKPOINTS = TableKeys(("stream_arn", "shard_id"), ttl_attribute="expires_at")
 DEAD_LETTERS = TableKeys(("letter_id",))
-WORKER_TABLES = {"checkpoint_table": CHECKPOINTS, "dead_letter_table": DEAD_LETTERS}
+# One receipt per deleted item; each expires after the retention setting (adapters/receipts.py).
+RECEIPTS = TableKeys(("source_table", "key_hash"), ttl_attribute="retain_until")
+WORKER_TABLES = {
+    "checkpoint_table": CHECKPOINTS,
+    "dead_letter_table": DEAD_LETTERS,
+    "receipt_table": RECEIPTS,
+}
 """The worker's tables by the ``Settings`` field that names them."""
 ACTIVE_WITHIN_SECONDS = 120.0
 
@@ -104,10 +110,18 @@ async def _until_active(client: DynamoDBClient, name: str, call: Caller, poll_se
 
 
 async def create_worker_tables(
-    client: DynamoDBClient, checkpoints: str, dead_letters: str, call: Caller | None = None
+    client: DynamoDBClient,
+    checkpoints: str,
+    dead_letters: str,
+    call: Caller | None = None,
+    *,
+    receipts: str | None = None,
 ) -> dict[str, bool]:
-    """Create the worker's tables that are missing; by table name, whether it was created now."""
+    """Create the worker's tables that are missing (the receipts table when named); by table name, whether
+    it was created now."""
     names = {checkpoints: CHECKPOINTS, dead_letters: DEAD_LETTERS}
+    if receipts is not None:
+        names[receipts] = RECEIPTS
     return {
         name: await create_table(client, name, keys.attributes, keys.ttl_attribute, call=call)
         for name, keys in names.items()
