@@ -358,7 +358,7 @@ class FakeDeadLetterStore:
 @dataclass
 class FakeReceiptStore:
     """Receipts by (table, key hash), with the adapter's condition: the first receipt of an event stays, and
-    one of an earlier event never replaces a later one's. ``fail`` makes every write fail as a throttle."""
+    one of an earlier event never replaces a later one's. ``fail`` makes every call fail as a throttle."""
 
     receipts: dict[tuple[str, str], Receipt] = field(default_factory=dict)
     fail: bool = False
@@ -376,6 +376,8 @@ class FakeReceiptStore:
         return True
 
     async def get(self, table: str, key_hash: str) -> Receipt | None:
+        if self.fail:
+            raise TransientError("receipts table throttled")
         return self.receipts.get((table, key_hash))
 
 
