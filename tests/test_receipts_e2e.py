@@ -167,15 +167,17 @@ async def test_verify_fails_on_a_planted_leftover_and_passes_once_it_is_removed(
     assert capsys.readouterr().out.startswith("verified: the ")
 
     planted = await layout.s3.put_object(Bucket=TRANSCRIPTS, Key="acct-2/tr-verify/late.json", Body=b"{}")
+    output = {"transcript_id": {"S": "tr-verify"}, "output_type": {"S": "translation"}}
+    await layout.dynamodb.put_item(TableName="speech_outputs", Item=output)
     assert await _cli(endpoint, *verify) == EXIT_LEFTOVER
-    out = capsys.readouterr().out
-    assert (
-        f"leftover: s3://{TRANSCRIPTS}/acct-2/tr-verify/late.json {planted['VersionId']}" in out.splitlines()
-    )
+    lines = capsys.readouterr().out.splitlines()
+    assert f"leftover: s3://{TRANSCRIPTS}/acct-2/tr-verify/late.json {planted['VersionId']}" in lines
+    assert "leftover: speech_outputs transcript_id=tr-verify, output_type=translation" in lines
 
     await layout.s3.delete_object(
         Bucket=TRANSCRIPTS, Key="acct-2/tr-verify/late.json", VersionId=planted["VersionId"]
     )
+    await layout.dynamodb.delete_item(TableName="speech_outputs", Key=output)
     assert await _cli(endpoint, *verify) == 0
     assert (
         await _cli(endpoint, "verify", "--table", "transcripts", "--key", '{"transcript_id": "x"}')
