@@ -160,6 +160,25 @@ async def test_a_receipt_that_cannot_be_written_keeps_the_record_pending_then_is
     assert world.sample("reconciler_receipts_total", table="transcripts", verification="verified") == 1
 
 
+async def test_a_retry_that_deletes_more_after_an_unwritten_receipt_adds_to_the_first_runs_counts(
+    world: World,
+) -> None:
+    world.add_transcript("acct-1", "tr-1")
+    store = FakeReceiptStore(fail=True)
+    processor = _processor(world, store)
+    record = _removal(world)
+    assert isinstance(await processor.process(ORIGIN, record), Pending)
+    world.artifacts.put("stt-transcripts", "acct-1/tr-1/late.json")  # written after the first run
+
+    store.fail = False
+    assert isinstance(await processor.process(ORIGIN, record), Deleted)
+
+    receipt = _receipt(store)
+    assert (receipt.counts.object_versions, receipt.counts.under_prefixes) == (10, 6)
+    assert receipt.verification == "verified"
+    assert world.held_by("acct-1", "tr-1") == 0
+
+
 async def test_a_redelivered_record_writes_the_same_receipt_and_counts_it_once(world: World) -> None:
     world.add_transcript("acct-1", "tr-1")
     store = FakeReceiptStore()
