@@ -16,6 +16,7 @@ from reconciler.adapters.dynamodb import DynamoDBItemStore
 from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.letters import DynamoDBDeadLetterStore
 from reconciler.adapters.probes import AwsResourceProbe
+from reconciler.adapters.receipts import DynamoDBReceiptStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.tables import DEAD_LETTERS, create_worker_tables
@@ -25,6 +26,7 @@ from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
 from reconciler.preflight import OwnTable, Preflight, requirements
 from reconciler.processing import RecordProcessor
+from reconciler.receipts import ReceiptWriter
 from reconciler.rules import Rules
 from reconciler.settings import Settings
 from reconciler.worker import Collaborators, Worker
@@ -40,7 +42,11 @@ def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Cal
     async def create() -> None:
         try:
             await create_worker_tables(
-                clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
+                clients.dynamodb,
+                settings.checkpoint_table,
+                settings.dead_letter_table,
+                call,
+                receipts=settings.receipt_table,
             )
         except (BotoCoreError, ClientError) as exc:  # the waiter's own errors, as our tree says
             raise translate(exc) from exc
@@ -50,6 +56,7 @@ def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Cal
         settings.dead_letter_table: OwnTable(
             "dead-letter table", frozenset(index.name for index in DEAD_LETTERS.indexes)
         ),
+        settings.receipt_table: OwnTable("receipt table"),
     }
     return Preflight(
         requirements(spec, own),
@@ -88,6 +95,9 @@ async def build_worker(
         artifacts = CoalescingArtifactStore(S3ArtifactStore(clients.s3, call))
         executor = Executor(spec, artifacts, items, metrics, fanout=settings.record_fanout)
         dead_letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
+        receipts = DynamoDBReceiptStore(
+            clients.dynamodb, call, settings.receipt_table, settings.receipt_retention_days
+        )
         processor = RecordProcessor(
             rules=spec,
             executor=executor,
@@ -95,6 +105,7 @@ async def build_worker(
             metrics=metrics,
             clock=utcnow,
             items=items,
+            receipts=ReceiptWriter(receipts, artifacts, items, spec, metrics, utcnow),
         )
         owner = worker_id(settings)
         leases = DynamoDBLeaseStore(
@@ -110,6 +121,7 @@ async def build_worker(
             owner=owner,
             dead_letters=dead_letters,
             preflight=_preflight(settings, spec, clients, call) if settings.preflight else None,
+            receipts=receipts,
         )
         try:
             yield Worker(settings, spec, parts, clock=utcnow)

@@ -20,6 +20,7 @@ from reconciler.errors import ReconcilerError, TransientError
 from reconciler.execution import ExecutionResult, Executor, RecordRefusals, ScopedUnsafe
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
+from reconciler.receipts import ReceiptWriter
 
 log = structlog.get_logger("reconciler.processing")
 
@@ -47,7 +48,9 @@ class RecordProcessor:
         metrics: Metrics,
         clock: Clock,
         items: ItemStore,
+        receipts: ReceiptWriter | None = None,
     ) -> None:
+        self._receipts = receipts
         self._rules = rules
         self._executor = executor
         self._items = items
@@ -111,7 +114,7 @@ class RecordProcessor:
             return await self._dead_letter(origin, record, "no_image", decision.detail, cause)
         return await self._delete(origin, record, cause, record.old_image)
 
-    async def _delete(self, origin: Origin, record: StreamRecord, cause: Cause, image: Image) -> Outcome:
+    async def _delete(self, origin: Origin, record: StreamRecord, cause: Cause, image: Image) -> Outcome:  # noqa: PLR0911 - one per outcome
         table = self._rules.tables[origin.table]
         plan = resolve(table, image)
         # The same key written again shares the scope: deleting would take the new item's artifacts.
@@ -136,6 +139,11 @@ class RecordProcessor:
             if isinstance(letter, Pending):
                 return letter
         completed = self._clock()
+        # Receipts are the audit trail: the record stays pending until its receipt is written.
+        if self._receipts and (
+            unwritten := await self._receipts.write(origin, record, cause, plan, result, completed)
+        ):
+            return unwritten
         self._observe_lag(record, cause, table.ttl_attribute, completed)
         log.info(
             "deletion.completed",

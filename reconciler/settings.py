@@ -97,6 +97,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(LEVELS)}")
         return level.strip().upper()
 
+    # Receipts: the confirmation of every deletion (reconciler/receipts.py).
+    receipt_table: str = Field(
+        default="reconciler-receipts", description="Deletion receipts, keyed by source_table + key_hash."
+    )
+    receipt_retention_days: int = Field(
+        default=400, ge=1, description="Days a receipt is kept after its deletion (DynamoDB TTL)."
+    )
+
 
 PREFIX = "RECONCILER_"
 
