@@ -36,7 +36,7 @@ STRINGS = {
     "llm_requests": {"request_id": KeyType.STRING},
     "app": {"PK": KeyType.STRING, "SK": KeyType.STRING},
 }
-SETTINGS = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+SETTINGS = settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 
 
 def _owners(found: list[Ownership]) -> list[tuple[str, dict[str, object]]]:
