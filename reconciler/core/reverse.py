@@ -6,13 +6,15 @@ one listed key to every item whose scope template matches it, by matching the te
 taking each placeholder's whole path segment (a placeholder is one segment, so ``/907/`` never matches
 ``/9070/``). Every match is checked by rendering the template again over the recovered values.
 
-The sweep may delete an object only if all of these hold:
+The sweep may delete an object only if all of these hold (besides its own minimum age):
 
 - the answer is not empty: an object that no template matches is no item's, as the rules see it, and stays;
 - it holds no ``Unresolvable``: the object lies under a template that cannot name one item (its
-  placeholders do not include every key attribute, a key value could be a string or a number, the key has
-  an empty, '.' or '..' segment). Such objects are reported, and never deleted;
-- every ``Owner``'s item is missing (an object can lie under the scopes of several items).
+  placeholders do not include every key attribute, a key value could be a string or a number, the template
+  ends with a placeholder, the key has an empty, '.' or '..' segment). Such objects are reported, and never
+  deleted;
+- every ``Owner``'s item is missing (an object can lie under the scopes of several items; the templates of
+  every table in the rules are tried, reachable from a source or not, since an extra owner only keeps more).
 
 An object under a link's scope (``{parent.NAME}`` templates) belongs to the parent: the link hands that
 scope to children deleted with the parent, so a child that is still there does not keep the object.
