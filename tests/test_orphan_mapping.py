@@ -111,14 +111,29 @@ def test_an_orphan_in_a_bucket_no_rule_names_has_no_owner(rules: Rules) -> None:
 
 def test_an_orphan_key_with_a_dot_dot_segment_is_reported_not_mapped(rules: Rules) -> None:
     found = owners(rules.compile(), "stt-uploads", "acct-1/tr-1/../tr-2/audio.wav")
-    assert _reasons(found) == [UnresolvableReason.UNSAFE_KEY]
-    assert not _owners(found)
+    assert found == [
+        Unresolvable(
+            "transcripts",
+            "",
+            "s3://stt-uploads/{account_id}/{transcript_id}/",
+            UnresolvableReason.UNSAFE_KEY,
+            "the key has an empty, '.' or '..' segment or a control character",
+        )
+    ]
 
 
 def test_an_orphan_whose_identifier_reads_as_a_number_needs_the_key_type(rules: Rules) -> None:
     """'907' renders from the string "907" and the number 907 alike: the answer depends on the table."""
     compiled, key = rules.compile(), "acct-1/907/audio.wav"
-    assert _reasons(owners(compiled, "stt-uploads", key)) == [UnresolvableReason.KEY_TYPE]
+    assert owners(compiled, "stt-uploads", key) == [
+        Unresolvable(
+            "transcripts",
+            "",
+            "s3://stt-uploads/{account_id}/{transcript_id}/",
+            UnresolvableReason.KEY_TYPE,
+            "key attribute 'transcript_id' reads as a string or a number; its type was not given",
+        )
+    ]
     assert _owners(owners(compiled, "stt-uploads", key, STRINGS)) == [
         ("transcripts", {"transcript_id": "907"})
     ]
@@ -151,6 +166,13 @@ def test_an_orphan_under_a_template_without_the_whole_key_is_reported_never_gues
             "the template does not name key attribute(s) output_type",
         )
     ]
+
+
+def test_an_orphan_under_a_template_naming_no_key_attribute_reports_them_all() -> None:
+    compiled = _single("", "t", key=("PK", "SK"), scopes=("s3://bkt/x/{tenant}/",))
+    [found] = owners(compiled, "bkt", "x/acme/a")
+    assert isinstance(found, Unresolvable)
+    assert found.detail == "the template does not name key attribute(s) PK, SK"
 
 
 @pytest.mark.parametrize(
@@ -199,7 +221,15 @@ def test_an_orphan_under_a_template_ending_in_a_placeholder_is_reported() -> Non
     """s3://bkt/x/{id} renders x/907, which also holds x/9070/...: the identifier cannot be told."""
     compiled = _single("", "t", key=("id",), scopes=("s3://bkt/x/{id}",))
     found = owners(compiled, "bkt", "x/9070/a", {"t": {"id": KeyType.STRING}})
-    assert _reasons(found) == [UnresolvableReason.OPEN_ENDED]
+    assert found == [
+        Unresolvable(
+            "t",
+            "",
+            "s3://bkt/x/{id}",
+            UnresolvableReason.OPEN_ENDED,
+            "the template ends with a placeholder, not '/'",
+        )
+    ]
 
 
 def test_an_orphan_under_a_template_naming_an_attribute_twice_needs_both_to_agree() -> None:

@@ -121,12 +121,7 @@ class _Candidate:
 
 def static_prefix(template: Template) -> str:
     """The key text before the template's first placeholder: all that is known of the keys under it."""
-    prefix = ""
-    for literal, placeholder in template.parts:
-        prefix += literal
-        if placeholder is not None:
-            break
-    return prefix
+    return template.parts[0][0]  # the literal of the first part runs up to the first placeholder
 
 
 def reachable_tables(rules: RuleSet) -> list[str]:
