@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.core import reverse
+from reconciler.core.reverse import static_prefix as static_prefix  # noqa: PLC0414 - re-exported: imported from here too
 from reconciler.core.scope import Template
 from reconciler.errors import ConfigError
 from reconciler.rules import Rules
@@ -192,7 +193,7 @@ def scope_prefixes(rules: Rules) -> dict[str, list[str]]:
 
 
 def _checked_prefix(template: Template) -> str:
-    prefix = reverse.static_prefix(template)
+    prefix = static_prefix(template)
     if not prefix:
         raise ConfigError(
             f"scope {template.source!r} starts with a {{placeholder}}: IAM could only allow deleting anywhere"
