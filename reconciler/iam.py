@@ -59,6 +59,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.core import reverse
+from reconciler.core.reverse import static_prefix as static_prefix  # noqa: PLC0414 - re-exported: imported from here too
 from reconciler.core.scope import Template
 from reconciler.errors import ConfigError
 from reconciler.rules import Rules
@@ -181,10 +183,7 @@ def _source_statements(rules: Rules, arns: _Arns) -> list[Statement]:
 
 def reachable_tables(rules: Rules) -> list[str]:
     """The sources and every table linked from them, directly or not: the only tables the worker reads."""
-    found = list(dict.fromkeys(rules.sources))
-    for name in found:  # grows while it is walked: links form no cycle, so this ends
-        found += [link.table for link in rules.tables[name].all_links() if link.table not in found]
-    return found
+    return reverse.reachable_tables(rules.compile())
 
 
 def _linked_statements(rules: Rules, arns: _Arns) -> list[Statement]:
@@ -214,26 +213,13 @@ def _linked_statements(rules: Rules, arns: _Arns) -> list[Statement]:
     return statements
 
 
-def static_prefix(template: Template) -> str:
-    """The key text before the template's first placeholder: all that IAM can be told about its keys."""
-    prefix = ""
-    for literal, field in template.parts:
-        prefix += literal
-        if field is not None:
-            break
-    return prefix
-
-
 def scope_prefixes(rules: Rules) -> dict[str, list[str]]:
-    """Per bucket, the static prefixes of the scopes the worker can reach, leaving out those under another."""
-    found: dict[str, set[str]] = {}
-    for name in reachable_tables(rules):
-        for template in rules.tables[name].scope_templates():
-            found.setdefault(template.bucket, set()).add(_checked_prefix(template))
-    return {
-        bucket: sorted(p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes))
-        for bucket, prefixes in sorted(found.items())
-    }
+    """Per bucket, the static prefixes of the scopes the worker can reach, leaving out those under another
+    (the roots an orphan sweep lists, too)."""
+    compiled = rules.compile()
+    for template in reverse.scope_templates(compiled):
+        _checked_prefix(template)
+    return {bucket: list(prefixes) for bucket, prefixes in reverse.walk_roots(compiled).items()}
 
 
 def _checked_prefix(template: Template) -> str:
