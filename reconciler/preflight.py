@@ -33,9 +33,9 @@ from typing import Protocol
 
 import structlog
 
+from reconciler.core.reverse import reachable_tables, walk_roots
 from reconciler.core.spec import RuleSet
 from reconciler.errors import MissingCredentialsError, ReconcilerError
-from reconciler.iam import static_prefix
 
 log = structlog.get_logger("reconciler.preflight")
 
@@ -82,29 +82,17 @@ class Requirements:
 
 def requirements(rules: RuleSet, own_tables: Mapping[str, OwnTable] | None = None) -> Requirements:
     """Every resource the rules can make the worker touch: the sources, the tables linked from them
-    (directly or not), and the buckets of their scopes. Pure."""
+    (directly or not), and the buckets of their scopes, each with the prefixes to list. Pure."""
     linked: dict[str, set[str]] = {}
-    prefixes: dict[str, set[str]] = {}
-    reached = list(rules.sources)
-    for name in reached:  # grows while it is walked: rules are checked free of link cycles at load
-        for entity in rules.tables[name].entities:
-            for template in (*entity.scopes, *(s for link in entity.links for s in link.scopes)):
-                prefixes.setdefault(template.bucket, set()).add(static_prefix(template))
-            for link in entity.links:
-                linked.setdefault(link.table, set()).update([link.index] if link.index else [])
-                if link.table not in reached:
-                    reached.append(link.table)
+    for name in reachable_tables(rules):
+        for link in (link for entity in rules.tables[name].entities for link in entity.links):
+            linked.setdefault(link.table, set()).update([link.index] if link.index else [])
     return Requirements(
         sources=rules.sources,
         linked={table: frozenset(indexes) for table, indexes in sorted(linked.items())},
-        buckets={bucket: _outermost(found) for bucket, found in sorted(prefixes.items())},
+        buckets=walk_roots(rules),
         own_tables=dict(own_tables or {}),
     )
-
-
-def _outermost(prefixes: set[str]) -> tuple[str, ...]:
-    """The prefixes no other one contains (listing under ``a/`` proves ``a/b/`` too)."""
-    return tuple(sorted(p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes)))
 
 
 class ResourceProbe(Protocol):
