@@ -25,7 +25,7 @@ from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
 VERSIONS_PER_TRANSCRIPT = 17
 ITEMS_PER_TRANSCRIPT = 5  # 3 speech outputs and 2 LLM requests
 ARTIFACTS_PER_TRANSCRIPT = VERSIONS_PER_TRANSCRIPT + ITEMS_PER_TRANSCRIPT
-CHECKPOINTS, DEAD_LETTERS = "bench-checkpoints", "bench-dead-letters"
+CHECKPOINTS, DEAD_LETTERS, RECEIPTS = "bench-checkpoints", "bench-dead-letters", "bench-receipts"
 LATENCY = {"s3": 0.020, "dynamodb": 0.005, "streams": 0.005}
 RAW = {"s3": 0.0, "dynamodb": 0.0, "streams": 0.0}
 
@@ -88,7 +88,7 @@ class Backend:
         reset(self.endpoint)
         async with AwsClients(self.aws()) as clients:
             await Layout(clients.s3, clients.dynamodb).create()
-            await create_worker_tables(clients.dynamodb, CHECKPOINTS, DEAD_LETTERS)
+            await create_worker_tables(clients.dynamodb, CHECKPOINTS, DEAD_LETTERS, receipts=RECEIPTS)
             self.admin("seed", {"transcripts": [[t.account_id, t.transcript_id, t.expires_at] for t in
                                                 [*data.doomed, *data.live]]})  # fmt: skip
             call = Caller(RetryPolicy())

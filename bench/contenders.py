@@ -34,7 +34,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from botocore.config import Config
 
-from bench.backend import CHECKPOINTS, DEAD_LETTERS, Backend, Dataset
+from bench.backend import CHECKPOINTS, DEAD_LETTERS, RECEIPTS, Backend, Dataset
 from reconciler.adapters.aws import AwsClients
 from reconciler.demo.layout import LLM, TRANSCRIPTS, UNDERSTANDING, UPLOADS, Transcript
 from reconciler.demo.moto_server import CREDENTIALS, REGION
@@ -84,6 +84,7 @@ def run_reconciler(
         "RECONCILER_LOG_JSON": "true",
         "RECONCILER_CHECKPOINT_TABLE": CHECKPOINTS,
         "RECONCILER_DEAD_LETTER_TABLE": DEAD_LETTERS,
+        "RECONCILER_RECEIPT_TABLE": RECEIPTS,
         "RECONCILER_IDLE_POLL_SECONDS": "0.05",
         "RECONCILER_MAX_IDLE_POLL_SECONDS": "0.1",
         "RECONCILER_RETRY_BACKOFF_SECONDS": "0.2",

@@ -16,16 +16,18 @@ from reconciler.adapters.dynamodb import DynamoDBItemStore
 from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.letters import DynamoDBDeadLetterStore
 from reconciler.adapters.probes import AwsResourceProbe
+from reconciler.adapters.receipts import DynamoDBReceiptStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
-from reconciler.adapters.tables import CHECKPOINTS, create_table, create_worker_tables
+from reconciler.adapters.tables import CHECKPOINTS, DEAD_LETTERS, create_table, create_worker_tables
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
 from reconciler.core.spec import RuleSet
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import ArtifactStore, DeadLetterStore, ItemStore
-from reconciler.preflight import Preflight, requirements
+from reconciler.preflight import OwnTable, Preflight, requirements
 from reconciler.processing import RecordProcessor
+from reconciler.receipts import ReceiptWriter
 from reconciler.rules import Rules
 from reconciler.settings import Settings
 from reconciler.shadow import ReadOnlyArtifacts, ReadOnlyItems, ShadowDeadLetters, ShadowReport
@@ -49,14 +51,24 @@ def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Cal
                 )
             else:
                 await create_worker_tables(
-                    clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table, call
+                    clients.dynamodb,
+                    settings.checkpoint_table,
+                    settings.dead_letter_table,
+                    call,
+                    receipts=settings.receipt_table,
                 )
         except (BotoCoreError, ClientError) as exc:  # the waiter's own errors, as our tree says
             raise translate(exc) from exc
 
-    own = {settings.checkpoint_table: "checkpoint table", settings.dead_letter_table: "dead-letter table"}
+    own = {
+        settings.checkpoint_table: OwnTable("checkpoint table"),
+        settings.dead_letter_table: OwnTable(
+            "dead-letter table", frozenset(index.name for index in DEAD_LETTERS.indexes)
+        ),
+        settings.receipt_table: OwnTable("receipt table"),
+    }
     if settings.dry_run:
-        own = {settings.lease_table: "shadow checkpoint table"}
+        own = {settings.lease_table: OwnTable("shadow checkpoint table")}
     return Preflight(
         requirements(spec, own),
         AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, call, read_only=settings.dry_run),
@@ -115,6 +127,13 @@ async def build_worker(
         executor = Executor(
             spec, artifact_store, item_store, metrics, fanout=settings.record_fanout, dry_run=settings.dry_run
         )
+        receipts: DynamoDBReceiptStore | None = None
+        writer: ReceiptWriter | None = None
+        if not settings.dry_run:  # a dry run deletes nothing, so it writes and serves no receipt
+            receipts = DynamoDBReceiptStore(
+                clients.dynamodb, call, settings.receipt_table, settings.receipt_retention_days
+            )
+            writer = ReceiptWriter(receipts, artifacts, items, spec, metrics, utcnow)
         processor = RecordProcessor(
             rules=spec,
             executor=executor,
@@ -122,6 +141,7 @@ async def build_worker(
             metrics=metrics,
             clock=utcnow,
             items=item_store,
+            receipts=writer,
             shadow=shadow,
         )
         owner = worker_id(settings)
@@ -138,6 +158,7 @@ async def build_worker(
             owner=owner,
             dead_letters=None if settings.dry_run else dead_letters,  # a dry run holds no letters to count
             preflight=_preflight(settings, spec, clients, call) if settings.preflight else None,
+            receipts=receipts,
         )
         try:
             yield Worker(settings, spec, parts, clock=utcnow)

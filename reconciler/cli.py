@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from reconciler import __version__
+from reconciler.confirm import show_receipt, verify_deletion
 from reconciler.errors import ConfigError, DecodeError, ReconcilerError
 from reconciler.letters import LETTER_KINDS, STATUSES, dead_letters
 from reconciler.preflight import PreflightError
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_iam_policy(commands)
     _add_init_tables(commands)
     _add_dead_letters(commands)
+    _add_receipt(commands)
+    _add_verify(commands)
 
     demo = commands.add_parser(
         "demo", help="run the worker against an embedded speech-to-text layout on moto"
@@ -90,6 +93,7 @@ def _add_table_flags(parser: argparse.ArgumentParser) -> None:
     for flag, field in (
         ("--checkpoint-table", "checkpoint_table"),
         ("--dead-letter-table", "dead_letter_table"),
+        ("--receipt-table", "receipt_table"),
     ):
         default = str(Settings.model_fields[field].default)
         parser.add_argument(flag, default=default, help=f"default: {default}")
@@ -140,7 +144,7 @@ def _add_iam_policy(commands: Any) -> None:
 def _add_init_tables(commands: Any) -> None:
     init = commands.add_parser("init-tables", help="create the worker's own tables if missing (local, tests)")
     # Unset flags fall back to the RECONCILER_* variables, so the tables are the ones `run` will use.
-    add_settings_flags(init, (*AWS_FLAGS, "checkpoint_table", "dead_letter_table"))
+    add_settings_flags(init, (*AWS_FLAGS, "checkpoint_table", "dead_letter_table", "receipt_table"))
 
 
 def _add_dead_letters(commands: Any) -> None:
@@ -173,7 +177,33 @@ def _add_dead_letters(commands: Any) -> None:
         add_settings_flags(parser, (*AWS_FLAGS, "dead_letter_table"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one return per command
+KEY_HELP = 'the item\'s key: its key hash, or JSON of its key attributes ({"transcript_id": "tr-1"})'
+
+
+def _add_receipt(commands: Any) -> None:
+    receipt = commands.add_parser(
+        "receipt",
+        help="print the receipt of a deleted item as JSON (exit 1 if there is none)",
+        description="Print the receipt the worker wrote when it deleted everything linked to an item.",
+    )
+    receipt.add_argument("--table", required=True, help="the item's source table")
+    receipt.add_argument("--key", required=True, help=KEY_HELP)
+    add_settings_flags(receipt, (*AWS_FLAGS, "receipt_table"))
+
+
+def _add_verify(commands: Any) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="re-check a deleted item's targets live, read-only (exit 5 on a leftover)",
+        description="List the receipt's S3 keys and prefixes again and read its linked items' keys again;"
+        " print each one found. Exit 0 when all are absent, 5 on a leftover, 1 when there is no receipt.",
+    )
+    verify.add_argument("--table", required=True, help="the item's source table")
+    verify.add_argument("--key", required=True, help=KEY_HELP)
+    add_settings_flags(verify, (*AWS_FLAGS, "receipt_table"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one branch per command
     args = _parser().parse_args(argv)
     try:
         match args.command:
@@ -192,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one
                 return dead_letters(args, settings_from)
             case "demo":
                 return _demo(args.transcripts)
+            case "receipt":
+                return show_receipt(settings_from(args, config=Path(os.devnull)), args.table, args.key)
+            case "verify":
+                return verify_deletion(settings_from(args, config=Path(os.devnull)), args.table, args.key)
     except (ConfigError, DecodeError) as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -247,6 +281,7 @@ def _iam_policy(args: argparse.Namespace) -> int:
         partition=args.partition,
         checkpoint_table=args.checkpoint_table,
         dead_letter_table=args.dead_letter_table,
+        receipt_table=args.receipt_table,
     )
     print(json.dumps(document, indent=2))
     return 0
@@ -267,7 +302,10 @@ def _init_tables(args: argparse.Namespace) -> int:
     async def create() -> dict[str, bool]:
         async with AwsClients(aws) as clients:
             return await create_worker_tables(
-                clients.dynamodb, settings.checkpoint_table, settings.dead_letter_table
+                clients.dynamodb,
+                settings.checkpoint_table,
+                settings.dead_letter_table,
+                receipts=settings.receipt_table,
             )
 
     try:

@@ -23,7 +23,7 @@ from reconciler.core.spec import RuleSet, ScopeMode
 from reconciler.errors import PermanentError, ReconcilerError
 from reconciler.fanout import CallSlots, Steps, task_group
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import ArtifactStore, ItemStore, ObjectVersion
+from reconciler.ports import ArtifactStore, ItemKey, ItemStore, ObjectVersion
 
 log = structlog.get_logger("reconciler.execution")
 
@@ -51,12 +51,24 @@ class Planned:
     what: str  # the version id, or the item's key
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """An S3 location a real run emptied (its exact key, or a prefix), and how many versions and delete
+    markers it deleted there: what a receipt re-checks."""
+
+    location: S3Location
+    exact: bool
+    removed: int
+
+
 @dataclass(slots=True)
 class ExecutionResult:
     tally: Tally = field(default_factory=Tally)
     unsafe: list[ScopedUnsafe] = field(default_factory=list)
     errors: list[ReconcilerError] = field(default_factory=list)
     planned: list[Planned] = field(default_factory=list)
+    purged: list[Purged] = field(default_factory=list)
+    deleted_items: list[ItemKey] = field(default_factory=list)
 
     @property
     def retriable(self) -> bool:
@@ -134,6 +146,8 @@ class Executor:
                 await self._survey(location, scopes, result, run.slots, exact=exact)
             else:
                 await self._purge(location, scopes, result, run.slots, exact=exact)
+                removed = result.tally.object_versions + result.tally.delete_markers
+                result.purged.append(Purged(location, exact, removed))
         except ReconcilerError as exc:
             result.errors.append(exc)
         return result
@@ -311,6 +325,7 @@ class Executor:
         if old is None:
             return result  # gone already, or no longer linked to this item: not ours to delete
         result.tally += Tally(items=1)
+        result.deleted_items.append(ItemKey(query.table, dict(plan.key)))
         self._metrics.artifacts.labels("item", "deleted").inc()
         if old != image:
             # It changed between our read and the delete: what it pointed at by then must go as well.
@@ -350,6 +365,8 @@ class Executor:
         result.unsafe.extend(nested.unsafe)
         result.errors.extend(nested.errors)
         result.planned.extend(nested.planned)
+        result.purged.extend(nested.purged)
+        result.deleted_items.extend(nested.deleted_items)
         return not nested.errors
 
     def _count_gone(self, versions: set[ObjectVersion], result: ExecutionResult) -> None:

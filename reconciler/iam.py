@@ -12,15 +12,17 @@ worker can reach (the sources and the tables linked from them; a table that noth
   ``GetRecords``. The worker never calls ``ListStreams``, which would need ``Resource: "*"``, so it is not
   granted.
 - linked tables: ``Query`` on the table, or on ``table/NAME/index/INDEX`` when a link names an index;
-  ``BatchGetItem`` and ``GetItem`` where an index is queried (a page of items is read again, consistently, in
-  one ``BatchGetItem``; ``GetItem`` as for the sources); ``DeleteItem`` (conditional, ``dynamodb.py``);
+  ``BatchGetItem`` and ``GetItem`` (a page of items found through an index is read again, consistently, in
+  one ``BatchGetItem``, and a receipt's re-check reads deleted linked items again by key, ``receipts.py``;
+  ``GetItem`` as for the sources); ``DeleteItem`` (conditional, ``dynamodb.py``);
   ``DescribeTable`` (the pre-flight checks that the table and its indexes exist, ``preflight.py``). Nothing
   else is deleted from DynamoDB: TTL itself removes the source items, and ``BatchWriteItem`` is never called.
 - the checkpoint table, which is also the lease table (one item per stream ARN and shard id): ``Query`` (a
   stream's leases, by partition key), ``GetItem``, ``UpdateItem`` (checkpoints, and taking, renewing and
   releasing a lease, each conditional on its counter) and ``PutItem`` (a new shard's lease, created only if
   absent); the dead-letter table: ``UpdateItem`` (a letter written again adds its targets to those it holds)
-  and ``Query`` on its index ``by-kind-status`` only (the pending letters counted for the gauge); both:
+  and ``Query`` on its index ``by-kind-status`` only (the pending letters counted for the gauge); the receipts
+  table: ``PutItem`` (a deletion's receipt, conditional) and ``GetItem`` (``/deletions``); all three:
   ``DescribeTable``, for the pre-flight.
 - S3: ``ListObjectVersions`` (IAM action ``s3:ListBucketVersions``) on each bucket, only for prefixes under a
   scope (condition key ``s3:prefix``); ``DeleteObjects`` by ``VersionId``, which S3 authorizes per key as
@@ -57,6 +59,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.core import reverse
+from reconciler.core.reverse import static_prefix as static_prefix  # noqa: PLC0414 - re-exported: imported from here too
 from reconciler.core.scope import Template
 from reconciler.errors import ConfigError
 from reconciler.rules import Rules
@@ -87,6 +91,8 @@ DEAD_LETTER_ACTIONS = ("dynamodb:DescribeTable", "dynamodb:UpdateItem")
 # The dead-letter table's index, as ``reconciler/adapters/tables.py`` names it (a test keeps the two equal;
 # this module stays free of botocore).
 DEAD_LETTER_INDEX = "by-kind-status"
+# A receipt is written once per deletion (PutItem, conditional) and read back for /deletions (GetItem).
+RECEIPT_ACTIONS = ("dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +122,13 @@ def policy(
     partition: str,
     checkpoint_table: str,
     dead_letter_table: str,
+    receipt_table: str = "reconciler-receipts",
 ) -> dict[str, Any]:
     """The IAM policy document for the worker; ConfigError if a name is malformed or a scope too wide."""
     _check(_ACCOUNT, account_id, "account id")
     _check(_REGION, region, "region")
     _check(_PARTITION, partition, "partition")
-    for table in (checkpoint_table, dead_letter_table):
+    for table in (checkpoint_table, dead_letter_table, receipt_table):
         _check(_TABLE, table, "table name")
     arns = _Arns(partition, region, account_id)
     statements = [
@@ -132,6 +139,7 @@ def policy(
         _statement(
             "WorkerDeadLettersCount", ["dynamodb:Query"], [arns.index(dead_letter_table, DEAD_LETTER_INDEX)]
         ),
+        _statement("WorkerReceipts", RECEIPT_ACTIONS, [arns.table(receipt_table)]),
         *_s3_statements(rules, arns),
     ]
     return {"Version": "2012-10-17", "Statement": sorted(statements, key=lambda s: str(s["Sid"]))}
@@ -175,10 +183,7 @@ def _source_statements(rules: Rules, arns: _Arns) -> list[Statement]:
 
 def reachable_tables(rules: Rules) -> list[str]:
     """The sources and every table linked from them, directly or not: the only tables the worker reads."""
-    found = list(dict.fromkeys(rules.sources))
-    for name in found:  # grows while it is walked: links form no cycle, so this ends
-        found += [link.table for link in rules.tables[name].all_links() if link.table not in found]
-    return found
+    return reverse.reachable_tables(rules.compile())
 
 
 def _linked_statements(rules: Rules, arns: _Arns) -> list[Statement]:
@@ -196,35 +201,25 @@ def _linked_statements(rules: Rules, arns: _Arns) -> list[Statement]:
             "LinkedTablesDescribe", ["dynamodb:DescribeTable"], [arns.table(link.table) for link in links]
         ),
     ]
-    # Indexes are eventually consistent and may project only keys: what they find is read again.
-    reread = [arns.table(link.table) for link in links if link.index]
-    if reread:
-        statements.append(
-            _statement("LinkedItemsReread", ["dynamodb:BatchGetItem", "dynamodb:GetItem"], reread)
+    # Indexes are eventually consistent and may project only keys: what they find is read again. And a
+    # receipt's re-check reads every deleted linked item again by key.
+    statements.append(
+        _statement(
+            "LinkedItemsRead",
+            ["dynamodb:BatchGetItem", "dynamodb:GetItem"],
+            [arns.table(link.table) for link in links],
         )
+    )
     return statements
 
 
-def static_prefix(template: Template) -> str:
-    """The key text before the template's first placeholder: all that IAM can be told about its keys."""
-    prefix = ""
-    for literal, field in template.parts:
-        prefix += literal
-        if field is not None:
-            break
-    return prefix
-
-
 def scope_prefixes(rules: Rules) -> dict[str, list[str]]:
-    """Per bucket, the static prefixes of the scopes the worker can reach, leaving out those under another."""
-    found: dict[str, set[str]] = {}
-    for name in reachable_tables(rules):
-        for template in rules.tables[name].scope_templates():
-            found.setdefault(template.bucket, set()).add(_checked_prefix(template))
-    return {
-        bucket: sorted(p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes))
-        for bucket, prefixes in sorted(found.items())
-    }
+    """Per bucket, the static prefixes of the scopes the worker can reach, leaving out those under another
+    (the roots an orphan sweep lists, too)."""
+    compiled = rules.compile()
+    for template in reverse.scope_templates(compiled):
+        _checked_prefix(template)
+    return {bucket: list(prefixes) for bucket, prefixes in reverse.walk_roots(compiled).items()}
 
 
 def _checked_prefix(template: Template) -> str:

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.leases import Lease
 from reconciler.core.letters import LetterPlan
-from reconciler.core.plan import LinkQuery
+from reconciler.core.plan import LinkQuery, key_hash
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
 
@@ -219,4 +219,68 @@ class DeadLetterStore(Protocol):
 
     async def count_pending(self, kind: LetterKind) -> int:
         """Pending letters of ``kind``, counted from the index without reading whole letters."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ItemKey:
+    """A DynamoDB item by table and key: an identifier, never the item's content."""
+
+    table: str
+    key: Mapping[str, object]
+
+    def __hash__(self) -> int:  # the key is a dict: hashed as its key hash, compared as itself
+        return hash((self.table, key_hash(self.table, self.key)))
+
+
+Verification = Literal["verified", "leftover", "not_checked"]
+"""The re-check of a receipt's targets right after its deletion (a label of ``reconciler_receipts_total``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptCounts:
+    """What the deletion removed, by artifact kind. ``under_prefixes`` is the part of the versions and delete
+    markers that lay under prefixes; ``absent`` counts targets that were gone already."""
+
+    object_versions: int = 0
+    delete_markers: int = 0
+    under_prefixes: int = 0
+    linked_items: int = 0
+    absent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The confirmation of one item's deletion. Metadata only: identifiers, S3 URIs, times and counts, never
+    the content of an image. ``event`` names the stream record (stream ARN, shard, sequence number) it
+    confirms; ``omitted`` counts targets beyond those stored (an item row holds at most 400 KB)."""
+
+    table: str
+    key: Mapping[str, object]
+    cause: str
+    event: str
+    event_time: dt.datetime
+    completed_at: dt.datetime
+    counts: ReceiptCounts
+    verification: Verification
+    expires_at: dt.datetime | None = None
+    leftover: int = 0
+    verified_at: dt.datetime | None = None
+    dead_letter_id: str | None = None
+    dead_letter_kind: LetterKind | None = None
+    objects: tuple[S3Location, ...] = ()
+    prefixes: tuple[S3Location, ...] = ()
+    items: tuple[ItemKey, ...] = ()
+    omitted: int = 0
+
+
+class ReceiptStore(Protocol):
+    async def put(self, receipt: Receipt) -> bool:
+        """Store ``receipt`` as its item's receipt. The first receipt written for an event stays (a
+        redelivered record writes nothing new), and a receipt of an earlier event never replaces a later
+        one; False when nothing was written for one of those reasons."""
+        ...
+
+    async def get(self, table: str, key_hash: str) -> Receipt | None:
+        """The receipt of the item of ``table`` whose key hashes to ``key_hash`` (``core.plan.key_hash``)."""
         ...

@@ -33,9 +33,9 @@ from typing import Protocol
 
 import structlog
 
+from reconciler.core.reverse import reachable_tables, walk_roots
 from reconciler.core.spec import RuleSet
 from reconciler.errors import MissingCredentialsError, ReconcilerError
-from reconciler.iam import static_prefix
 
 log = structlog.get_logger("reconciler.preflight")
 
@@ -62,6 +62,14 @@ class PreflightError(ReconcilerError):
 
 
 @dataclass(frozen=True, slots=True)
+class OwnTable:
+    """One of the worker's own tables: what it is for, and the indexes the worker queries."""
+
+    role: str
+    indexes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class Requirements:
     """What the worker will touch: the sources, each linked table with the indexes links query, each bucket
     with the static prefixes of its scopes, and the worker's own tables (name to role)."""
@@ -69,34 +77,22 @@ class Requirements:
     sources: tuple[str, ...]
     linked: Mapping[str, frozenset[str]]
     buckets: Mapping[str, tuple[str, ...]]
-    own_tables: Mapping[str, str] = field(default_factory=dict)
+    own_tables: Mapping[str, OwnTable] = field(default_factory=dict)
 
 
-def requirements(rules: RuleSet, own_tables: Mapping[str, str] | None = None) -> Requirements:
+def requirements(rules: RuleSet, own_tables: Mapping[str, OwnTable] | None = None) -> Requirements:
     """Every resource the rules can make the worker touch: the sources, the tables linked from them
-    (directly or not), and the buckets of their scopes. Pure."""
+    (directly or not), and the buckets of their scopes, each with the prefixes to list. Pure."""
     linked: dict[str, set[str]] = {}
-    prefixes: dict[str, set[str]] = {}
-    reached = list(rules.sources)
-    for name in reached:  # grows while it is walked: rules are checked free of link cycles at load
-        for entity in rules.tables[name].entities:
-            for template in (*entity.scopes, *(s for link in entity.links for s in link.scopes)):
-                prefixes.setdefault(template.bucket, set()).add(static_prefix(template))
-            for link in entity.links:
-                linked.setdefault(link.table, set()).update([link.index] if link.index else [])
-                if link.table not in reached:
-                    reached.append(link.table)
+    for name in reachable_tables(rules):
+        for link in (link for entity in rules.tables[name].entities for link in entity.links):
+            linked.setdefault(link.table, set()).update([link.index] if link.index else [])
     return Requirements(
         sources=rules.sources,
         linked={table: frozenset(indexes) for table, indexes in sorted(linked.items())},
-        buckets={bucket: _outermost(found) for bucket, found in sorted(prefixes.items())},
+        buckets=walk_roots(rules),
         own_tables=dict(own_tables or {}),
     )
-
-
-def _outermost(prefixes: set[str]) -> tuple[str, ...]:
-    """The prefixes no other one contains (listing under ``a/`` proves ``a/b/`` too)."""
-    return tuple(sorted(p for p in prefixes if not any(p != q and p.startswith(q) for q in prefixes)))
 
 
 class ResourceProbe(Protocol):
@@ -109,7 +105,7 @@ class ResourceProbe(Protocol):
 
     async def bucket(self, bucket: str, prefixes: tuple[str, ...]) -> list[Problem]: ...
 
-    async def own_table(self, table: str, role: str) -> list[Problem]: ...
+    async def own_table(self, table: str, own: OwnTable) -> list[Problem]: ...
 
 
 Check = Callable[[], Awaitable[list[Problem]]]
@@ -142,8 +138,8 @@ class Preflight:
             checks[f"linked table {table!r}"] = functools.partial(probe.linked, table, indexes)
         for bucket, prefixes in needs.buckets.items():
             checks[f"bucket {bucket!r}"] = functools.partial(probe.bucket, bucket, prefixes)
-        for table, role in needs.own_tables.items():
-            checks[f"{role} {table!r}"] = functools.partial(probe.own_table, table, role)
+        for table, own in needs.own_tables.items():
+            checks[f"{own.role} {table!r}"] = functools.partial(probe.own_table, table, own)
         return checks
 
     async def run(self, stopping: asyncio.Event, beat: Callable[[], None] = lambda: None) -> bool:

@@ -20,6 +20,7 @@ from reconciler.errors import ReconcilerError, TransientError
 from reconciler.execution import ExecutionResult, Executor, RecordRefusals, ScopedUnsafe
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
+from reconciler.receipts import ReceiptWriter
 from reconciler.shadow import ShadowReport
 
 log = structlog.get_logger("reconciler.processing")
@@ -48,10 +49,12 @@ class RecordProcessor:
         metrics: Metrics,
         clock: Clock,
         items: ItemStore,
+        receipts: ReceiptWriter | None = None,
         shadow: ShadowReport | None = None,
     ) -> None:
         """With ``shadow`` (a dry run), what a real run would delete or refuse is reported to it instead of
-        the deletion, refusal and lag metrics."""
+        the deletion, refusal and lag metrics, and no receipt is written."""
+        self._receipts = receipts
         self._rules = rules
         self._executor = executor
         self._items = items
@@ -140,16 +143,21 @@ class RecordProcessor:
             letter = await self._dead_letter(origin, record, "unsafe", reason, cause, result, plan=plan)
             if isinstance(letter, Pending):
                 return letter
-        return self._finished(origin, record, cause, plan, result)
+        return await self._finished(origin, record, cause, plan, result)
 
-    def _finished(
+    async def _finished(
         self, origin: Origin, record: StreamRecord, cause: Cause, plan: DeletionPlan, result: ExecutionResult
-    ) -> Deleted:
+    ) -> Deleted | Pending:
         completed = self._clock()
         unsafe = tuple(s.unsafe for s in result.unsafe)
-        if self._shadow is not None:  # nothing was deleted: no lag to observe
+        if self._shadow is not None:  # nothing was deleted: no receipt, no lag to observe
             self._shadow.would_delete(origin.table, cause, plan.key, result)
             return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
+        # Receipts are the audit trail: the record stays pending until its receipt is written.
+        if self._receipts and (
+            unwritten := await self._receipts.write(origin, record, cause, plan, result, completed)
+        ):
+            return unwritten
         self._observe_lag(record, cause, self._rules.tables[origin.table].ttl_attribute, completed)
         log.info(
             "deletion.completed",

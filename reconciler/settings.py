@@ -39,14 +39,6 @@ class Settings(BaseSettings):
     preflight: bool = Field(
         default=True, description="Check every table, stream, bucket and grant before consuming (exit 4)."
     )
-    dry_run: bool = Field(
-        default=False,
-        description="Shadow mode: read and resolve as a real run does; delete nothing, write no dead letter.",
-    )
-    shadow_checkpoint_table: str = Field(
-        default="reconciler-shadow-checkpoints",
-        description="The leases and checkpoints of a dry run, never those of a real worker.",
-    )
     worker_id: str = Field(default="", description="Name of this replica in leases (default: host name).")
     batch_size: int = Field(default=1000, ge=1, le=1000, description="GetRecords Limit.")
     concurrency: int = Field(
@@ -103,8 +95,11 @@ class Settings(BaseSettings):
     def _own_namespace(cls, table: str, info: ValidationInfo) -> str:
         # A dry run that shared the real lease table would take real leases and move real checkpoints
         # past records it did not delete.
-        if table in {info.data.get("checkpoint_table"), info.data.get("dead_letter_table")}:
-            raise ValueError("must differ from the checkpoint and dead-letter tables of a real worker")
+        real = ("checkpoint_table", "dead_letter_table", "receipt_table")
+        if table in {info.data.get(name) for name in real}:
+            raise ValueError(
+                "must differ from the checkpoint, dead-letter and receipt tables of a real worker"
+            )
         return table
 
     @property
@@ -118,6 +113,24 @@ class Settings(BaseSettings):
         if level.strip().upper() not in LEVELS:
             raise ValueError(f"must be one of {', '.join(LEVELS)}")
         return level.strip().upper()
+
+    # Receipts: the confirmation of every deletion (reconciler/receipts.py).
+    receipt_table: str = Field(
+        default="reconciler-receipts", description="Deletion receipts, keyed by source_table + key_hash."
+    )
+    receipt_retention_days: int = Field(
+        default=400, ge=1, description="Days a receipt is kept after its deletion (DynamoDB TTL)."
+    )
+
+    # Shadow mode: reconciler run --dry-run (reconciler/shadow.py). After every table it must differ from.
+    dry_run: bool = Field(
+        default=False,
+        description="Shadow mode: read and resolve as a real run does; delete nothing, write no dead letter.",
+    )
+    shadow_checkpoint_table: str = Field(
+        default="reconciler-shadow-checkpoints",
+        description="The leases and checkpoints of a dry run, never those of a real worker.",
+    )
 
 
 PREFIX = "RECONCILER_"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from reconciler.core.dynamodb_json import Image, encode_key
 from reconciler.core.leases import SHARD_END, Lease
-from reconciler.core.plan import LinkQuery
+from reconciler.core.plan import LinkQuery, key_hash
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
 from reconciler.errors import (
@@ -41,6 +41,7 @@ from reconciler.ports import (
     LetterKind,
     LetterStatus,
     ObjectVersion,
+    Receipt,
     RecordsPage,
     Shard,
     StreamInfo,
@@ -412,6 +413,32 @@ class FakeDeadLetterStore:
     async def count_pending(self, kind: LetterKind) -> int:
         self._check()
         return sum(1 for held in self.letters.values() if held.kind == kind and held.status == "pending")
+
+
+@dataclass
+class FakeReceiptStore:
+    """Receipts by (table, key hash), with the adapter's condition: the first receipt of an event stays, and
+    one of an earlier event never replaces a later one's. ``fail`` makes every call fail as a throttle."""
+
+    receipts: dict[tuple[str, str], Receipt] = field(default_factory=dict)
+    fail: bool = False
+    writes: int = 0
+
+    async def put(self, receipt: Receipt) -> bool:
+        if self.fail:
+            raise TransientError("receipts table throttled")
+        self.writes += 1
+        where = (receipt.table, key_hash(receipt.table, receipt.key))
+        held = self.receipts.get(where)
+        if held is not None and (held.event == receipt.event or held.event_time > receipt.event_time):
+            return False
+        self.receipts[where] = receipt
+        return True
+
+    async def get(self, table: str, key_hash: str) -> Receipt | None:
+        if self.fail:
+            raise TransientError("receipts table throttled")
+        return self.receipts.get((table, key_hash))
 
 
 class FixedClock:

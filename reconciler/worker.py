@@ -28,7 +28,7 @@ from reconciler.core.spec import RuleSet
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.observability.http import HttpServer
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import DeadLetterStore, LeaseStore, LetterKind, StreamSource
+from reconciler.ports import DeadLetterStore, LeaseStore, LetterKind, ReceiptStore, StreamSource
 from reconciler.preflight import Preflight
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.settings import Settings
@@ -50,6 +50,8 @@ class Collaborators:
     """Counted for ``reconciler_dead_letters_pending`` when set."""
     preflight: Preflight | None = None
     """Checks (and table creation) before anything is consumed; None skips them."""
+    receipts: ReceiptStore | None = None
+    """Served on the HTTP port (``/deletions/{table}/{key}``); None serves none."""
 
 
 class Worker:
@@ -139,6 +141,7 @@ class Worker:
             self._settings.http_port,
             self.liveness,
             self.readiness,
+            self._parts.receipts,
         ).start()
         log.info("worker.started", http_port=self.http.port, sources=list(self._rules.sources))
         if self._settings.dry_run:

@@ -42,6 +42,7 @@ def _policy(rules: Rules, **overrides: str) -> dict[str, Any]:
         "partition": "aws",
         "checkpoint_table": "checkpoints",
         "dead_letter_table": "dead-letters",
+        "receipt_table": "receipts",
     }
     return policy(rules, **(names | overrides))
 
@@ -136,7 +137,7 @@ def test_every_bucket_and_table_of_the_example_appears() -> None:
     resources = {resource for _, resource in _grants(_policy(rules))}
     for bucket in rules.buckets:
         assert f"arn:aws:s3:::{bucket}" in resources
-    for table in [*rules.tables, "checkpoints", "dead-letters"]:
+    for table in [*rules.tables, "checkpoints", "dead-letters", "receipts"]:
         assert any(r.split(":table/")[-1].split("/")[0] == table for r in resources if ":table/" in r), table
 
 
@@ -198,7 +199,13 @@ def test_each_kind_of_resource_gets_only_its_own_actions() -> None:
             "dynamodb:GetRecords",
         },
         f"{table}transcripts": {"dynamodb:DescribeTable", "dynamodb:BatchGetItem", "dynamodb:GetItem"},
-        f"{table}speech_outputs": {"dynamodb:Query", "dynamodb:DeleteItem", "dynamodb:DescribeTable"},
+        f"{table}speech_outputs": {
+            "dynamodb:Query",
+            "dynamodb:BatchGetItem",
+            "dynamodb:GetItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:DescribeTable",
+        },
         f"{table}llm_requests": {
             "dynamodb:BatchGetItem",
             "dynamodb:GetItem",
@@ -215,6 +222,7 @@ def test_each_kind_of_resource_gets_only_its_own_actions() -> None:
         },
         f"{table}dead-letters": {"dynamodb:UpdateItem", "dynamodb:DescribeTable"},
         f"{table}dead-letters/index/by-kind-status": {"dynamodb:Query"},
+        f"{table}receipts": {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DescribeTable"},
         **{f"arn:aws:s3:::{b}": {"s3:ListBucketVersions"} for b in rules.buckets},
         **{
             f"arn:aws:s3:::{b}/{p}*": {"s3:DeleteObject", "s3:DeleteObjectVersion"}
@@ -377,6 +385,9 @@ def test_a_new_bucket_and_table_appear_in_the_policy() -> None:
         ("dynamodb:Query", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
         ("dynamodb:DeleteItem", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
         ("dynamodb:DescribeTable", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
+        # A receipt's re-check reads deleted linked items again by key.
+        ("dynamodb:BatchGetItem", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
+        ("dynamodb:GetItem", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
     }
     assert set(_grants(before)) <= set(_grants(after))
 
@@ -448,6 +459,7 @@ def test_a_static_prefix_with_iam_wildcards_is_refused(fixed: str) -> None:
         {"checkpoint_table": "*"},
         {"dead_letter_table": "dead/letters"},
         {"dead_letter_table": "x"},
+        {"receipt_table": "receipts?"},
     ],
 )
 def test_malformed_names_are_refused(override: dict[str, str]) -> None:
@@ -464,7 +476,7 @@ def test_the_command_prints_json_with_the_worker_default_tables(capsys: pytest.C
     )
     document = json.loads(capsys.readouterr().out)
     resources = {r for _, r in _grants(document)}
-    for field in ("checkpoint_table", "dead_letter_table"):
+    for field in ("checkpoint_table", "dead_letter_table", "receipt_table"):
         default = Settings.model_fields[field].default
         assert f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{default}" in resources
 
@@ -480,10 +492,12 @@ def test_the_command_takes_table_names_and_partition(capsys: pytest.CaptureFixtu
         "us-gov-west-1",
     ]
     argv += ["--partition", "aws-us-gov", "--checkpoint-table", "cpt", "--dead-letter-table", "dlt"]
+    argv += ["--receipt-table", "rct"]
     assert main(argv) == 0
     resources = {r for _, r in _grants(json.loads(capsys.readouterr().out))}
     assert "arn:aws-us-gov:dynamodb:us-gov-west-1:123456789012:table/cpt" in resources
     assert "arn:aws-us-gov:dynamodb:us-gov-west-1:123456789012:table/dlt" in resources
+    assert "arn:aws-us-gov:dynamodb:us-gov-west-1:123456789012:table/rct" in resources
 
 
 def test_the_command_reports_unusable_rules_as_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,10 +20,13 @@ from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
 from reconciler.adapters.probes import AwsResourceProbe
 from reconciler.demo.layout import Layout
 from reconciler.demo.moto_server import CREDENTIALS, REGION
-from reconciler.preflight import Preflight, PreflightError, Problem, requirements
+from reconciler.preflight import OwnTable, Preflight, PreflightError, Problem, requirements
 from reconciler.rules import Rules
 
-OWN = {"reconciler-checkpoints": "checkpoint table", "reconciler-dead-letters": "dead-letter table"}
+OWN = {
+    "reconciler-checkpoints": OwnTable("checkpoint table"),
+    "reconciler-dead-letters": OwnTable("dead-letter table", frozenset({"by-kind-status"})),
+}
 
 
 @pytest.fixture
@@ -56,7 +59,7 @@ def refuse(clients: AwsClients, event: str, code: str, times: int | None = None)
     return calls
 
 
-def preflight(clients: AwsClients, rules: Rules, own: dict[str, str] | None = None) -> Preflight:
+def preflight(clients: AwsClients, rules: Rules, own: dict[str, OwnTable] | None = None) -> Preflight:
     probe = AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, Caller(RetryPolicy()))
     return Preflight(requirements(rules.compile(), own or {}), probe, first_wait=0.01, max_wait=0.02)
 
@@ -85,7 +88,7 @@ async def test_a_correct_deployment_passes_preflight(clients: AwsClients, rules:
         KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
     )
-    own = {"reconciler-checkpoints": "checkpoint table"}
+    own = {"reconciler-checkpoints": OwnTable("checkpoint table")}
     with structlog.testing.capture_logs() as events:
         assert await problems_of(preflight(clients, rules, own)) == ()
     assert [e["event"] for e in events if e["event"].startswith("preflight.")] == ["preflight.passed"]
@@ -248,3 +251,20 @@ async def test_a_shard_read_at_an_awkward_moment_still_proves_the_grant(
     calls = refuse(clients, "before-call.dynamodb-streams.GetRecords", code)
     assert await problems_of(preflight(clients, rules)) == ()
     assert calls[0] == 1
+
+
+async def test_a_dead_letter_table_without_its_index_is_a_problem(clients: AwsClients, rules: Rules) -> None:
+    """A table from before the index (letters are listed through it) is named, with how to add it."""
+    await clients.dynamodb.create_table(
+        TableName="reconciler-dead-letters",
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "letter_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "letter_id", "AttributeType": "S"}],
+    )
+    own = {"reconciler-dead-letters": OWN["reconciler-dead-letters"]}
+    assert await problems_of(preflight(clients, rules, own)) == (
+        Problem(
+            "index 'by-kind-status' of dead-letter table 'reconciler-dead-letters'",
+            "does not exist (add it: create it from deploy/aws/tables.cfn.yaml, or run with --create-tables)",
+        ),
+    )

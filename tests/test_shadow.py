@@ -185,10 +185,13 @@ def test_a_dry_run_keeps_its_leases_in_its_own_table(monkeypatch: pytest.MonkeyP
         {"shadow_checkpoint_table": "reconciler-checkpoints"},
         {"shadow_checkpoint_table": "prod-leases", "checkpoint_table": "prod-leases"},
         {"shadow_checkpoint_table": "reconciler-dead-letters"},
+        {"shadow_checkpoint_table": "reconciler-receipts"},
     ],
 )
 def test_a_dry_run_refuses_a_lease_table_a_real_worker_uses(tables: dict[str, str]) -> None:
-    with pytest.raises(ValidationError, match="must differ from the checkpoint and dead-letter tables"):
+    with pytest.raises(
+        ValidationError, match="must differ from the checkpoint, dead-letter and receipt tables"
+    ):
         Settings.model_validate({"config": "r.toml", "dry_run": True} | tables)
 
 

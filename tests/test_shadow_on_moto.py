@@ -34,7 +34,7 @@ from reconciler.worker import SHADOW, Worker
 
 pytestmark = pytest.mark.integration
 
-REAL_TABLES = ("reconciler-checkpoints", "reconciler-dead-letters")
+REAL_TABLES = ("reconciler-checkpoints", "reconciler-dead-letters", "reconciler-receipts")
 SHADOW_TABLE = "reconciler-shadow-checkpoints"
 READS = ("Get", "List", "Describe", "Query", "Scan", "BatchGet", "Head")
 

@@ -35,6 +35,7 @@ TEMPLATE = Path(__file__).parent.parent / "deploy" / "aws" / "tables.cfn.yaml"
 IN_TEMPLATE = {
     "checkpoint_table": ("CheckpointTable", "CheckpointTableName"),
     "dead_letter_table": ("DeadLetterTable", "DeadLetterTableName"),
+    "receipt_table": ("ReceiptTable", "ReceiptTableName"),
 }
 
 
@@ -153,6 +154,7 @@ def _expected(names: dict[str, str]) -> dict[str, Described]:
             {i.name: (i.definition()["KeySchema"], i.projection) for i in keys.indexes},
         )
         for field, keys in WORKER_TABLES.items()
+        if field in names
     }
 
 
@@ -176,8 +178,16 @@ def test_init_tables_takes_names_from_flags_then_the_worker_environment(
     monkeypatch.setenv("RECONCILER_DEAD_LETTER_TABLE", "env-letters")
     monkeypatch.setenv("AWS_REGION", REGION)
     assert main(["init-tables", "--endpoint-url", aws_env, "--checkpoint-table", "flag-checkpoints"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["created: flag-checkpoints", "created: env-letters"]
-    names = {"checkpoint_table": "flag-checkpoints", "dead_letter_table": "env-letters"}
+    assert capsys.readouterr().out.splitlines() == [
+        "created: flag-checkpoints",
+        "created: env-letters",
+        "created: reconciler-receipts",
+    ]
+    names = {
+        "checkpoint_table": "flag-checkpoints",
+        "dead_letter_table": "env-letters",
+        "receipt_table": "reconciler-receipts",
+    }
     assert asyncio.run(_key_schemas(aws_env, list(names.values()))) == _expected(names)
 
 
@@ -210,7 +220,11 @@ async def _deploy(endpoint: str, parameters: dict[str, str]) -> None:
 @pytest.mark.integration
 def test_the_template_deploys_the_tables_init_tables_would_create(aws_env: str) -> None:
     """moto's CloudFormation builds the template's tables; their keys are those of WORKER_TABLES."""
-    names = {"checkpoint_table": "cfn-checkpoints", "dead_letter_table": "cfn-letters"}
+    names = {
+        "checkpoint_table": "cfn-checkpoints",
+        "dead_letter_table": "cfn-letters",
+        "receipt_table": "cfn-receipts",
+    }
     asyncio.run(_deploy(aws_env, {IN_TEMPLATE[f][1]: n for f, n in names.items()}))
     assert asyncio.run(_key_schemas(aws_env, list(names.values()))) == _expected(names)
 

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from reconciler.adapters.aws import Caller, error_code
 from reconciler.core.records import StreamViewType
 from reconciler.errors import AccessError, CredentialsError, PermanentError, ReconcilerError
-from reconciler.preflight import Problem
+from reconciler.preflight import OwnTable, Problem
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -224,17 +224,21 @@ class AwsResourceProbe:
             return [problem]
         return []
 
-    async def own_table(self, table: str, role: str) -> list[Problem]:
-        resource = f"{role} {table!r}"
+    async def own_table(self, table: str, own: OwnTable) -> list[Problem]:
+        resource = f"{own.role} {table!r}"
+        hint = "create it from deploy/aws/tables.cfn.yaml, or run with --create-tables"
         try:
-            await self._describe(table, resource)
+            description = await self._describe(table, resource)
         except _Refused as refused:
             problem = refused.problem
             if problem.detail == "does not exist":
-                hint = "create it from deploy/aws/tables.cfn.yaml, or run with --create-tables"
                 problem = Problem(resource, f"does not exist ({hint})")
             return [problem]
-        return []
+        present = {index["IndexName"] for index in description.get("GlobalSecondaryIndexes", [])}
+        return [
+            Problem(f"index {name!r} of {resource}", f"does not exist (add it: {hint})")
+            for name in sorted(own.indexes - present)
+        ]
 
 
 def _partition(schema: list[dict[str, Any]]) -> str:

@@ -82,7 +82,13 @@ CHECKPOINTS = TableKeys(("stream_arn", "shard_id"), ttl_attribute="expires_at")
 # and a pending count or a redrive reads only pending letters (reconciler/adapters/dynamodb.py).
 LETTERS_INDEX = Index("by-kind-status", ("kind_status", "created_key"))
 DEAD_LETTERS = TableKeys(("letter_id",), indexes=(LETTERS_INDEX,))
-WORKER_TABLES = {"checkpoint_table": CHECKPOINTS, "dead_letter_table": DEAD_LETTERS}
+# One receipt per deleted item; each expires after the retention setting (adapters/receipts.py).
+RECEIPTS = TableKeys(("source_table", "key_hash"), ttl_attribute="retain_until")
+WORKER_TABLES = {
+    "checkpoint_table": CHECKPOINTS,
+    "dead_letter_table": DEAD_LETTERS,
+    "receipt_table": RECEIPTS,
+}
 """The worker's tables by the ``Settings`` field that names them."""
 ACTIVE_WITHIN_SECONDS = 120.0
 INDEX_ACTIVE_WITHIN_SECONDS = 1800.0  # an index added to a table with items is backfilled first
@@ -204,11 +210,18 @@ async def _until_active(
 
 
 async def create_worker_tables(
-    client: DynamoDBClient, checkpoints: str, dead_letters: str, call: Caller | None = None
+    client: DynamoDBClient,
+    checkpoints: str,
+    dead_letters: str,
+    call: Caller | None = None,
+    *,
+    receipts: str | None = None,
 ) -> dict[str, bool]:
-    """Create the worker's tables that are missing (and indexes an existing one lacks); by table name,
-    whether it was created now."""
+    """Create the worker's tables that are missing (the receipts table when named) and indexes an existing
+    one lacks; by table name, whether it was created now."""
     names = {checkpoints: CHECKPOINTS, dead_letters: DEAD_LETTERS}
+    if receipts is not None:
+        names[receipts] = RECEIPTS
     return {
         name: await create_table(
             client, name, keys.attributes, keys.ttl_attribute, indexes=keys.indexes, call=call

@@ -1,4 +1,5 @@
-"""One HTTP port: ``/metrics`` for Prometheus, ``/healthz`` (liveness) and ``/readyz`` (readiness).
+"""One HTTP port: ``/metrics`` for Prometheus, ``/healthz`` (liveness), ``/readyz`` (readiness) and
+``/deletions/{table}/{key}`` (a deletion's receipt, ``reconciler/confirm.py``).
 
 Liveness says the event loop and the consumers are making progress; readiness says this worker can do its
 job now (streams found, AWS reachable, not shutting down). They are different questions.
@@ -12,14 +13,25 @@ from typing import Self
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from reconciler.errors import ConfigError
+from reconciler.confirm import find_receipt, receipt_json
+from reconciler.errors import ConfigError, DecodeError, ReconcilerError
+from reconciler.ports import ReceiptStore
 
 Probe = Callable[[], tuple[bool, str]]
 
 
 class HttpServer:
-    def __init__(self, registry: CollectorRegistry, host: str, port: int, live: Probe, ready: Probe) -> None:
+    def __init__(  # noqa: PLR0917 - what it serves, in the order it always took them
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        live: Probe,
+        ready: Probe,
+        receipts: ReceiptStore | None = None,
+    ) -> None:
         self._registry = registry
+        self._receipts = receipts
         self._host = host
         self._port = port
         self._live = live
@@ -32,6 +44,8 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._probe(self._live))
         app.router.add_get("/readyz", self._probe(self._ready))
+        # Key JSON may hold '/', which arrives decoded: the key is the rest of the path.
+        app.router.add_get("/deletions/{table}/{key:.+}", self._deletion)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -54,6 +68,22 @@ class HttpServer:
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _deletion(self, request: web.Request) -> web.Response:
+        """The receipt of a deleted item as JSON; 404 when there is none, 400 for a key that is neither a key
+        hash nor key JSON, 503 when the receipts table cannot be read."""
+        table = request.match_info["table"]
+        if self._receipts is None:
+            return web.json_response({"error": "receipts are not served here"}, status=404)
+        try:
+            receipt = await find_receipt(self._receipts, table, request.match_info["key"])
+        except DecodeError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except ReconcilerError as exc:
+            return web.json_response({"error": f"cannot read receipts: {type(exc).__name__}"}, status=503)
+        if receipt is None:
+            return web.json_response({"error": f"no receipt for that key of table {table!r}"}, status=404)
+        return web.json_response(receipt_json(receipt))
 
     @staticmethod
     def _probe(check: Probe) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -20,7 +20,7 @@ from reconciler import __version__
 from reconciler.core.classify import Cause
 from reconciler.core.plan import UnsafeReason
 from reconciler.core.spec import RuleSet
-from reconciler.ports import LetterKind
+from reconciler.ports import LetterKind, Verification
 
 # Lag buckets from 1 second to 7 days. prometheus-client renders bounds as le="3600.0"; rules must match.
 LAG_BUCKETS = (
@@ -211,6 +211,19 @@ class Metrics:
             ["table"],
             registry=registry,
         )
+        self.receipts = Counter(
+            "reconciler_receipts_total",
+            "Deletion receipts written, by source table and the re-check of their targets right after the"
+            " deletion (verified, leftover, not_checked).",
+            ["table", "verification"],
+            registry=registry,
+        )
+        self.verification_failures = Counter(
+            "reconciler_verification_failures_total",
+            "Deletions whose targets were found again when re-checked right after the deletion.",
+            ["table"],
+            registry=registry,
+        )
 
     def initialize(self, rules: RuleSet) -> None:
         """Create the known label sets at zero, so rates and increases see the first event.
@@ -295,6 +308,9 @@ class Metrics:
         self.shards_unleased.labels(table)
         self.lease_owners.labels(table)
         self.in_flight.labels(table)
+        for verification in typing.get_args(Verification):
+            self.receipts.labels(table, verification)
+        self.verification_failures.labels(table)
         for transition in LEASE_TRANSITIONS:
             self.lease_transitions.labels(table, transition)
 
