@@ -167,6 +167,9 @@ class Sweeper:
             except ReconcilerError as exc:  # the next tick tries again
                 self._metrics.failures.labels("sweep", type(exc).__name__).inc()
                 log.warning("sweep.failed", error=str(exc), error_type=type(exc).__name__)
+            except Exception as exc:  # a bug in one pass must not stop the worker: the next tick tries again
+                self._metrics.failures.labels("sweep", type(exc).__name__).inc()
+                log.exception("sweep.crashed", error_type=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=self._settings.heartbeat_seconds)
 
@@ -263,8 +266,8 @@ class Sweeper:
             self._metrics.sweep_read_units.labels(table).inc(page.read_units)
             report.pages, report.read_units = report.pages + 1, report.read_units + page.read_units
             for key in page.items:
-                if holding is not None and holding.lost:
-                    return  # the new holder sweeps this page again: deletes are conditional, plans idempotent
+                if stopping.is_set() or (holding is not None and holding.lost):
+                    return  # this page is swept again: deletes are conditional, plans idempotent
                 await self._candidate(origin, key, window, how, report)
             done = page.start is None
             finished = self._clock().timestamp() if done else None

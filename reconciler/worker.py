@@ -30,8 +30,10 @@ from reconciler.ports import LeaseStore, StreamSource
 from reconciler.preflight import Preflight
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.settings import Settings
+from reconciler.sweeper import Sweeper
 
 log = structlog.get_logger("reconciler.worker")
+SWEEPER = ("#sweep", "sweeper")  # the sweeper's task among the shard tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,8 @@ class Collaborators:
     owner: str = "worker"
     preflight: Preflight | None = None
     """Checks (and table creation) before anything is consumed; None skips them."""
+    sweeper: Sweeper | None = None
+    """Expiry enforcement, one more task; it stops with the consumers (between pages) and drains with them."""
 
 
 class Worker:
@@ -135,6 +139,9 @@ class Worker:
                 return  # stopped while AWS was still being waited for: nothing was claimed
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._renewals(), name="lease-heartbeat")
+                if self._parts.sweeper is not None:  # drained, or cancelled by a second signal, as a shard is
+                    task = group.create_task(self._parts.sweeper.run(self._stopping), name="sweeper")
+                    self._tasks[SWEEPER] = task
                 await self._supervise(group)
                 await self._drain()
                 await self._release()
