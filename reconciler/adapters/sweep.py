@@ -31,11 +31,17 @@ if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
 
 _CONFLICT = "ConditionalCheckFailedException"
-_DUE = "#ttl >= :after AND #ttl < :before"  # a Number in range; other types never compare true
+# A Number in range. DynamoDB compares another type as false anyway; the explicit type test says so, and keeps
+# moto (which raises on comparing text with a number) answering.
+_DUE = "attribute_type(#ttl, :number) AND #ttl >= :after AND #ttl < :before"
 
 
 def _window_values(window: ExpiryWindow) -> dict[str, Any]:
-    return {":after": {"N": str(window.after)}, ":before": {"N": str(window.before)}}
+    return {
+        ":number": {"S": "N"},
+        ":after": {"N": str(window.after)},
+        ":before": {"N": str(window.before)},
+    }
 
 
 class DynamoDBExpiredItems:
