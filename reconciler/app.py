@@ -27,7 +27,7 @@ from reconciler.preflight import Preflight, requirements
 from reconciler.processing import RecordProcessor
 from reconciler.rules import Rules
 from reconciler.settings import Settings
-from reconciler.sweeper import Sweeper
+from reconciler.sweeper import Sweeper, sweepable
 from reconciler.worker import Collaborators, Worker
 
 
@@ -48,7 +48,11 @@ def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Cal
 
     own = {settings.checkpoint_table: "checkpoint table", settings.dead_letter_table: "dead-letter table"}
     return Preflight(
-        requirements(spec, own),
+        requirements(
+            spec,
+            own,
+            swept=[t for t in spec.sources if sweepable(spec.tables[t])] if settings.enforce_expiry else (),
+        ),
         AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, call),
         create_tables=create if settings.create_tables else None,
     )
