@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     add_settings_flags(run, Settings.model_fields)
 
     _add_plan(commands)
+    _add_sweep(commands)
 
     commands.add_parser("schema", help="print the JSON Schema of the rules file")
     _add_iam_policy(commands)
@@ -125,6 +126,18 @@ def _add_plan(commands: Any) -> None:
     add_settings_flags(plan, AWS_FLAGS)  # for --resolve
 
 
+def _add_sweep(commands: Any) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="one expiry-enforcement pass: delete items past their TTL plus the grace, and what is linked",
+        description="Segments another replica is sweeping are skipped. Every setting is a flag, as for run.",
+    )
+    sweep.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
+    sweep.add_argument("--dry-run", action="store_true", help="list what would be enforced; delete nothing")
+    sweep.add_argument("--expired", action="store_true", help="no grace: every item whose TTL has passed")
+    add_settings_flags(sweep, Settings.model_fields)
+
+
 def _add_iam_policy(commands: Any) -> None:
     iam = commands.add_parser("iam-policy", help="print the worker's least-privilege IAM policy (JSON)")
     iam.add_argument("--config", type=Path, required=True, help="rules file")
@@ -141,7 +154,7 @@ def _add_init_tables(commands: Any) -> None:
     add_settings_flags(init, (*AWS_FLAGS, "checkpoint_table", "dead_letter_table"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one branch and return per command
     args = _parser().parse_args(argv)
     try:
         match args.command:
@@ -149,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
                 return _run(args)
             case "plan":
                 return _plan(args)
+            case "sweep":
+                return _sweep(args)
             case "schema":
                 print(json.dumps(Rules.model_json_schema(), indent=2))
                 return 0
@@ -200,6 +215,19 @@ def _run(args: argparse.Namespace) -> int:
 
         structlog.get_logger("reconciler.cli").exception("worker.crashed", error_type=type(exc).__name__)
         return EXIT_FAILURE
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from reconciler.observability.logs import configure_logging  # noqa: PLC0415 - aiobotocore stays lazy
+    from reconciler.sweep_once import sweep_once, to_text  # noqa: PLC0415
+
+    settings = settings_from(args)
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    report = asyncio.run(
+        sweep_once(settings, load_rules(settings.config), dry_run=args.dry_run, expired=args.expired)
+    )
+    print(to_text(report, dry_run=args.dry_run))
     return 0
 
 

@@ -7,11 +7,13 @@ import asyncio
 import datetime as dt
 
 import pytest
+from conftest import DEMO_RULES, worker_env
 from prometheus_client import CollectorRegistry
 
 from reconciler.adapters.aws import AwsSettings, RetryPolicy
 from reconciler.adapters.tables import create_worker_tables
 from reconciler.app import build_sweeper, build_worker
+from reconciler.cli import main
 from reconciler.demo.layout import Layout, Transcript, expiry
 from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder
 from reconciler.demo.run import local_settings
@@ -82,3 +84,26 @@ async def test_the_worker_sweeps_as_one_of_its_tasks_and_stops_with_it(
     assert (
         registry.get_sample_value("reconciler_enforcement_lag_seconds_count", {"table": "transcripts"}) == 1
     )
+
+
+async def test_sweep_once_cli_dry_run_lists_and_deletes_nothing_then_a_pass_enforces(
+    endpoint: str, layout: Layout, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = Transcript("acct-3", "old", expiry(_now(), -2 * DAY))
+    recent = Transcript("acct-3", "recent", expiry(_now(), -60))  # inside the grace: only with --expired
+    await layout.add([old, recent], seed=BackendSeeder())
+    await create_worker_tables(layout.dynamodb, "reconciler-checkpoints", "reconciler-dead-letters")
+    for name, value in worker_env(endpoint).items():
+        monkeypatch.setenv(name, value)
+    args = ["sweep", "--once", "--config", str(DEMO_RULES), "--sweep-segments", "2", "--log-level", "ERROR"]
+    assert await asyncio.to_thread(main, [*args, "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert '{"transcript_id": "old"}' in listed
+    assert "recent" not in listed
+    assert await layout.remaining(old) > 0
+    assert await asyncio.to_thread(main, args) == 0
+    assert "enforced: 1," in capsys.readouterr().out
+    assert await layout.remaining(old) == 0
+    assert await layout.remaining(recent) > 0
+    assert await asyncio.to_thread(main, [*args, "--expired"]) == 0
+    assert await layout.remaining(recent) == 0
