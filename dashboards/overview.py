@@ -209,10 +209,19 @@ def _failure_panels() -> Panels:
         "short",
         targets((dead, "{{kind}}")),
     )
+    # Every replica counts the same table: the largest count is the freshest, not their sum.
+    pending = series(
+        "Dead letters pending by kind",
+        "Dead letters waiting for a redrive or a person, by kind, as the replicas last counted them (every"
+        " minute): good is zero. `reconciler dead-letters list` names them; `redrive` finishes failed ones.",
+        "short",
+        targets((f"max by (kind) ({selector('reconciler_dead_letters_pending')})", "{{kind}}")),
+    )
     bars = (refused, letters)
     return [
         red_above_zero(failures),
         *(red_above_zero(p.draw_style(common.GraphDrawStyle.BARS)) for p in bars),
+        red_above_zero(pending),
     ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -11,6 +11,7 @@ import structlog
 from reconciler.core.classify import Cause, ttl_expiry
 from reconciler.core.decide import decide
 from reconciler.core.dynamodb_json import Image
+from reconciler.core.letters import MAX_PLAN_CHARACTERS, LetterPlan, Refused
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Outcome, Pending, Tally
 from reconciler.core.plan import DeletionPlan, Unsafe, key_hash, resolve
 from reconciler.core.records import StreamRecord, Undecodable
@@ -64,12 +65,12 @@ class RecordProcessor:
         prefixes and links: identifiers and S3 URIs, never image content) with the last error and the
         attempts, so the checkpoint can move on. Pending, and tried again, if the letter cannot be written."""
         cause: Cause | None = None
-        targets: tuple[str, ...] = ()
+        plan: DeletionPlan | None = None
         if isinstance(record, StreamRecord):
             table = self._rules.tables[origin.table]
             cause = decide(record, table).cause
             if cause is not None and record.old_image is not None:
-                targets = plan_targets(resolve(table, record.old_image))
+                plan = resolve(table, record.old_image)
         log.error(
             "record.gave_up",
             sequence_number=record.sequence_number,
@@ -77,8 +78,9 @@ class RecordProcessor:
             error=pending.error,
         )
         reason = f"gave up after {attempts.count} attempts: {pending.error}"
+        targets = plan_targets(plan) if plan is not None else ()
         outcome = await self._dead_letter(
-            origin, record, "failed", reason, cause, targets=targets, attempts=attempts
+            origin, record, "failed", reason, cause, targets=targets, attempts=attempts, plan=plan
         )
         return self._counted(origin, outcome)
 
@@ -113,22 +115,24 @@ class RecordProcessor:
         table = self._rules.tables[origin.table]
         plan = resolve(table, image)
         # The same key written again shares the scope: deleting would take the new item's artifacts.
-        refusal = await self._exists_again(origin, record, cause, plan.key, "the item exists again")
+        refusal = await self._exists_again(origin, record, cause, plan, "the item exists again")
         if refusal is not None:
             return refusal
-        result = await self._executor.execute(plan, self._recorder(origin, record, cause))
+        result = await self._executor.execute(plan, self._recorder(origin, record, cause, plan))
         self._report_unsafe(result)
         reason = "the item was written again while its artifacts were deleted; check its new ones"
-        refusal = await self._exists_again(origin, record, cause, plan.key, reason, result)
+        refusal = await self._exists_again(origin, record, cause, plan, reason, result)
         if refusal is not None:
             return refusal
         if result.errors:
-            return await self._failed(origin, record, cause, result)
+            return await self._failed(origin, record, cause, plan, result)
         if plan.blocked:  # an unsafe identifier: nothing could be planned, so nothing was deleted
-            return await self._dead_letter(origin, record, "unsafe", "unsafe identifier", cause, result)
+            return await self._dead_letter(
+                origin, record, "unsafe", "unsafe identifier", cause, result, plan=plan
+            )
         if result.unsafe:
             reason = f"{len(result.unsafe)} targets refused by the scope check"
-            letter = await self._dead_letter(origin, record, "unsafe", reason, cause, result)
+            letter = await self._dead_letter(origin, record, "unsafe", reason, cause, result, plan=plan)
             if isinstance(letter, Pending):
                 return letter
         completed = self._clock()
@@ -147,7 +151,9 @@ class RecordProcessor:
         unsafe = tuple(s.unsafe for s in result.unsafe)
         return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
 
-    def _recorder(self, origin: Origin, record: StreamRecord, cause: Cause) -> RecordRefusals:
+    def _recorder(
+        self, origin: Origin, record: StreamRecord, cause: Cause, plan: DeletionPlan
+    ) -> RecordRefusals:
         """Writes the record's ``unsafe`` letter with every refusal so far, before a linked item holding
         refused targets is deleted. Refusals only accumulate: each call adds to what earlier calls (other
         linked items, other nesting levels) recorded, and the store adds a letter's targets to those it
@@ -166,9 +172,8 @@ class RecordProcessor:
             if len(seen) > MAX_LETTER_TARGETS:
                 return False
             reason = f"{len(seen)} targets refused by the scope check"
-            letter = await self._dead_letter(
-                origin, record, "unsafe", reason, cause, ExecutionResult(unsafe=list(seen.values()))
-            )
+            so_far = ExecutionResult(unsafe=list(seen.values()))
+            letter = await self._dead_letter(origin, record, "unsafe", reason, cause, so_far, plan=plan)
             if isinstance(letter, Pending):
                 raise TransientError(letter.error)
             return True
@@ -180,21 +185,22 @@ class RecordProcessor:
         origin: Origin,
         record: StreamRecord,
         cause: Cause,
-        key: Mapping[str, object],
+        plan: DeletionPlan,
         reason: str,
         result: ExecutionResult | None = None,
     ) -> Outcome | None:
         """A dead letter (or Pending) if the deleted item's key holds an item again, else None."""
         try:
-            current = await self._items.get(origin.table, key)
+            current = await self._items.get(origin.table, plan.key)
         except ReconcilerError as exc:
             if exc.retriable:
                 return Pending(record.sequence_number, f"cannot check the item: {exc}")
-            return await self._dead_letter(origin, record, "failed", f"cannot check the item: {exc}", cause)
+            why = f"cannot check the item: {exc}"
+            return await self._dead_letter(origin, record, "failed", why, cause, plan=plan)
         if current is None:
             return None
-        log.error("deletion.item_recreated", key_hash=key_hash(origin.table, key))
-        return await self._dead_letter(origin, record, "recreated", reason, cause, result)
+        log.error("deletion.item_recreated", key_hash=key_hash(origin.table, plan.key))
+        return await self._dead_letter(origin, record, "recreated", reason, cause, result, plan=plan)
 
     async def record_gap(self, origin: Origin, after: str | None) -> None:
         """Records after ``after`` were trimmed unread: leave a durable mark for the sweeper and operators."""
@@ -223,7 +229,7 @@ class RecordProcessor:
             )
 
     async def _failed(
-        self, origin: Origin, record: StreamRecord, cause: Cause, result: ExecutionResult
+        self, origin: Origin, record: StreamRecord, cause: Cause, plan: DeletionPlan, result: ExecutionResult
     ) -> Outcome:
         for error in result.errors:
             self._metrics.failures.labels("delete", type(error).__name__).inc()
@@ -232,7 +238,7 @@ class RecordProcessor:
             log.warning("deletion.retry", sequence_number=record.sequence_number, error=summary)
             return Pending(record.sequence_number, summary)
         log.error("deletion.failed", sequence_number=record.sequence_number, error=summary)
-        return await self._dead_letter(origin, record, "failed", summary, cause, result)
+        return await self._dead_letter(origin, record, "failed", summary, cause, result, plan=plan)
 
     def _observe_lag(
         self, record: StreamRecord, cause: Cause, ttl_attribute: str | None, done: dt.datetime
@@ -259,8 +265,10 @@ class RecordProcessor:
         *,
         targets: tuple[str, ...] = (),
         attempts: Attempts | None = None,
+        plan: DeletionPlan | None = None,
     ) -> DeadLettered | Pending:
         refused = result.unsafe if result else []
+        stored, reason = _stored_plan(plan, refused, reason)
         targets += tuple(
             f"{s.unsafe.reason.value}: {s.unsafe.target}"
             + ("" if s.table == origin.table else f" (linked {s.table} {key_hash(s.table, s.key)})")
@@ -284,6 +292,7 @@ class RecordProcessor:
             attempts=attempts.count if attempts else 0,
             first_attempt=attempts.first if attempts else None,
             last_attempt=attempts.last if attempts else None,
+            plan=stored,
         )
         try:
             new = await self._dead_letters.put(letter)
@@ -303,6 +312,19 @@ class Attempts:
     count: int
     first: dt.datetime
     last: dt.datetime
+
+
+def _stored_plan(
+    plan: DeletionPlan | None, refused: Sequence[ScopedUnsafe], reason: str
+) -> tuple[LetterPlan | None, str]:
+    """The plan a letter stores for redrive, with its refusals; None (and the reason says so) when it would
+    not fit in a letter."""
+    if plan is None:
+        return None, reason
+    stored = LetterPlan.of(plan, (Refused(s.table, s.unsafe.target, s.unsafe.reason.value) for s in refused))
+    if stored.characters > MAX_PLAN_CHARACTERS:
+        return None, f"{reason} (plan too large to store: {stored.characters} characters)"
+    return stored, reason
 
 
 def plan_targets(plan: DeletionPlan) -> tuple[str, ...]:

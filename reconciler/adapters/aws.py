@@ -121,7 +121,8 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _status(exc: ClientError) -> int:
+def http_status(exc: ClientError) -> int:
+    """The HTTP status of an AWS error answer (0 if it had none)."""
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
@@ -130,12 +131,13 @@ def is_retriable(exc: Exception) -> bool:
     if isinstance(exc, ReconcilerError):
         return isinstance(exc, TransientError)  # AccessError waits at the record level, not in a tight loop
     if isinstance(exc, ClientError):
-        return error_code(exc) in THROTTLING_CODES or _status(exc) >= 500  # noqa: PLR2004 - 5xx
+        return error_code(exc) in THROTTLING_CODES or http_status(exc) >= 500  # noqa: PLR2004 - 5xx
     return isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | TimeoutError)
 
 
-def translate(exc: Exception) -> ReconcilerError:
-    """An AWS or network error, after retries, as a member of our tree."""
+def translate(exc: Exception, call: tuple[str, str | None] | None = None) -> ReconcilerError:
+    """An AWS or network error, after retries, as a member of our tree; ``call`` (the operation, and the
+    bucket, table or stream it was about) is named in the message."""
     if isinstance(exc, ReconcilerError):
         return exc
     if isinstance(exc, CREDENTIAL_ERRORS):
@@ -143,8 +145,12 @@ def translate(exc: Exception) -> ReconcilerError:
         source = f" from {provider}" if isinstance(provider, str) else ""
         kind = MissingCredentialsError if isinstance(exc, NoCredentialsError) else CredentialsError
         return kind(f"no usable AWS credentials{source}: {type(exc).__name__}")
-    name = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
-    if name in ACCESS_CODES:
+    code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+    name = code
+    if call is not None:
+        operation, resource = call
+        name += f" ({operation} on {resource})" if resource else f" ({operation})"
+    if code in ACCESS_CODES:
         return AccessError(f"AWS refused the request: {name} (check credentials, IAM and deployed resources)")
     if is_retriable(exc):
         return TransientError(f"AWS call failed after retries: {name}")
@@ -231,7 +237,7 @@ class Caller:
             TimeoutError,
             *CREDENTIAL_ERRORS,
         ) as exc:
-            raise translate(exc) from exc
+            raise translate(exc, _CALL.get()) from exc
         finally:
             _CALL.reset(described)
 

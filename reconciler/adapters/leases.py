@@ -8,6 +8,7 @@ https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Expressions.Con
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Mapping
@@ -97,18 +98,27 @@ class DynamoDBLeaseStore:
         unchanged = "lease_counter = :c"
         if lease.counter == 0:
             unchanged = f"(attribute_not_exists(lease_counter) OR {unchanged})"
-        return await self._update(
+        token = uuid.uuid4().hex  # one per take, kept by its retries
+        taken = await self._update(
             lease,
             "SET lease_owner = :o, lease_token = :t, lease_counter = :n, lease_expires_at = :x,"
             " updated_at = :u, updated_by = :o",
             f"attribute_exists(shard_id) AND {unchanged}",
             {
                 ":o": {"S": owner},
-                ":t": {"S": uuid.uuid4().hex},
+                ":t": {"S": token},
                 ":c": {"N": str(lease.counter)},
                 ":n": {"N": str(lease.counter + 1)},
             },
         )
+        if taken is not None:
+            return taken
+        # The condition failed: a peer moved first, or an earlier attempt of this take ran and its answer
+        # was lost (the retry then finds the counter it moved itself). Only the latter leaves our token.
+        row = await self.get(lease.stream_arn, lease.shard_id)
+        if row is None or row.token != token:
+            return None
+        return dataclasses.replace(row, table=row.table or lease.table)
 
     async def renew(self, lease: Lease) -> Lease | None:
         return await self._update(
@@ -154,6 +164,8 @@ class DynamoDBLeaseStore:
         )
         if not written:
             held = await self.get(lease.stream_arn, lease.shard_id)
+            if position == SHARD_END and held is not None and held.ended:
+                return  # SHARD_END gives the lease up: a retry after a lost answer finds it ended, no token
             if held is None or held.token != lease.token:
                 raise LeaseLostError(f"the lease of shard {lease.shard_id} is held by another worker")
             # Still ours, and a checkpoint further on is stored (a redelivered record): never move it back.

@@ -33,6 +33,11 @@ DENIED = frozenset({"AccessDenied", "AccessDeniedException", "AllAccessDisabled"
 _DUMMY: dict[str, Any] = {"S": {"S": "#reconciler-preflight"}, "N": {"N": "0"}, "B": {"B": b"#reconciler"}}
 
 
+# What a shard can answer when it is read at an awkward moment (an iterator expired, records trimmed): the
+# call was allowed, which is all the pre-flight asks.
+_STREAM_STATES = frozenset({"ExpiredIteratorException", "TrimmedDataAccessException"})
+
+
 def _code(exc: ReconcilerError) -> str:
     cause = exc.__cause__
     return error_code(cause) if isinstance(cause, ClientError) else ""
@@ -52,14 +57,19 @@ class AwsResourceProbe:
         self._s3 = s3
         self._call = call
 
-    async def _ask(self, resource: str, action: str, fn: Any, /, **params: Any) -> Any:
-        """One call; a missing resource or a missing grant becomes a ``Problem`` (raised as ``_Refused``)."""
+    async def _ask(
+        self, resource: str, action: str, fn: Any, /, granted: frozenset[str] = frozenset(), **params: Any
+    ) -> Any:
+        """One call; a missing resource or a missing grant becomes a ``Problem`` (raised as ``_Refused``).
+        An error coded in ``granted`` proves the grant (IAM is checked first) and answers None."""
         try:
             return await self._call(fn, **params)
         except CredentialsError:
             raise  # the credentials source may come back: waited out
         except (AccessError, PermanentError) as exc:
             code = _code(exc)
+            if code in granted:
+                return None
             if code in MISSING:
                 raise _Refused(Problem(resource, "does not exist")) from exc
             if code in DENIED:
@@ -114,17 +124,20 @@ class AwsResourceProbe:
                 resource,
                 "dynamodb:GetShardIterator",
                 self._streams.get_shard_iterator,
+                granted=_STREAM_STATES,
                 StreamArn=arn,
                 ShardId=shards[0]["ShardId"],
                 ShardIteratorType="LATEST",
             )
-            await self._ask(
-                resource,
-                "dynamodb:GetRecords",
-                self._streams.get_records,
-                ShardIterator=iterator["ShardIterator"],
-                Limit=1,
-            )
+            if iterator is not None:
+                await self._ask(
+                    resource,
+                    "dynamodb:GetRecords",
+                    self._streams.get_records,
+                    granted=_STREAM_STATES,
+                    ShardIterator=iterator["ShardIterator"],
+                    Limit=1,
+                )
         except _Refused as refused:
             return [refused.problem]
         return []

@@ -40,6 +40,7 @@ ARTIFACT_OUTCOMES = (
 )
 SWEEP_OUTCOMES = ("enforced", "skipped", "left_to_stream")
 LEASE_TRANSITIONS = ("taken", "expired", "stolen", "released", "lost")
+REDRIVE_OUTCOMES = ("resolved", "refused", "failed", "skipped", "not_redrivable")
 RECORD_OUTCOMES = ("deleted", "ignored", "filtered", "dead_lettered", "retry")
 RECORD_EVENTS = (
     ("INSERT", "none"),
@@ -88,6 +89,18 @@ class Metrics:
             "reconciler_dead_letters_total",
             "Dead letters written, by kind (undecodable, no_image, unsafe, failed).",
             ["kind"],
+            registry=registry,
+        )
+        self.dead_letters_pending = Gauge(
+            "reconciler_dead_letters_pending",
+            "Pending dead letters by kind, as last counted from the dead-letter table's index.",
+            ["kind"],
+            registry=registry,
+        )
+        self.dead_letters_redriven = Counter(
+            "reconciler_dead_letters_redriven_total",
+            "Dead letters redriven in this process, by kind and outcome (resolved, refused, failed, ...).",
+            ["kind", "outcome"],
             registry=registry,
         )
         self.failures = Counter(
@@ -256,10 +269,16 @@ class Metrics:
         for table in rules.tables:
             for reason in UnsafeReason:
                 self.unsafe.labels(table, reason.value)
-        for kind in typing.get_args(LetterKind):
-            self.dead_letters.labels(kind)
+        self._initialize_letters()
         for kind, outcome in ARTIFACT_OUTCOMES:
             self.artifacts.labels(kind, outcome)
+
+    def _initialize_letters(self) -> None:
+        for kind in typing.get_args(LetterKind):
+            self.dead_letters.labels(kind)
+            self.dead_letters_pending.labels(kind)
+            for outcome in REDRIVE_OUTCOMES:
+                self.dead_letters_redriven.labels(kind, outcome)
 
     def _initialize_source(self, table: str) -> None:
         self.shards.labels(table)
