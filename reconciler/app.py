@@ -19,6 +19,7 @@ from reconciler.adapters.probes import AwsResourceProbe
 from reconciler.adapters.receipts import DynamoDBReceiptStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
+from reconciler.adapters.sweep import DynamoDBExpiredItems, DynamoDBSweepPositions
 from reconciler.adapters.tables import CHECKPOINTS, DEAD_LETTERS, create_table, create_worker_tables
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
 from reconciler.core.spec import RuleSet
@@ -31,6 +32,7 @@ from reconciler.receipts import ReceiptWriter
 from reconciler.rules import Rules
 from reconciler.settings import Settings
 from reconciler.shadow import ReadOnlyArtifacts, ReadOnlyItems, ShadowDeadLetters, ShadowReport
+from reconciler.sweeper import Sweeper, sweepable
 from reconciler.worker import Collaborators, Worker
 
 
@@ -70,7 +72,11 @@ def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Cal
     if settings.dry_run:
         own = {settings.lease_table: OwnTable("shadow checkpoint table")}
     return Preflight(
-        requirements(spec, own),
+        requirements(
+            spec,
+            own,
+            swept=[t for t in spec.sources if sweepable(spec.tables[t])] if _enforcing(settings) else (),
+        ),
         AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, call, read_only=settings.dry_run),
         create_tables=create if settings.create_tables else None,
     )
@@ -116,25 +122,65 @@ async def build_worker(
         region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
     )
     async with AwsClients(aws) as clients:
-        # Records in flight share DeleteObjects requests per bucket, and re-creation checks share
-        # BatchGetItem requests per table.
-        items = CoalescingItemStore(DynamoDBItemStore(clients.dynamodb, call))
-        artifacts = CoalescingArtifactStore(S3ArtifactStore(clients.s3, call))
-        letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
-        artifact_store, item_store, dead_letters, shadow = _shadowed(
-            settings, metrics, artifacts, items, letters
-        )
-        executor = Executor(
-            spec, artifact_store, item_store, metrics, fanout=settings.record_fanout, dry_run=settings.dry_run
-        )
-        receipts: DynamoDBReceiptStore | None = None
-        writer: ReceiptWriter | None = None
-        if not settings.dry_run:  # a dry run deletes nothing, so it writes and serves no receipt
+        # A dry run deletes nothing: it writes and serves no receipt.
+        receipts = None
+        if not settings.dry_run:
             receipts = DynamoDBReceiptStore(
                 clients.dynamodb, call, settings.receipt_table, settings.receipt_retention_days
             )
-            writer = ReceiptWriter(receipts, artifacts, items, spec, metrics, utcnow)
-        processor = RecordProcessor(
+        async with _pipeline(settings, spec, metrics, clients, call, receipts) as processor:
+            owner = worker_id(settings)
+            leases = DynamoDBLeaseStore(
+                clients.leases, call, settings.lease_table, owner, lease_seconds=settings.lease_seconds
+            )
+            sweeper = None
+            if _enforcing(settings):
+                sweeper = _sweeper(settings, spec, clients, call, processor, metrics, leases, owner)
+            letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
+            parts = Collaborators(
+                source=DynamoDBStreamSource(
+                    clients.dynamodb, clients.streams, call, settings.describe_stream_per_second
+                ),
+                leases=leases,
+                processor=processor,
+                metrics=metrics,
+                owner=owner,
+                dead_letters=None if settings.dry_run else letters,  # a dry run holds no letters to count
+                preflight=_preflight(settings, spec, clients, call) if settings.preflight else None,
+                receipts=receipts,
+                sweeper=sweeper if sweeper is not None and sweeper.tables else None,
+            )
+            yield Worker(settings, spec, parts, clock=utcnow)
+
+
+def _enforcing(settings: Settings) -> bool:
+    """Whether the worker runs expiry enforcement, which deletes expired items: never in a dry run
+    (``reconciler sweep --once --dry-run`` lists what it would enforce)."""
+    return settings.enforce_expiry and not settings.dry_run
+
+
+@contextlib.asynccontextmanager
+async def _pipeline(  # noqa: PLR0917 - the processor's collaborators, passed through
+    settings: Settings,
+    spec: RuleSet,
+    metrics: Metrics,
+    clients: AwsClients,
+    call: Caller,
+    receipts: DynamoDBReceiptStore | None,
+) -> AsyncIterator[RecordProcessor]:
+    """The record processor on AWS; requests still being shared are sent and answered before it closes."""
+    # Records in flight share DeleteObjects requests per bucket, and re-creation checks share
+    # BatchGetItem requests per table.
+    items = CoalescingItemStore(DynamoDBItemStore(clients.dynamodb, call))
+    artifacts = CoalescingArtifactStore(S3ArtifactStore(clients.s3, call))
+    letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
+    artifact_store, item_store, dead_letters, shadow = _shadowed(settings, metrics, artifacts, items, letters)
+    executor = Executor(
+        spec, artifact_store, item_store, metrics, fanout=settings.record_fanout, dry_run=settings.dry_run
+    )
+    writer = None if receipts is None else ReceiptWriter(receipts, artifacts, items, spec, metrics, utcnow)
+    try:
+        yield RecordProcessor(
             rules=spec,
             executor=executor,
             dead_letters=dead_letters,
@@ -144,24 +190,53 @@ async def build_worker(
             receipts=writer,
             shadow=shadow,
         )
-        owner = worker_id(settings)
-        leases = DynamoDBLeaseStore(
-            clients.leases, call, settings.lease_table, owner, lease_seconds=settings.lease_seconds
+    finally:
+        await artifacts.close()
+        await items.close()
+
+
+def _sweeper(  # noqa: PLR0917 - the sweeper's collaborators, passed through
+    settings: Settings,
+    spec: RuleSet,
+    clients: AwsClients,
+    call: Caller,
+    processor: RecordProcessor,
+    metrics: Metrics,
+    leases: DynamoDBLeaseStore,
+    owner: str,
+) -> Sweeper:
+    return Sweeper(
+        settings=settings,
+        rules=spec,
+        found=DynamoDBExpiredItems(clients.dynamodb, call),
+        positions=DynamoDBSweepPositions(clients.leases, call, settings.checkpoint_table),
+        leases=leases,
+        processor=processor,
+        metrics=metrics,
+        owner=owner,
+        clock=utcnow,
+    )
+
+
+@contextlib.asynccontextmanager
+async def build_sweeper(
+    settings: Settings, rules: Rules, registry: CollectorRegistry, aws: AwsSettings | None = None
+) -> AsyncIterator[Sweeper]:
+    """A sweeper on AWS without a worker around it (``reconciler sweep --once``)."""
+    spec = rules.compile()
+    metrics = Metrics(registry)
+    metrics.initialize(spec)
+    call = Caller(RetryPolicy())
+    aws = aws or AwsSettings(
+        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
+    )
+    async with AwsClients(aws) as clients:
+        receipts = DynamoDBReceiptStore(
+            clients.dynamodb, call, settings.receipt_table, settings.receipt_retention_days
         )
-        parts = Collaborators(
-            source=DynamoDBStreamSource(
-                clients.dynamodb, clients.streams, call, settings.describe_stream_per_second
-            ),
-            leases=leases,
-            processor=processor,
-            metrics=metrics,
-            owner=owner,
-            dead_letters=None if settings.dry_run else dead_letters,  # a dry run holds no letters to count
-            preflight=_preflight(settings, spec, clients, call) if settings.preflight else None,
-            receipts=receipts,
-        )
-        try:
-            yield Worker(settings, spec, parts, clock=utcnow)
-        finally:  # requests still being shared are sent and answered before the clients close
-            await artifacts.close()
-            await items.close()
+        async with _pipeline(settings, spec, metrics, clients, call, receipts) as processor:
+            owner = worker_id(settings)
+            leases = DynamoDBLeaseStore(
+                clients.leases, call, settings.checkpoint_table, owner, lease_seconds=settings.lease_seconds
+            )
+            yield _sweeper(settings, spec, clients, call, processor, metrics, leases, owner)

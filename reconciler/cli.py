@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     add_settings_flags(run, Settings.model_fields)
 
     _add_plan(commands)
+    _add_sweep(commands)
 
     commands.add_parser("schema", help="print the JSON Schema of the rules file")
     _add_iam_policy(commands)
@@ -131,6 +132,17 @@ def _add_plan(commands: Any) -> None:
     add_settings_flags(plan, AWS_FLAGS)  # for --resolve
 
 
+def _add_sweep(commands: Any) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="one expiry-enforcement pass: delete items past their TTL plus the grace, and what is linked",
+        description="Segments another replica is sweeping are skipped. Every setting is a flag, as for run.",
+    )
+    sweep.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
+    sweep.add_argument("--expired", action="store_true", help="no grace: every item whose TTL has passed")
+    add_settings_flags(sweep, Settings.model_fields)
+
+
 def _add_iam_policy(commands: Any) -> None:
     iam = commands.add_parser("iam-policy", help="print the worker's least-privilege IAM policy (JSON)")
     iam.add_argument("--config", type=Path, required=True, help="rules file")
@@ -203,29 +215,23 @@ def _add_verify(commands: Any) -> None:
     add_settings_flags(verify, (*AWS_FLAGS, "receipt_table"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one branch per command
+def _schema(_: argparse.Namespace) -> int:
+    print(json.dumps(Rules.model_json_schema(), indent=2))
+    return 0
+
+
+def _receipt(args: argparse.Namespace) -> int:
+    return show_receipt(settings_from(args, config=Path(os.devnull)), args.table, args.key)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    return verify_deletion(settings_from(args, config=Path(os.devnull)), args.table, args.key)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        match args.command:
-            case "run":
-                return _run(args)
-            case "plan":
-                return _plan(args)
-            case "schema":
-                print(json.dumps(Rules.model_json_schema(), indent=2))
-                return 0
-            case "iam-policy":
-                return _iam_policy(args)
-            case "init-tables":
-                return _init_tables(args)
-            case "dead-letters":
-                return dead_letters(args, settings_from)
-            case "demo":
-                return _demo(args.transcripts)
-            case "receipt":
-                return show_receipt(settings_from(args, config=Path(os.devnull)), args.table, args.key)
-            case "verify":
-                return verify_deletion(settings_from(args, config=Path(os.devnull)), args.table, args.key)
+        return COMMANDS[args.command](args)
     except (ConfigError, DecodeError) as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -235,7 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one
     except ReconcilerError as exc:  # AWS refused or failed at start: one line, never a traceback
         print(f"reconciler: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    return EXIT_USAGE  # pragma: no cover - argparse requires a command
 
 
 def _exit_before_start(signum: int, _frame: object) -> None:
@@ -268,6 +273,19 @@ def _run(args: argparse.Namespace) -> int:
 
         structlog.get_logger("reconciler.cli").exception("worker.crashed", error_type=type(exc).__name__)
         return EXIT_FAILURE
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from reconciler.observability.logs import configure_logging  # noqa: PLC0415 - aiobotocore stays lazy
+    from reconciler.sweep_once import sweep_once, to_text  # noqa: PLC0415
+
+    settings = settings_from(args)  # --dry-run is the setting's flag: RECONCILER_DRY_RUN holds here too
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    report = asyncio.run(
+        sweep_once(settings, load_rules(settings.config), dry_run=settings.dry_run, expired=args.expired)
+    )
+    print(to_text(report, dry_run=settings.dry_run))
     return 0
 
 
@@ -404,3 +422,18 @@ def _demo(transcripts: int) -> int:
     except ImportError as exc:
         raise ConfigError("the demo needs moto: pip install 'deletion-reconciler[demo]'") from exc
     return asyncio.run(run_demo(transcripts))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "plan": _plan,
+    "sweep": _sweep,
+    "schema": _schema,
+    "iam-policy": _iam_policy,
+    "init-tables": _init_tables,
+    "dead-letters": lambda args: dead_letters(args, settings_from),
+    "demo": lambda args: _demo(args.transcripts),
+    "receipt": _receipt,
+    "verify": _verify,
+}
+"""Each command's handler, by its name on the command line."""

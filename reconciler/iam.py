@@ -11,12 +11,17 @@ worker can reach (the sources and the tables linked from them; a table that noth
   (the label changes when a stream is switched off and on): ``DescribeStream``, ``GetShardIterator``,
   ``GetRecords``. The worker never calls ``ListStreams``, which would need ``Resource: "*"``, so it is not
   granted.
+- source tables the expiry sweeper enforces (a TTL attribute, and ``expired`` removals cascade):
+  ``Scan`` (keys and TTL of due items, ``adapters/sweep.py``) and ``DeleteItem`` (conditional on the TTL
+  still being due, so an extended TTL wins). Switching enforcement off (``--no-enforce-expiry``) leaves them
+  unused.
 - linked tables: ``Query`` on the table, or on ``table/NAME/index/INDEX`` when a link names an index;
   ``BatchGetItem`` and ``GetItem`` (a page of items found through an index is read again, consistently, in
   one ``BatchGetItem``, and a receipt's re-check reads deleted linked items again by key, ``receipts.py``;
   ``GetItem`` as for the sources); ``DeleteItem`` (conditional, ``dynamodb.py``);
   ``DescribeTable`` (the pre-flight checks that the table and its indexes exist, ``preflight.py``). Nothing
-  else is deleted from DynamoDB: TTL itself removes the source items, and ``BatchWriteItem`` is never called.
+  else is deleted from DynamoDB: the sweeper or TTL itself removes the source items, and ``BatchWriteItem`` is
+  never called.
 - the checkpoint table, which is also the lease table (one item per stream ARN and shard id): ``Query`` (a
   stream's leases, by partition key), ``GetItem``, ``UpdateItem`` (checkpoints, and taking, renewing and
   releasing a lease, each conditional on its counter) and ``PutItem`` (a new shard's lease, created only if
@@ -165,7 +170,7 @@ def _statement(
 
 
 def _source_statements(rules: Rules, arns: _Arns) -> list[Statement]:
-    return [
+    statements = [
         _statement(
             "SourceStreamsRead",
             ["dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"],
@@ -179,6 +184,18 @@ def _source_statements(rules: Rules, arns: _Arns) -> list[Statement]:
             map(arns.table, rules.sources),
         ),
     ]
+    swept = [t for t in rules.sources if _swept(rules, t)]
+    if swept:  # the expiry sweeper: a Scan of keys and TTL, and a delete that holds only while the TTL is due
+        statements.append(
+            _statement("SourceExpirySweep", ["dynamodb:Scan", "dynamodb:DeleteItem"], map(arns.table, swept))
+        )
+    return statements
+
+
+def _swept(rules: Rules, table: str) -> bool:
+    """Whether the sweeper enforces this source's expiry (as ``sweeper.sweepable``)."""
+    rule = rules.tables[table]
+    return rule.ttl_attribute is not None and "expired" in rule.cascade.causes
 
 
 def reachable_tables(rules: Rules) -> list[str]:

@@ -284,3 +284,71 @@ class ReceiptStore(Protocol):
     async def get(self, table: str, key_hash: str) -> Receipt | None:
         """The receipt of the item of ``table`` whose key hashes to ``key_hash`` (``core.plan.key_hash``)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryWindow:
+    """Which TTL values are due for enforcement: epoch seconds at or after ``after`` (TTL itself ignores
+    older ones) and before ``before`` (now minus the grace)."""
+
+    ttl_attribute: str
+    after: int
+    before: int
+
+
+@dataclass(frozen=True, slots=True)
+class CandidatePage:
+    """One Scan page of a segment: the due items' keys and TTL only (never whole images), where the next
+    page starts (None at the segment's end), and the read capacity the page consumed."""
+
+    items: Sequence[Image]
+    start: Image | None
+    read_units: float
+
+
+class ExpiredItems(Protocol):
+    """A source table's items past their TTL, found by a parallel Scan and deleted one by one."""
+
+    async def scan(
+        self,
+        table: str,
+        window: ExpiryWindow,
+        *,
+        segment: int,
+        segments: int,
+        start: Image | None,
+        limit: int,
+    ) -> CandidatePage:
+        """Evaluate at most ``limit`` items of ``segment`` after ``start``; return those inside ``window``."""
+        ...
+
+    async def enforce(self, table: str, key: Image, window: ExpiryWindow) -> Image | None:
+        """Delete the item at ``key`` only if its TTL is still inside ``window``; its whole image as deleted,
+        or None if the TTL was extended (or the item is gone)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPosition:
+    """How far a segment is swept: pass ``number``, ``page`` pages into it, the next page's ``start``; a
+    finished pass has ``finished_at`` (epoch seconds) and no start."""
+
+    number: int
+    page: int
+    start: Image | None = None
+    finished_at: float | None = None
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.number, self.page)
+
+
+class SweepPositions(Protocol):
+    """Sweep positions, stored with the segment's lease and written only under its token."""
+
+    async def load(self, lease: Lease) -> SweepPosition | None: ...
+
+    async def save(self, lease: Lease, position: SweepPosition) -> None:
+        """Store ``position`` (``LeaseLostError`` if the lease is not held); a position before the stored
+        one (same pass, fewer pages; an earlier pass) leaves it as it is."""
+        ...

@@ -9,7 +9,8 @@ as it lasts, and the worker never exits on a throttle.
 What is checked (``reconciler/adapters/probes.py`` makes the calls, all read-only or refused by design):
 
 - source tables: ``DescribeTable`` (exists, stream on, old images), the stream's ``DescribeStream``,
-  ``GetShardIterator`` and ``GetRecords``, and ``BatchGetItem`` (the re-creation check);
+  ``GetShardIterator`` and ``GetRecords``, and ``BatchGetItem`` (the re-creation check); with expiry
+  enforcement on, ``Scan`` (``Limit=1``) and the impossible conditional ``DeleteItem`` (below) too;
 - linked tables: ``DescribeTable`` (exists, with every index a link names), ``Query`` on each, and
   ``DeleteItem`` with a condition that can never hold, so the grant is proven and nothing is deleted;
 - buckets: ``ListObjectVersions`` (``MaxKeys=1``) under each scope's static prefix: the bucket exists and the
@@ -78,9 +79,13 @@ class Requirements:
     linked: Mapping[str, frozenset[str]]
     buckets: Mapping[str, tuple[str, ...]]
     own_tables: Mapping[str, OwnTable] = field(default_factory=dict)
+    swept: frozenset[str] = frozenset()
+    """Sources whose expiry the sweeper enforces: Scan and DeleteItem are checked too."""
 
 
-def requirements(rules: RuleSet, own_tables: Mapping[str, OwnTable] | None = None) -> Requirements:
+def requirements(
+    rules: RuleSet, own_tables: Mapping[str, OwnTable] | None = None, swept: Iterable[str] = ()
+) -> Requirements:
     """Every resource the rules can make the worker touch: the sources, the tables linked from them
     (directly or not), and the buckets of their scopes, each with the prefixes to list. Pure."""
     linked: dict[str, set[str]] = {}
@@ -92,6 +97,7 @@ def requirements(rules: RuleSet, own_tables: Mapping[str, OwnTable] | None = Non
         linked={table: frozenset(indexes) for table, indexes in sorted(linked.items())},
         buckets=walk_roots(rules),
         own_tables=dict(own_tables or {}),
+        swept=frozenset(swept),
     )
 
 
@@ -99,7 +105,7 @@ class ResourceProbe(Protocol):
     """Read-only checks of one resource each: the problems found (empty when fine). Raises a retriable
     ``ReconcilerError`` when AWS could not answer (throttled, unavailable, no credentials yet)."""
 
-    async def source(self, table: str) -> list[Problem]: ...
+    async def source(self, table: str, *, sweep: bool = False) -> list[Problem]: ...
 
     async def linked(self, table: str, indexes: frozenset[str]) -> list[Problem]: ...
 
@@ -133,7 +139,9 @@ class Preflight:
         needs, probe = self._needs, self._probe
         checks: dict[str, Check] = {}
         for table in needs.sources:
-            checks[f"source table {table!r}"] = functools.partial(probe.source, table)
+            checks[f"source table {table!r}"] = functools.partial(
+                probe.source, table, sweep=table in needs.swept
+            )
         for table, indexes in needs.linked.items():
             checks[f"linked table {table!r}"] = functools.partial(probe.linked, table, indexes)
         for bucket, prefixes in needs.buckets.items():

@@ -83,6 +83,23 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(default=25.0, gt=0, description="Drain time after SIGTERM.")
     liveness_seconds: float = Field(default=300.0, gt=0, description="Consumer silence that fails /healthz.")
+    # Expiry enforcement: the sweeper deletes items whose TTL passed more than the grace ago (README).
+    enforce_expiry: bool = Field(
+        default=True,
+        description="Delete expired items (TTL older than the grace) instead of waiting for TTL.",
+    )
+    expiry_grace_seconds: float = Field(
+        default=900.0, ge=0, description="How long past its TTL an item is left to DynamoDB's own TTL."
+    )
+    sweep_interval_seconds: float = Field(
+        default=300.0, gt=0, description="Wait between the end of a segment's sweep pass and its next one."
+    )
+    sweep_segments: int = Field(
+        default=4, ge=1, le=1000, description="Parallel Scan segments per source table (one lease each)."
+    )
+    sweep_read_units_per_second: float = Field(
+        default=50.0, gt=0, description="Read capacity units per second the sweeper's Scans may consume."
+    )
     tls_policy: TlsPolicy = Field(
         default="strict",
         description="strict: TLS 1.2/1.3, the published suites only; relaxed: botocore's defaults (a proxy).",
@@ -125,7 +142,7 @@ class Settings(BaseSettings):
     # Shadow mode: reconciler run --dry-run (reconciler/shadow.py). After every table it must differ from.
     dry_run: bool = Field(
         default=False,
-        description="Shadow mode: read and resolve as a real run does; delete nothing, write no dead letter.",
+        description="Delete nothing: run reads and resolves as a real run (shadow mode), sweep only lists.",
     )
     shadow_checkpoint_table: str = Field(
         default="reconciler-shadow-checkpoints",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import decimal
+import hashlib
 import typing
 from collections.abc import (
     AsyncGenerator,
@@ -36,8 +38,10 @@ from reconciler.errors import (
     TrimmedDataError,
 )
 from reconciler.ports import (
+    CandidatePage,
     DeadLetter,
     DeleteReport,
+    ExpiryWindow,
     LetterKind,
     LetterStatus,
     ObjectVersion,
@@ -45,6 +49,7 @@ from reconciler.ports import (
     RecordsPage,
     Shard,
     StreamInfo,
+    SweepPosition,
     VersionPage,
 )
 
@@ -439,6 +444,96 @@ class FakeReceiptStore:
         if self.fail:
             raise TransientError("receipts table throttled")
         return self.receipts.get((table, key_hash))
+
+
+@dataclass
+class FakeExpiredItems:
+    """The expiry Scan and conditional delete over a ``FakeItemStore``'s tables. Items fall in segments by a
+    hash of their key; each evaluated item costs ``units_per_item`` read units, filtered or not (as a Scan's).
+    ``after_scan`` runs once a page is read, before it is returned: a test extends a TTL there."""
+
+    items: FakeItemStore
+    keys: dict[str, tuple[str, ...]]
+    units_per_item: float = 0.5
+    after_scan: Callable[[CandidatePage], None] | None = None
+    scans: int = 0
+    deletes: int = 0
+
+    def segment_of(self, table: str, item: Mapping[str, object], segments: int) -> int:
+        text = repr(sorted((k, repr(item.get(k))) for k in self.keys[table]))
+        return int(hashlib.sha256(text.encode()).hexdigest(), 16) % segments
+
+    async def scan(
+        self,
+        table: str,
+        window: ExpiryWindow,
+        *,
+        segment: int,
+        segments: int,
+        start: Image | None,
+        limit: int,
+    ) -> CandidatePage:
+        self.scans += 1
+        key_of = self._key_of(table)
+        rows = sorted(
+            (r for r in self.items.tables.get(table, []) if self.segment_of(table, r, segments) == segment),
+            key=lambda r: repr(key_of(r)),
+        )
+        if start is not None:
+            rows = [r for r in rows if repr(key_of(r)) > repr(dict(start))]
+        evaluated = rows[:limit]
+        found = [
+            {**key_of(r), window.ttl_attribute: r[window.ttl_attribute]} for r in evaluated if _due(r, window)
+        ]
+        more = len(rows) > limit
+        page = CandidatePage(
+            found, key_of(evaluated[-1]) if more else None, len(evaluated) * self.units_per_item
+        )
+        if self.after_scan is not None:
+            self.after_scan(page)
+        return page
+
+    async def enforce(self, table: str, key: Image, window: ExpiryWindow) -> Image | None:
+        rows = self.items.tables.get(table, [])
+        for row in rows:
+            if all(row.get(k) == v for k, v in key.items()):
+                if not _due(row, window):
+                    return None
+                self.deletes += 1
+                rows.remove(row)
+                return dict(row)
+        return None
+
+    def _key_of(self, table: str) -> Callable[[Mapping[str, object]], dict[str, object]]:
+        names = self.keys[table]
+        return lambda row: {k: row[k] for k in names}
+
+
+def _due(row: Mapping[str, object], window: ExpiryWindow) -> bool:
+    ttl = row.get(window.ttl_attribute)
+    return isinstance(ttl, decimal.Decimal) and window.after <= ttl < window.before
+
+
+@dataclass
+class FakeSweepPositions:
+    """Sweep positions beside a ``FakeLeaseStore``'s rows, with the adapter's conditions."""
+
+    leases: FakeLeaseStore
+    stored: dict[tuple[str, str], SweepPosition] = field(default_factory=dict)
+    saves: int = 0
+
+    async def load(self, lease: Lease) -> SweepPosition | None:
+        return self.stored.get(lease.key)
+
+    async def save(self, lease: Lease, position: SweepPosition) -> None:
+        held = self.leases.rows.get(lease.key)
+        if held is None or held.token is None or held.token != lease.token:
+            raise LeaseLostError(f"the sweep lease of segment {lease.shard_id} is held by another worker")
+        current = self.stored.get(lease.key)
+        if current is not None and position.order < current.order:
+            return
+        self.saves += 1
+        self.stored[lease.key] = position
 
 
 class FixedClock:

@@ -32,8 +32,10 @@ from reconciler.ports import DeadLetterStore, LeaseStore, LetterKind, ReceiptSto
 from reconciler.preflight import Preflight
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.settings import Settings
+from reconciler.sweeper import Sweeper
 
 log = structlog.get_logger("reconciler.worker")
+SWEEPER = ("#sweep", "sweeper")  # the sweeper's task among the shard tasks
 
 SHADOW = "SHADOW MODE (dry run: nothing is deleted): "
 """Leads every /readyz answer of a dry run, so nobody mistakes it for the worker that deletes."""
@@ -52,6 +54,8 @@ class Collaborators:
     """Checks (and table creation) before anything is consumed; None skips them."""
     receipts: ReceiptStore | None = None
     """Served on the HTTP port (``/deletions/{table}/{key}``); None serves none."""
+    sweeper: Sweeper | None = None
+    """Expiry enforcement, one more task; it stops with the consumers (between pages) and drains with them."""
 
 
 class Worker:
@@ -155,6 +159,9 @@ class Worker:
                 return  # stopped while AWS was still being waited for: nothing was claimed
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._renewals(), name="lease-heartbeat")
+                if self._parts.sweeper is not None:  # drained, or cancelled by a second signal, as a shard is
+                    task = group.create_task(self._parts.sweeper.run(self._stopping), name="sweeper")
+                    self._tasks[SWEEPER] = task
                 if self._parts.dead_letters is not None:
                     group.create_task(self._count_letters(self._parts.dead_letters), name="dead-letter-count")
                 await self._supervise(group)

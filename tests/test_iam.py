@@ -198,7 +198,13 @@ def test_each_kind_of_resource_gets_only_its_own_actions() -> None:
             "dynamodb:GetShardIterator",
             "dynamodb:GetRecords",
         },
-        f"{table}transcripts": {"dynamodb:DescribeTable", "dynamodb:BatchGetItem", "dynamodb:GetItem"},
+        f"{table}transcripts": {
+            "dynamodb:DescribeTable",
+            "dynamodb:BatchGetItem",
+            "dynamodb:GetItem",
+            "dynamodb:Scan",  # the expiry sweeper
+            "dynamodb:DeleteItem",
+        },
         f"{table}speech_outputs": {
             "dynamodb:Query",
             "dynamodb:BatchGetItem",
@@ -252,6 +258,12 @@ def test_listing_is_limited_to_the_scope_prefixes() -> None:
 def _assert_deletion_is_scoped(rules: Rules, document: dict[str, Any]) -> None:
     statics = _scope_statics(rules)
     linked = {f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{link.table}" for link in _links(rules)}
+    # The expiry sweeper deletes expired items of sources whose expired removals cascade, and nothing else.
+    linked |= {
+        f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+        for name in rules.sources
+        if rules.tables[name].ttl_attribute is not None and "expired" in rules.tables[name].cascade.causes
+    }
     for action, resource in _grants(document):
         if action not in DELETE_ACTIONS and not action.startswith("s3:Delete"):
             continue

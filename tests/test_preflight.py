@@ -243,6 +243,18 @@ async def test_run_exits_with_code_4_naming_each_problem(endpoint: str, layout: 
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("action", ["Scan", "DeleteItem"])
+async def test_with_expiry_enforcement_the_sweep_grants_on_sources_are_checked(
+    clients: AwsClients, rules: Rules, action: str
+) -> None:
+    refuse(clients, f"before-call.dynamodb.{action}", "AccessDeniedException")
+    probe = AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, Caller(RetryPolicy()))
+    swept = Preflight(requirements(rules.compile(), {}, swept=["transcripts"]), probe, first_wait=0.01)
+    expected = Problem("source table 'transcripts'", f"not allowed: dynamodb:{action}")
+    assert expected in await problems_of(swept)
+    assert expected not in await problems_of(preflight(clients, rules))  # enforcement off: not needed
+
+
 @pytest.mark.parametrize("code", ["ExpiredIteratorException", "TrimmedDataAccessException"])
 async def test_a_shard_read_at_an_awkward_moment_still_proves_the_grant(
     clients: AwsClients, rules: Rules, code: str

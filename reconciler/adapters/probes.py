@@ -93,7 +93,7 @@ class AwsResourceProbe:
         )
         return dict(response["Table"])
 
-    async def source(self, table: str) -> list[Problem]:
+    async def source(self, table: str, *, sweep: bool = False) -> list[Problem]:
         resource = f"source table {table!r}"
         try:
             description = await self._describe(table, resource)
@@ -106,6 +106,9 @@ class AwsResourceProbe:
                 return [Problem(resource, f"streams {view}; OLD_IMAGE or NEW_AND_OLD_IMAGES is needed")]
             problems = await self._stream(f"stream of table {table!r}", arn)
             await self._read(resource, table, _dummy_key(description))
+            if sweep:  # the expiry sweeper's calls: a one-item Scan, and a delete that can never match
+                await self._ask(resource, "dynamodb:Scan", self._dynamodb.scan, TableName=table, Limit=1)
+                await self._impossible_delete(resource, table, description)
         except _Refused as refused:
             return [refused.problem]
         return problems

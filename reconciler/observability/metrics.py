@@ -38,6 +38,7 @@ ARTIFACT_OUTCOMES = (
     ("item", "deleted"),
     ("object", "absent"),
 )
+SWEEP_OUTCOMES = ("enforced", "skipped", "left_to_stream")
 # What a dry run counts as a real run's deletions: the kinds of reconciler_shadow_targets_total.
 SHADOW_TARGET_KINDS = ("object_version", "delete_marker", "item")
 LEASE_TRANSITIONS = ("taken", "expired", "stolen", "released", "lost")
@@ -143,6 +144,44 @@ class Metrics:
             " until the sweeper deleted it (this worker's own lag, like the pipeline's).",
             ["table"],
             buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.sweep_candidates = Counter(
+            "reconciler_sweep_candidates_total",
+            "Items the expiry sweeper found past their TTL plus the grace, by source table.",
+            ["table"],
+            registry=registry,
+        )
+        self.sweep_items = Counter(
+            "reconciler_sweep_items_total",
+            "Candidates the sweeper handled, by outcome: enforced (deleted, every artifact gone), skipped"
+            " (TTL extended or item gone before the conditional delete), left_to_stream (deleted, artifacts"
+            " left to the stream's REMOVE).",
+            ["table", "outcome"],
+            registry=registry,
+        )
+        self.sweep_pages = Counter(
+            "reconciler_sweep_pages_total",
+            "Scan pages the sweeper read, by source table.",
+            ["table"],
+            registry=registry,
+        )
+        self.sweep_read_units = Counter(
+            "reconciler_sweep_read_units_total",
+            "Read capacity units the sweeper's Scans consumed, by source table.",
+            ["table"],
+            registry=registry,
+        )
+        self.sweep_passes = Counter(
+            "reconciler_sweep_passes_total",
+            "Segment passes the sweeper finished (each segment of a table once per pass), by source table.",
+            ["table"],
+            registry=registry,
+        )
+        self.sweep_last_pass = Gauge(
+            "reconciler_sweep_last_pass_timestamp_seconds",
+            "Unix time this worker last finished a sweep pass of one of a source table's segments.",
+            ["table"],
             registry=registry,
         )
         self._shadow(registry)
@@ -313,6 +352,11 @@ class Metrics:
         self.verification_failures.labels(table)
         for transition in LEASE_TRANSITIONS:
             self.lease_transitions.labels(table, transition)
+        for counter in (self.sweep_candidates, self.sweep_pages, self.sweep_read_units, self.sweep_passes):
+            counter.labels(table)
+        for outcome in SWEEP_OUTCOMES:
+            self.sweep_items.labels(table, outcome)
+        self.sweep_last_pass.labels(table)
 
     def observe_enforced(self, table: str, lag_seconds: float) -> None:
         """Count one expired item of ``table`` the sweeper deleted ``lag_seconds`` after its deadline.
