@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog.testing
 from aiobotocore.session import AioSession, get_session
 from conftest import DEMO_RULES, worker_env
 from moto.dynamodb.models import dynamodb_backends
@@ -90,15 +91,10 @@ def _outcomes(registry: CollectorRegistry, *outcomes: str) -> float:
 
 @contextlib.asynccontextmanager
 async def _running(
-    endpoint: str, rules: Rules, registry: CollectorRegistry, *, dry_run: bool
+    endpoint: str, rules: Rules, registry: CollectorRegistry, *, dry_run: bool, **overrides: object
 ) -> AsyncIterator[Worker]:
-    settings = local_settings(
-        endpoint,
-        idle_poll_seconds=0.05,
-        max_idle_poll_seconds=0.2,
-        retry_backoff_seconds=0.1,
-        dry_run=dry_run,
-    )
+    fast = {"idle_poll_seconds": 0.05, "max_idle_poll_seconds": 0.2, "retry_backoff_seconds": 0.1}
+    settings = local_settings(endpoint, dry_run=dry_run, **fast, **overrides)
     aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
     async with build_worker(settings, rules, registry, RetryPolicy(attempts=3), aws) as worker:
         task = asyncio.create_task(worker.run())
@@ -131,7 +127,8 @@ async def test_a_shadow_run_writes_only_its_own_checkpoints_and_counts_what_a_re
     expired = [Transcript("acct-1", f"tr-{n}", expiry(_now(), -600)) for n in range(3)]
     tampered = Transcript("acct-1", "tampered", expiry(_now(), -60), audio_url=f"s3://{UPLOADS}/acct-2/x.wav")
     live = Transcript("acct-2", "live", expiry(_now(), 86400))
-    everything = [*expired, tampered, live]
+    overdue = Transcript("acct-2", "overdue", expiry(_now(), -7200))  # a sweeper would delete it now
+    everything = [*expired, tampered, live, overdue]
     await layout.add(everything, seed=BackendSeeder())
     await layout.s3.delete_object(Bucket=TRANSCRIPTS, Key="acct-1/tr-0/captions.vtt")  # a delete marker
 
@@ -146,16 +143,19 @@ async def test_a_shadow_run_writes_only_its_own_checkpoints_and_counts_what_a_re
         ttl_delete("transcripts", {"transcript_id": {"S": t.transcript_id}})
     before = await layout.snapshot(everything)
 
-    # The shadow reads the whole stream under its own leases, every operation recorded.
+    # The shadow reads the whole stream under its own leases, every operation recorded; expiry enforcement
+    # asked for, with no grace, and not run.
     calls: list[Call] = []
     shadow = CollectorRegistry()
-    with monkeypatch.context() as patched:
+    enforce = {"enforce_expiry": True, "expiry_grace_seconds": 0}
+    with monkeypatch.context() as patched, structlog.testing.capture_logs() as logs:
         patched.setattr(reconciler.adapters.aws, "get_session", _recording(calls))
-        async with _running(endpoint, rules, shadow, dry_run=True) as worker:
+        async with _running(endpoint, rules, shadow, dry_run=True, **enforce) as worker:
             await eventually(lambda: _outcomes(shadow, "deleted", "dead_lettered") >= 4, seconds=60)
             assert worker.readiness()[1].startswith(SHADOW)
 
     assert _outcomes(shadow, "ignored") == len(everything)  # it read the stream from its beginning
+    assert not [e for e in logs if e["event"].startswith("sweep.")]  # the sweeper's task never started
 
     assert await layout.snapshot(everything) == before  # every version, marker and item is still there
     assert await _rows(layout, "reconciler-checkpoints") == real_rows
