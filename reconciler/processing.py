@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
 log = structlog.get_logger("reconciler.processing")
 
 MAX_LETTER_TARGETS = 1000  # about 200 KB of URIs: a DynamoDB item holds at most 400 KB
+MAX_LOGGED_REFUSALS = 100  # per record: an image naming 100,000 refused targets is one summary, not a flood
 
 Clock = Callable[[], dt.datetime]
 
@@ -98,10 +100,13 @@ class RecordProcessor:
         cause = decision.cause
         self._metrics.records.labels(origin.table, record.event_name.value, cause or "none").inc()
         if cause is None:
+            log.debug(
+                "record.ignored", sequence_number=record.sequence_number, event_name=record.event_name.value
+            )
             return Ignored(record.sequence_number)
         if decision.verdict == "filtered":
             # Not ours to cascade (a migration's DeleteItem, an admin's): counted, nothing deleted.
-            key = key_hash(origin.table, record.keys)
+            key = key_hash(origin.table, self._item_key(origin, record))
             log.info("record.filtered", key_hash=key, cause=cause.value, why=decision.detail)
             return Filtered(record.sequence_number, cause, decision.detail)
         if record.old_image is None:
@@ -211,9 +216,20 @@ class RecordProcessor:
         if await self._dead_letters.put(letter):
             self._metrics.dead_letters.labels("trimmed").inc()
 
+    def _item_key(self, origin: Origin, record: StreamRecord | Undecodable) -> dict[str, object]:
+        """The record's ``Keys``, held to the table's key attributes: a malformed record's ``Keys`` may carry
+        other attributes, and letters and key hashes hold identifiers only."""
+        names = self._rules.tables[origin.table].key
+        return {name: record.keys[name] for name in names if name in record.keys}
+
     def _report_unsafe(self, result: ExecutionResult) -> None:
-        for scoped in result.unsafe:
-            self._metrics.unsafe.labels(scoped.table, scoped.unsafe.reason.value).inc()
+        """Every refusal counted; the first ``MAX_LOGGED_REFUSALS`` logged one by one, the rest in a sum."""
+        counted = collections.Counter((s.table, s.unsafe.reason.value) for s in result.unsafe)
+        for (table, reason), count in counted.items():
+            self._metrics.unsafe.labels(table, reason).inc(count)
+        if len(result.unsafe) > MAX_LOGGED_REFUSALS:
+            log.warning("deletion.unsafe_targets_not_logged", count=len(result.unsafe) - MAX_LOGGED_REFUSALS)
+        for scoped in result.unsafe[:MAX_LOGGED_REFUSALS]:
             log.warning(
                 "deletion.unsafe_target",
                 table=scoped.table,
@@ -279,7 +295,7 @@ class RecordProcessor:
             created_at=self._clock(),
             cause=cause.value if cause else None,
             item_table=origin.table,
-            item_key=dict(record.keys),
+            item_key=self._item_key(origin, record),
             targets=targets,
             attempts=attempts.count if attempts else 0,
             first_attempt=attempts.first if attempts else None,
