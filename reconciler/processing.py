@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -23,7 +24,11 @@ from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
 
 log = structlog.get_logger("reconciler.processing")
 
-MAX_LETTER_TARGETS = 1000  # about 200 KB of URIs: a DynamoDB item holds at most 400 KB
+# A letter is one DynamoDB item (at most 400 KB): its targets are capped by number and by text (an S3 key
+# may be 1,024 bytes), and a failure's reason names a few distinct errors, so every letter can be written.
+MAX_LETTER_TARGETS = 1000
+MAX_LETTER_BYTES = 200_000  # UTF-8, as DynamoDB counts an item's size
+MAX_REASON_ERRORS = 10
 MAX_LOGGED_REFUSALS = 100  # per record: an image naming 100,000 refused targets is one summary, not a flood
 
 Clock = Callable[[], dt.datetime]
@@ -165,10 +170,16 @@ class RecordProcessor:
         letter's ``reason`` count is the last writer's; the record's final letter sets it from the whole
         result.)"""
         seen: dict[tuple[str, str, Unsafe], ScopedUnsafe] = {}
+        size = 0  # bytes of the letter's targets, as it names them
 
         async def record_refusals(refusals: Sequence[ScopedUnsafe]) -> bool:
-            seen.update({(s.table, key_hash(s.table, s.key), s.unsafe): s for s in refusals})
-            if len(seen) > MAX_LETTER_TARGETS:
+            nonlocal size
+            for scoped in refusals:
+                key = (scoped.table, key_hash(scoped.table, scoped.key), scoped.unsafe)
+                if key not in seen:
+                    seen[key] = scoped
+                    size += _bytes(self._refusal(origin, scoped))
+            if len(seen) > MAX_LETTER_TARGETS or size > MAX_LETTER_BYTES:
                 return False
             reason = f"{len(seen)} targets refused by the scope check"
             letter = await self._dead_letter(
@@ -222,6 +233,16 @@ class RecordProcessor:
         names = self._rules.tables[origin.table].key
         return {name: record.keys[name] for name in names if name in record.keys}
 
+    @staticmethod
+    def _refusal(origin: Origin, scoped: ScopedUnsafe) -> str:
+        """A refused target as its letter names it: the reason, the target, and the linked item holding it."""
+        linked = (
+            ""
+            if scoped.table == origin.table
+            else f" (linked {scoped.table} {key_hash(scoped.table, scoped.key)})"
+        )
+        return f"{scoped.unsafe.reason.value}: {scoped.unsafe.target}{linked}"
+
     def _report_unsafe(self, result: ExecutionResult) -> None:
         """Every refusal counted; the first ``MAX_LOGGED_REFUSALS`` logged one by one, the rest in a sum."""
         counted = collections.Counter((s.table, s.unsafe.reason.value) for s in result.unsafe)
@@ -243,7 +264,10 @@ class RecordProcessor:
     ) -> Outcome:
         for error in result.errors:
             self._metrics.failures.labels("delete", type(error).__name__).inc()
-        summary = "; ".join(sorted({str(e) for e in result.errors}))
+        messages = sorted({str(e) for e in result.errors})
+        summary = "; ".join(messages[:MAX_REASON_ERRORS])
+        if len(messages) > MAX_REASON_ERRORS:
+            summary += f"; and {len(messages) - MAX_REASON_ERRORS} more errors"
         if result.retriable:
             log.warning("deletion.retry", sequence_number=record.sequence_number, error=summary)
             return Pending(record.sequence_number, summary)
@@ -277,13 +301,9 @@ class RecordProcessor:
         attempts: Attempts | None = None,
     ) -> DeadLettered | Pending:
         refused = result.unsafe if result else []
-        targets += tuple(
-            f"{s.unsafe.reason.value}: {s.unsafe.target}"
-            + ("" if s.table == origin.table else f" (linked {s.table} {key_hash(s.table, s.key)})")
-            for s in refused[:MAX_LETTER_TARGETS]
-        )
-        if len(refused) > MAX_LETTER_TARGETS:  # linked items holding the rest were kept (see _recorder)
-            targets += (f"... and {len(refused) - MAX_LETTER_TARGETS} more",)
+        # Past the cap, the letter says how many more; linked items holding those were kept (see _recorder).
+        named = itertools.chain(targets, (self._refusal(origin, s) for s in refused))
+        targets = capped(named, len(targets) + len(refused))
         letter = DeadLetter(
             source_table=origin.table,
             stream_arn=origin.stream_arn,
@@ -322,15 +342,30 @@ class Attempts:
 
 
 def plan_targets(plan: DeletionPlan) -> tuple[str, ...]:
-    """What a plan asks for, as a letter names it: S3 URIs and link queries (identifiers), capped."""
-    named = (
+    """What a plan asks for, as a letter names it: S3 URIs and link queries (identifiers)."""
+    return (
         *(f"object: {o}" for o in plan.objects),
         *(f"prefix: {p}" for p in plan.prefixes),
         *(f"linked: {q.table} where {q.attribute} = {q.value}" for q in plan.links),
     )
-    if len(named) > MAX_LETTER_TARGETS:
-        return (*named[:MAX_LETTER_TARGETS], f"... and {len(named) - MAX_LETTER_TARGETS} more")
-    return named
+
+
+def capped(named: Iterable[str], total: int) -> tuple[str, ...]:
+    """The first of ``total`` targets that fit a letter, then a line saying how many more there were."""
+    kept: list[str] = []
+    size = 0
+    for text in named:
+        if len(kept) == MAX_LETTER_TARGETS or size + _bytes(text) > MAX_LETTER_BYTES:
+            break
+        kept.append(text)
+        size += _bytes(text)
+    if total > len(kept):
+        kept.append(f"... and {total - len(kept)} more")
+    return tuple(kept)
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _outcome_label(outcome: Outcome) -> str:
