@@ -31,6 +31,7 @@ from reconciler.errors import (
     ConfigError,
     ExpiredIteratorError,
     LeaseLostError,
+    PermanentError,
     TransientError,
     TrimmedDataError,
 )
@@ -197,7 +198,8 @@ class FakeStreamSource:
 
     async def iterator(self, shard: Shard, after: str | None) -> str:
         records = self.records_by_shard[shard.shard_id]
-        oldest = int(_seq(records[0])) if records else 0
+        first = _seq(records[0]) if records else ""
+        oldest = int(first) if first.isdigit() else 0
         if after is not None and shard.shard_id in self.trimmed and int(after) + 1 < oldest:
             raise TrimmedDataError("records after the checkpoint were trimmed")
         position = 0
@@ -225,9 +227,9 @@ class FakeStreamSource:
 
 
 def _seq(record: Mapping[str, object]) -> str:
-    body = record["dynamodb"]
-    assert isinstance(body, Mapping)  # noqa: S101
-    return str(body["SequenceNumber"])
+    """The record's sequence number as text; empty for a malformed record that has none."""
+    body = record.get("dynamodb")
+    return str(body.get("SequenceNumber", "")) if isinstance(body, Mapping) else ""
 
 
 @dataclass
@@ -337,8 +339,14 @@ class _Positions(MutableMapping[tuple[str, str], str]):
         return sum(1 for _ in self)
 
 
+MAX_ITEM_BYTES = 400 * 1024  # DynamoDB refuses to write a larger item (moto checks PutItem, not an ADD)
+
+
 @dataclass
 class FakeDeadLetterStore:
+    """Letters by id; like the table, a letter written again keeps its earlier targets, and a letter larger
+    than a DynamoDB item is refused."""
+
     letters: dict[str, DeadLetter] = field(default_factory=dict)
     fail: bool = False
 
@@ -350,8 +358,16 @@ class FakeDeadLetterStore:
             letter = dataclasses.replace(
                 letter, targets=tuple(dict.fromkeys((*held.targets, *letter.targets)))
             )
+        if _item_bytes(letter) > MAX_ITEM_BYTES:
+            raise PermanentError("AWS refused the call: ValidationException")
         self.letters[letter.letter_id] = letter
         return held is None
+
+
+def _item_bytes(letter: DeadLetter) -> int:
+    """About what DynamoDB counts: the UTF-8 text of every field and target."""
+    texts = [str(value) for value in dataclasses.asdict(letter).values() if value is not None]
+    return sum(len(text.encode("utf-8", "surrogatepass")) for text in (*texts, *letter.targets))
 
 
 class FixedClock:
