@@ -70,13 +70,10 @@ class RecordProcessor:
         """The record's retry budget is spent: dead-letter what it still asks for (its plan's objects,
         prefixes and links: identifiers and S3 URIs, never image content) with the last error and the
         attempts, so the checkpoint can move on. Pending, and tried again, if the letter cannot be written."""
-        cause: Cause | None = None
-        targets: tuple[str, ...] = ()
-        if isinstance(record, StreamRecord):
-            table = self._rules.tables[origin.table]
-            cause = decide(record, table).cause
-            if cause is not None and record.old_image is not None:
-                targets = plan_targets(resolve(table, record.old_image))
+        try:
+            cause, targets = self._still_asked(origin, record)
+        except Exception as exc:  # noqa: BLE001 - a record that crashes planning must still be let go
+            cause, targets = None, (f"targets unknown: planning failed with {type(exc).__name__}",)
         log.error(
             "record.gave_up",
             sequence_number=record.sequence_number,
@@ -88,6 +85,18 @@ class RecordProcessor:
             origin, record, "failed", reason, cause, targets=targets, attempts=attempts
         )
         return self._counted(origin, outcome)
+
+    def _still_asked(
+        self, origin: Origin, record: StreamRecord | Undecodable
+    ) -> tuple[Cause | None, tuple[str, ...]]:
+        """The record's cause and what its plan asks for: its letter's targets."""
+        if not isinstance(record, StreamRecord):
+            return None, ()
+        table = self._rules.tables[origin.table]
+        cause = decide(record, table).cause
+        if cause is None or record.old_image is None:
+            return cause, ()
+        return cause, plan_targets(resolve(table, record.old_image))
 
     def _counted(self, origin: Origin, outcome: Outcome) -> Outcome:
         self._metrics.outcomes.labels(origin.table, _outcome_label(outcome)).inc()

@@ -200,8 +200,8 @@ def _keys_only(keys: Mapping[str, object]) -> Builder:
     return build
 
 
-def _nested(levels: int) -> dict[str, object]:
-    value: dict[str, object] = {"S": "leaf"}
+def _nested(levels: int, leaf: str = "leaf") -> dict[str, object]:
+    value: dict[str, object] = {"S": leaf}
     for _ in range(levels):
         value = {"M": {"a": value}}
     return value
@@ -642,6 +642,27 @@ def _plant_failures(world: World) -> None:
     world.items.delete_linked = deleting  # type: ignore[method-assign]
 
 
+async def test_a_hostile_record_that_crashes_planning_is_dead_lettered_when_its_retries_are_spent(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning that raises (a bug an image can trigger) crashes every attempt, and giving up must not plan
+    again unguarded: the record is dead-lettered as failed, naming the error type, and the shard ends."""
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise ValueError(PLANTED)
+
+    monkeypatch.setattr("reconciler.processing.resolve", crash)
+    outcomes = _recorded(world)
+
+    checkpoints = await _consume(world, [_removal(world)], until_unplaceable=False)
+
+    assert checkpoints.history[-1] == SHARD_END
+    assert [_label(o) for o in outcomes] == ["dead_lettered"]
+    (letter,) = world.dead_letters.letters.values()
+    assert (letter.kind, letter.reason) == ("failed", "gave up after 1 attempts: unexpected ValueError")
+    assert letter.targets == ("targets unknown: planning failed with ValueError",)
+
+
 async def test_a_planted_value_reaches_no_log_line_no_dead_letter_and_no_metric(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -651,18 +672,15 @@ async def test_a_planted_value_reaches_no_log_line_no_dead_letter_and_no_metric(
     no field of any dead letter, and nowhere in the rendered metrics."""
     configure_logging(json=True, level="DEBUG")
     _plant_failures(world)
-    undecodable = _planted_record(world, 2, "tr-2")
-    undecodable["dynamodb"]["OldImage"]["secret"] = {"Q": PLANTED}
-    undecodable["dynamodb"]["OldImage"]["expires_at"] = {"N": PLANTED}
-    no_image = _planted_record(world, 3, "tr-3")
-    del no_image["dynamodb"]["OldImage"]
-    raws = [
-        _planted_record(world, 1, "tr-1"),
-        undecodable,
-        no_image,
-        _planted_record(world, 4, "tr-4", account_id=f"{PLANTED}/.."),
-        _planted_record(world, 5, "tr-5"),
-        _planted_record(world, 6, "tr-6"),
+    raws = [_planted_record(world, n, f"tr-{n}") for n in range(1, 7)]
+    raws[1]["dynamodb"]["OldImage"]["secret"] = {"Q": PLANTED}  # each undecodable its own way
+    raws[2]["dynamodb"]["OldImage"]["expires_at"] = {"N": PLANTED}
+    raws[3]["dynamodb"]["OldImage"]["profile"] = _nested(40, PLANTED)
+    del raws[4]["dynamodb"]["OldImage"]  # no_image
+    raws += [
+        _planted_record(world, 7, "tr-7", account_id=f"{PLANTED}/.."),  # an unsafe identifier
+        _planted_record(world, 8, "tr-5"),  # failed: a foreign error quoting the value
+        _planted_record(world, 9, "tr-6"),  # failed: an AWS error quoting the value
     ]
     outcomes = _recorded(world)
 

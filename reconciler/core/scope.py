@@ -71,7 +71,7 @@ def _is_utf8(text: str) -> bool:
 def quotable(location: S3Location) -> bool:
     """Whether a refused target may be named in logs and dead letters by its URI: only if its key could be an
     S3 key (at most 1,024 bytes). A longer "key" is text of any kind, so its attribute is named instead."""
-    return len(location.key.encode("utf-8")) <= MAX_KEY_BYTES
+    return len(location.key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES
 
 
 def has_unsafe_segments(key: str) -> bool:
