@@ -12,8 +12,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy, translate
-from reconciler.adapters.dynamodb import DynamoDBDeadLetterStore, DynamoDBItemStore
+from reconciler.adapters.dynamodb import DynamoDBItemStore
 from reconciler.adapters.leases import DynamoDBLeaseStore
+from reconciler.adapters.letters import DynamoDBDeadLetterStore
 from reconciler.adapters.probes import AwsResourceProbe
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
@@ -102,6 +103,7 @@ async def build_worker(
             processor=processor,
             metrics=metrics,
             owner=owner,
+            dead_letters=dead_letters,
             preflight=_preflight(settings, spec, clients, call) if settings.preflight else None,
         )
         try:

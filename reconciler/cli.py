@@ -1,5 +1,5 @@
 """``reconciler``: run the worker, dry-run a plan, print the rules schema or the IAM policy, create the
-worker's tables, or run the embedded demo."""
+worker's tables, work with its dead letters, or run the embedded demo."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from reconciler import __version__
 from reconciler.errors import ConfigError, DecodeError, ReconcilerError
+from reconciler.letters import LETTER_KINDS, STATUSES, dead_letters
 from reconciler.preflight import PreflightError
 from reconciler.rules import Rules, load_rules
 
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("schema", help="print the JSON Schema of the rules file")
     _add_iam_policy(commands)
     _add_init_tables(commands)
+    _add_dead_letters(commands)
 
     demo = commands.add_parser(
         "demo", help="run the worker against an embedded speech-to-text layout on moto"
@@ -141,7 +143,37 @@ def _add_init_tables(commands: Any) -> None:
     add_settings_flags(init, (*AWS_FLAGS, "checkpoint_table", "dead_letter_table"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
+def _add_dead_letters(commands: Any) -> None:
+    letters = commands.add_parser(
+        "dead-letters",
+        help="list, show, redrive, resolve or purge the worker's dead letters",
+        description="Exit codes: 0 done; 1 AWS failed or a redrive left work; 2 usage (no such letter, a kind"
+        " that is never redriven); 3 something refused as unsafe (out of scope, the item written again).",
+    )
+    actions = letters.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="one line per letter (by kind, then oldest first)")
+    listing.add_argument("--kind", choices=LETTER_KINDS)
+    listing.add_argument("--since", help="ISO time (UTC unless it names an offset), or an age: 12h, 30d")
+    listing.add_argument("--status", choices=STATUSES, default="pending", help="default: pending")
+    show = actions.add_parser("show", help="one letter, its reason, targets and whether it can be redriven")
+    show.add_argument("letter_id", metavar="ID")
+    for parser in (listing, show):
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    redrive = actions.add_parser("redrive", help="carry out a letter's stored plan again, then resolve it")
+    which = redrive.add_mutually_exclusive_group(required=True)
+    which.add_argument("letter_id", metavar="ID", nargs="?")
+    which.add_argument("--kind", choices=LETTER_KINDS, help="every pending letter of this kind")
+    redrive.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
+    add_settings_flags(redrive, ("config",))
+    resolve = actions.add_parser("resolve", help="mark a letter resolved after a person dealt with it")
+    resolve.add_argument("letter_id", metavar="ID")
+    purge = actions.add_parser("purge-resolved", help="delete letters resolved longer ago than DURATION")
+    purge.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h")
+    for parser in (listing, show, redrive, resolve, purge):
+        add_settings_flags(parser, (*AWS_FLAGS, "dead_letter_table"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901, PLR0911 - one return per command
     args = _parser().parse_args(argv)
     try:
         match args.command:
@@ -156,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
                 return _iam_policy(args)
             case "init-tables":
                 return _init_tables(args)
+            case "dead-letters":
+                return dead_letters(args, settings_from)
             case "demo":
                 return _demo(args.transcripts)
     except (ConfigError, DecodeError) as exc:

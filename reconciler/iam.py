@@ -19,8 +19,9 @@ worker can reach (the sources and the tables linked from them; a table that noth
 - the checkpoint table, which is also the lease table (one item per stream ARN and shard id): ``Query`` (a
   stream's leases, by partition key), ``GetItem``, ``UpdateItem`` (checkpoints, and taking, renewing and
   releasing a lease, each conditional on its counter) and ``PutItem`` (a new shard's lease, created only if
-  absent); the dead-letter table: ``UpdateItem`` (a letter written again adds its targets to those it holds);
-  both: ``DescribeTable``, for the pre-flight.
+  absent); the dead-letter table: ``UpdateItem`` (a letter written again adds its targets to those it holds)
+  and ``Query`` on its index ``by-kind-status`` only (the pending letters counted for the gauge); both:
+  ``DescribeTable``, for the pre-flight.
 - S3: ``ListObjectVersions`` (IAM action ``s3:ListBucketVersions``) on each bucket, only for prefixes under a
   scope (condition key ``s3:prefix``); ``DeleteObjects`` by ``VersionId``, which S3 authorizes per key as
   ``s3:DeleteObject`` and ``s3:DeleteObjectVersion``, only under each scope's static prefix. ``ListObjectsV2``
@@ -29,7 +30,9 @@ worker can reach (the sources and the tables linked from them; a table that noth
 Not granted on purpose: ``CreateTable`` on the worker's own tables. Production creates them from
 ``deploy/aws/tables.cfn.yaml``; ``run --create-tables`` and ``init-tables`` are for local and test use with
 other credentials. Under this policy ``--create-tables``
-fails with AccessDenied even when the tables exist: IAM is checked before the table is looked up.
+fails with AccessDenied even when the tables exist: IAM is checked before the table is looked up. Nor what
+``reconciler dead-letters`` adds to the worker's calls (``GetItem`` and ``DeleteItem`` on the dead-letter
+table): the worker never reads a whole letter back or deletes one.
 KMS: with a customer managed key on the worker's tables, the key policy must allow the worker's role to use it
 through DynamoDB (``kms:ViaService``); that is not part of this policy.
 
@@ -81,6 +84,9 @@ CHECKPOINT_ACTIONS = (
     "dynamodb:UpdateItem",
 )
 DEAD_LETTER_ACTIONS = ("dynamodb:DescribeTable", "dynamodb:UpdateItem")
+# The dead-letter table's index, as ``reconciler/adapters/tables.py`` names it (a test keeps the two equal;
+# this module stays free of botocore).
+DEAD_LETTER_INDEX = "by-kind-status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +129,9 @@ def policy(
         *_linked_statements(rules, arns),
         _statement("WorkerCheckpoints", CHECKPOINT_ACTIONS, [arns.table(checkpoint_table)]),
         _statement("WorkerDeadLetters", DEAD_LETTER_ACTIONS, [arns.table(dead_letter_table)]),
+        _statement(
+            "WorkerDeadLettersCount", ["dynamodb:Query"], [arns.index(dead_letter_table, DEAD_LETTER_INDEX)]
+        ),
         *_s3_statements(rules, arns),
     ]
     return {"Version": "2012-10-17", "Statement": sorted(statements, key=lambda s: str(s["Sid"]))}

@@ -13,12 +13,15 @@ from typing import Literal, Protocol
 
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.leases import Lease
+from reconciler.core.letters import LetterPlan
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
 
 LetterKind = Literal["undecodable", "no_image", "unsafe", "failed", "recreated", "trimmed"]
 """Why a dead letter was written; also the ``kind`` label of ``reconciler_dead_letters_total``."""
+LetterStatus = Literal["pending", "resolved"]
+"""A letter is pending until its work is done (redriven) or a person resolved it; written again, pending."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,11 @@ class DeadLetter:
     attempts: int = 0
     first_attempt: dt.datetime | None = None
     last_attempt: dt.datetime | None = None
+    plan: LetterPlan | None = None
+    """What redrive re-executes (metadata only); None where there is no plan (no image, no record)."""
+    status: LetterStatus = "pending"
+    resolved_at: dt.datetime | None = None
+    """When the letter was last resolved; kept when a redelivered record makes it pending again."""
 
     @property
     def letter_id(self) -> str:
@@ -177,7 +185,38 @@ class DeadLetter:
 
 
 class DeadLetterStore(Protocol):
+    """The dead-letter table. Letters are listed by kind and time through an index, never a table scan; a
+    letter is an audit record: resolving keeps it, and only ``purge_resolved`` deletes."""
+
     async def put(self, letter: DeadLetter) -> bool:
-        """Write ``letter`` durably; a letter with the same id is updated, its ``targets`` added to those it
-        held (never dropped). True if the letter is new, so a redelivered record is not counted twice."""
+        """Write ``letter`` durably, pending; a letter with the same id is updated (pending again, its first
+        ``created_at`` kept), its ``targets`` added to those it held (never dropped). True if the letter is
+        new, so a redelivered record is not counted twice."""
+        ...
+
+    def list(
+        self,
+        *,
+        kind: LetterKind | None = None,
+        since: dt.datetime | None = None,
+        status: LetterStatus | None = None,
+    ) -> AsyncIterator[DeadLetter]:
+        """Letters of ``kind`` (every kind if None) created at or after ``since``, of ``status`` (both if
+        None): by kind, then status, oldest first, read page by page. The index is eventually consistent."""
+        ...
+
+    async def get(self, letter_id: str) -> DeadLetter | None:
+        """The letter as stored now (a strongly consistent read), or None."""
+        ...
+
+    async def resolve(self, letter_id: str, at: dt.datetime) -> bool:
+        """Mark a pending letter resolved at ``at``; False (and nothing written) if it is not pending."""
+        ...
+
+    async def purge_resolved(self, older_than: dt.datetime) -> int:
+        """Delete letters resolved before ``older_than`` (each only if still resolved then); how many."""
+        ...
+
+    async def count_pending(self, kind: LetterKind) -> int:
+        """Pending letters of ``kind``, counted from the index without reading whole letters."""
         ...

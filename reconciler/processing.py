@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -13,6 +13,15 @@ import structlog
 from reconciler.core.classify import Cause, ttl_expiry
 from reconciler.core.decide import decide
 from reconciler.core.dynamodb_json import Image
+from reconciler.core.letters import (
+    MAX_LETTER_BYTES,
+    MAX_LETTER_TARGETS,
+    MAX_PLAN_CHARACTERS,
+    LetterPlan,
+    Refused,
+    capped,
+    utf8_bytes,
+)
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Outcome, Pending, Tally
 from reconciler.core.plan import DeletionPlan, Unsafe, key_hash, resolve
 from reconciler.core.records import StreamRecord, Undecodable
@@ -24,11 +33,7 @@ from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
 
 log = structlog.get_logger("reconciler.processing")
 
-# A letter is one DynamoDB item (at most 400 KB): its targets are capped by number and by text (an S3 key
-# may be 1,024 bytes), and a failure's reason names a few distinct errors, so every letter can be written.
-MAX_LETTER_TARGETS = 1000
-MAX_LETTER_BYTES = 200_000  # UTF-8, as DynamoDB counts an item's size
-MAX_REASON_ERRORS = 10
+MAX_REASON_ERRORS = 10  # distinct errors a failure's reason names: a letter is one DynamoDB item (400 KB)
 MAX_LOGGED_REFUSALS = 100  # per record: an image naming 100,000 refused targets is one summary, not a flood
 
 Clock = Callable[[], dt.datetime]
@@ -70,10 +75,12 @@ class RecordProcessor:
         """The record's retry budget is spent: dead-letter what it still asks for (its plan's objects,
         prefixes and links: identifiers and S3 URIs, never image content) with the last error and the
         attempts, so the checkpoint can move on. Pending, and tried again, if the letter cannot be written."""
+        targets: tuple[str, ...] = ()
         try:
-            cause, targets = self._still_asked(origin, record)
+            cause, plan = self._still_asked(origin, record)
         except Exception as exc:  # noqa: BLE001 - a record that crashes planning must still be let go
-            cause, targets = None, (f"targets unknown: planning failed with {type(exc).__name__}",)
+            cause, plan = None, None
+            targets = (f"targets unknown: planning failed with {type(exc).__name__}",)
         log.error(
             "record.gave_up",
             sequence_number=record.sequence_number,
@@ -81,22 +88,24 @@ class RecordProcessor:
             error=pending.error,
         )
         reason = f"gave up after {attempts.count} attempts: {pending.error}"
+        if plan is not None:
+            targets = plan_targets(plan)
         outcome = await self._dead_letter(
-            origin, record, "failed", reason, cause, targets=targets, attempts=attempts
+            origin, record, "failed", reason, cause, targets=targets, attempts=attempts, plan=plan
         )
         return self._counted(origin, outcome)
 
     def _still_asked(
         self, origin: Origin, record: StreamRecord | Undecodable
-    ) -> tuple[Cause | None, tuple[str, ...]]:
-        """The record's cause and what its plan asks for: its letter's targets."""
+    ) -> tuple[Cause | None, DeletionPlan | None]:
+        """The record's cause and the plan of what it asks for, if it has one."""
         if not isinstance(record, StreamRecord):
-            return None, ()
+            return None, None
         table = self._rules.tables[origin.table]
         cause = decide(record, table).cause
         if cause is None or record.old_image is None:
-            return cause, ()
-        return cause, plan_targets(resolve(table, record.old_image))
+            return cause, None
+        return cause, resolve(table, record.old_image)
 
     def _counted(self, origin: Origin, outcome: Outcome) -> Outcome:
         self._metrics.outcomes.labels(origin.table, _outcome_label(outcome)).inc()
@@ -132,22 +141,24 @@ class RecordProcessor:
         table = self._rules.tables[origin.table]
         plan = resolve(table, image)
         # The same key written again shares the scope: deleting would take the new item's artifacts.
-        refusal = await self._exists_again(origin, record, cause, plan.key, "the item exists again")
+        refusal = await self._exists_again(origin, record, cause, plan, "the item exists again")
         if refusal is not None:
             return refusal
-        result = await self._executor.execute(plan, self._recorder(origin, record, cause))
+        result = await self._executor.execute(plan, self._recorder(origin, record, cause, plan))
         self._report_unsafe(result)
         reason = "the item was written again while its artifacts were deleted; check its new ones"
-        refusal = await self._exists_again(origin, record, cause, plan.key, reason, result)
+        refusal = await self._exists_again(origin, record, cause, plan, reason, result)
         if refusal is not None:
             return refusal
         if result.errors:
-            return await self._failed(origin, record, cause, result)
+            return await self._failed(origin, record, cause, plan, result)
         if plan.blocked:  # an unsafe identifier: nothing could be planned, so nothing was deleted
-            return await self._dead_letter(origin, record, "unsafe", "unsafe identifier", cause, result)
+            return await self._dead_letter(
+                origin, record, "unsafe", "unsafe identifier", cause, result, plan=plan
+            )
         if result.unsafe:
             reason = f"{len(result.unsafe)} targets refused by the scope check"
-            letter = await self._dead_letter(origin, record, "unsafe", reason, cause, result)
+            letter = await self._dead_letter(origin, record, "unsafe", reason, cause, result, plan=plan)
             if isinstance(letter, Pending):
                 return letter
         completed = self._clock()
@@ -166,7 +177,9 @@ class RecordProcessor:
         unsafe = tuple(s.unsafe for s in result.unsafe)
         return Deleted(record.sequence_number, cause, result.tally, completed, unsafe)
 
-    def _recorder(self, origin: Origin, record: StreamRecord, cause: Cause) -> RecordRefusals:
+    def _recorder(
+        self, origin: Origin, record: StreamRecord, cause: Cause, plan: DeletionPlan
+    ) -> RecordRefusals:
         """Writes the record's ``unsafe`` letter with every refusal so far, before a linked item holding
         refused targets is deleted. Refusals only accumulate: each call adds to what earlier calls (other
         linked items, other nesting levels) recorded, and the store adds a letter's targets to those it
@@ -187,13 +200,12 @@ class RecordProcessor:
                 key = (scoped.table, key_hash(scoped.table, scoped.key), scoped.unsafe)
                 if key not in seen:
                     seen[key] = scoped
-                    size += _bytes(self._refusal(origin, scoped))
+                    size += utf8_bytes(self._refusal(origin, scoped))
             if len(seen) > MAX_LETTER_TARGETS or size > MAX_LETTER_BYTES:
                 return False
             reason = f"{len(seen)} targets refused by the scope check"
-            letter = await self._dead_letter(
-                origin, record, "unsafe", reason, cause, ExecutionResult(unsafe=list(seen.values()))
-            )
+            so_far = ExecutionResult(unsafe=list(seen.values()))
+            letter = await self._dead_letter(origin, record, "unsafe", reason, cause, so_far, plan=plan)
             if isinstance(letter, Pending):
                 raise TransientError(letter.error)
             return True
@@ -205,21 +217,22 @@ class RecordProcessor:
         origin: Origin,
         record: StreamRecord,
         cause: Cause,
-        key: Mapping[str, object],
+        plan: DeletionPlan,
         reason: str,
         result: ExecutionResult | None = None,
     ) -> Outcome | None:
         """A dead letter (or Pending) if the deleted item's key holds an item again, else None."""
         try:
-            current = await self._items.get(origin.table, key)
+            current = await self._items.get(origin.table, plan.key)
         except ReconcilerError as exc:
             if exc.retriable:
                 return Pending(record.sequence_number, f"cannot check the item: {exc}")
-            return await self._dead_letter(origin, record, "failed", f"cannot check the item: {exc}", cause)
+            why = f"cannot check the item: {exc}"
+            return await self._dead_letter(origin, record, "failed", why, cause, plan=plan)
         if current is None:
             return None
-        log.error("deletion.item_recreated", key_hash=key_hash(origin.table, key))
-        return await self._dead_letter(origin, record, "recreated", reason, cause, result)
+        log.error("deletion.item_recreated", key_hash=key_hash(origin.table, plan.key))
+        return await self._dead_letter(origin, record, "recreated", reason, cause, result, plan=plan)
 
     async def record_gap(self, origin: Origin, after: str | None) -> None:
         """Records after ``after`` were trimmed unread: leave a durable mark for the sweeper and operators."""
@@ -269,7 +282,7 @@ class RecordProcessor:
             )
 
     async def _failed(
-        self, origin: Origin, record: StreamRecord, cause: Cause, result: ExecutionResult
+        self, origin: Origin, record: StreamRecord, cause: Cause, plan: DeletionPlan, result: ExecutionResult
     ) -> Outcome:
         for error in result.errors:
             self._metrics.failures.labels("delete", type(error).__name__).inc()
@@ -281,7 +294,7 @@ class RecordProcessor:
             log.warning("deletion.retry", sequence_number=record.sequence_number, error=summary)
             return Pending(record.sequence_number, summary)
         log.error("deletion.failed", sequence_number=record.sequence_number, error=summary)
-        return await self._dead_letter(origin, record, "failed", summary, cause, result)
+        return await self._dead_letter(origin, record, "failed", summary, cause, result, plan=plan)
 
     def _observe_lag(
         self, record: StreamRecord, cause: Cause, ttl_attribute: str | None, done: dt.datetime
@@ -308,8 +321,10 @@ class RecordProcessor:
         *,
         targets: tuple[str, ...] = (),
         attempts: Attempts | None = None,
+        plan: DeletionPlan | None = None,
     ) -> DeadLettered | Pending:
         refused = result.unsafe if result else []
+        stored, reason = _stored_plan(plan, refused, reason)
         # Past the cap, the letter says how many more; linked items holding those were kept (see _recorder).
         named = itertools.chain(targets, (self._refusal(origin, s) for s in refused))
         targets = capped(named, len(targets) + len(refused))
@@ -329,6 +344,7 @@ class RecordProcessor:
             attempts=attempts.count if attempts else 0,
             first_attempt=attempts.first if attempts else None,
             last_attempt=attempts.last if attempts else None,
+            plan=stored,
         )
         try:
             new = await self._dead_letters.put(letter)
@@ -350,6 +366,19 @@ class Attempts:
     last: dt.datetime
 
 
+def _stored_plan(
+    plan: DeletionPlan | None, refused: Sequence[ScopedUnsafe], reason: str
+) -> tuple[LetterPlan | None, str]:
+    """The plan a letter stores for redrive, with its refusals; None (and the reason says so) when it would
+    not fit in a letter."""
+    if plan is None:
+        return None, reason
+    stored = LetterPlan.of(plan, (Refused(s.table, s.unsafe.target, s.unsafe.reason.value) for s in refused))
+    if stored.characters > MAX_PLAN_CHARACTERS:
+        return None, f"{reason} (plan too large to store: {stored.characters} characters)"
+    return stored, reason
+
+
 def plan_targets(plan: DeletionPlan) -> tuple[str, ...]:
     """What a plan asks for, as a letter names it: S3 URIs and link queries (identifiers)."""
     return (
@@ -357,24 +386,6 @@ def plan_targets(plan: DeletionPlan) -> tuple[str, ...]:
         *(f"prefix: {p}" for p in plan.prefixes),
         *(f"linked: {q.table} where {q.attribute} = {q.value}" for q in plan.links),
     )
-
-
-def capped(named: Iterable[str], total: int) -> tuple[str, ...]:
-    """The first of ``total`` targets that fit a letter, then a line saying how many more there were."""
-    kept: list[str] = []
-    size = 0
-    for text in named:
-        if len(kept) == MAX_LETTER_TARGETS or size + _bytes(text) > MAX_LETTER_BYTES:
-            break
-        kept.append(text)
-        size += _bytes(text)
-    if total > len(kept):
-        kept.append(f"... and {total - len(kept)} more")
-    return tuple(kept)
-
-
-def _bytes(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _outcome_label(outcome: Outcome) -> str:

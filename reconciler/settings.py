@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         description="Age of a record (from its stream timestamp) past which a failing one is dead-lettered.",
     )
     discovery_seconds: float = Field(default=30.0, gt=0, description="How often new shards are looked for.")
+    dead_letter_count_seconds: float = Field(
+        default=60.0, gt=0, description="How often pending dead letters are counted, by kind, for the gauge."
+    )
     shutdown_grace_seconds: float = Field(default=25.0, gt=0, description="Drain time after SIGTERM.")
     liveness_seconds: float = Field(default=300.0, gt=0, description="Consumer silence that fails /healthz.")
     tls_policy: TlsPolicy = Field(

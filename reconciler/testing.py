@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import typing
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -38,6 +39,8 @@ from reconciler.errors import (
 from reconciler.ports import (
     DeadLetter,
     DeleteReport,
+    LetterKind,
+    LetterStatus,
     ObjectVersion,
     RecordsPage,
     Shard,
@@ -344,24 +347,79 @@ MAX_ITEM_BYTES = 400 * 1024  # DynamoDB refuses to write a larger item (moto che
 
 @dataclass
 class FakeDeadLetterStore:
-    """Letters by id; like the table, a letter written again keeps its earlier targets, and a letter larger
-    than a DynamoDB item is refused."""
+    """The dead-letter table in memory, with the adapter's promises: a letter written again is pending again
+    and keeps its first ``created_at`` and every target named; a letter larger than a DynamoDB item is
+    refused, as AWS refuses it; listings go by kind, then status, oldest first; resolving and purging are
+    conditional on the letter's status. ``fail`` throttles every call."""
 
     letters: dict[str, DeadLetter] = field(default_factory=dict)
     fail: bool = False
 
-    async def put(self, letter: DeadLetter) -> bool:
+    def _check(self) -> None:
         if self.fail:
             raise TransientError("dead-letter table throttled")
+
+    async def put(self, letter: DeadLetter) -> bool:
+        self._check()
         held = self.letters.get(letter.letter_id)
         if held is not None:
             letter = dataclasses.replace(
-                letter, targets=tuple(dict.fromkeys((*held.targets, *letter.targets)))
+                letter,
+                targets=tuple(dict.fromkeys((*held.targets, *letter.targets))),
+                created_at=held.created_at,
+                resolved_at=held.resolved_at,
             )
         if _item_bytes(letter) > MAX_ITEM_BYTES:
             raise PermanentError("AWS refused the call: ValidationException")
-        self.letters[letter.letter_id] = letter
+        self.letters[letter.letter_id] = dataclasses.replace(letter, status="pending")
         return held is None
+
+    async def list(
+        self,
+        *,
+        kind: LetterKind | None = None,
+        since: dt.datetime | None = None,
+        status: LetterStatus | None = None,
+    ) -> AsyncIterator[DeadLetter]:
+        self._check()
+        kinds: tuple[str, ...] = (kind,) if kind else typing.get_args(LetterKind)
+        statuses: tuple[str, ...] = (status,) if status else typing.get_args(LetterStatus)
+        found = [
+            held
+            for held in self.letters.values()
+            if held.kind in kinds and held.status in statuses and (since is None or held.created_at >= since)
+        ]
+        order = {name: n for n, name in enumerate((*kinds, *statuses))}
+        found.sort(key=lambda h: (order[h.kind], order[h.status], h.created_at, h.letter_id))
+        for held in found:
+            yield held
+
+    async def get(self, letter_id: str) -> DeadLetter | None:
+        self._check()
+        return self.letters.get(letter_id)
+
+    async def resolve(self, letter_id: str, at: dt.datetime) -> bool:
+        self._check()
+        held = self.letters.get(letter_id)
+        if held is None or held.status != "pending":
+            return False
+        self.letters[letter_id] = dataclasses.replace(held, status="resolved", resolved_at=at)
+        return True
+
+    async def purge_resolved(self, older_than: dt.datetime) -> int:
+        self._check()
+        gone = [
+            letter_id
+            for letter_id, held in self.letters.items()
+            if held.status == "resolved" and held.resolved_at is not None and held.resolved_at < older_than
+        ]
+        for letter_id in gone:
+            del self.letters[letter_id]
+        return len(gone)
+
+    async def count_pending(self, kind: LetterKind) -> int:
+        self._check()
+        return sum(1 for held in self.letters.values() if held.kind == kind and held.status == "pending")
 
 
 def _item_bytes(letter: DeadLetter) -> int:

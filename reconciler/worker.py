@@ -6,6 +6,7 @@ leases are taken; a shard that ends wakes the loop so its children start at once
 stop claiming work, let consumers finish and checkpoint what is in flight under ``shutdown_grace_seconds``,
 cancel what is left, then release every lease so peers take the shards at their next heartbeat. A second
 signal cancels at once. Work that was not checkpointed is delivered again to whoever reads the shard next.
+Beside them, every ``dead_letter_count_seconds`` the pending dead letters are counted by kind for the gauge.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import datetime as dt
 import signal
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,7 +28,7 @@ from reconciler.core.spec import RuleSet
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.observability.http import HttpServer
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import LeaseStore, StreamSource
+from reconciler.ports import DeadLetterStore, LeaseStore, LetterKind, StreamSource
 from reconciler.preflight import Preflight
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.settings import Settings
@@ -41,6 +43,8 @@ class Collaborators:
     processor: RecordProcessor
     metrics: Metrics
     owner: str = "worker"
+    dead_letters: DeadLetterStore | None = None
+    """Counted for ``reconciler_dead_letters_pending`` when set."""
     preflight: Preflight | None = None
     """Checks (and table creation) before anything is consumed; None skips them."""
 
@@ -135,6 +139,8 @@ class Worker:
                 return  # stopped while AWS was still being waited for: nothing was claimed
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._renewals(), name="lease-heartbeat")
+                if self._parts.dead_letters is not None:
+                    group.create_task(self._count_letters(self._parts.dead_letters), name="dead-letter-count")
                 await self._supervise(group)
                 await self._drain()
                 await self._release()
@@ -222,6 +228,18 @@ class Worker:
                 self._parts.metrics.failures.labels("lease", type(exc).__name__).inc()
                 log.warning("lease.heartbeat_failed", error_type=type(exc).__name__)
             await _wait_any(self._released, seconds=self._settings.heartbeat_seconds)
+
+    async def _count_letters(self, store: DeadLetterStore) -> None:
+        """The pending gauge, by kind, until the worker stops: one ``Select=COUNT`` Query per kind, which
+        reads only pending letters. A failed count leaves the last values and is tried at the next period."""
+        while not self._stopping.is_set():
+            try:
+                for kind in typing.get_args(LetterKind):
+                    self._parts.metrics.dead_letters_pending.labels(kind).set(await store.count_pending(kind))
+            except Exception as exc:  # noqa: BLE001 - a count must never stop the worker; the next one tries
+                self._parts.metrics.failures.labels("dead_letter_count", type(exc).__name__).inc()
+                log.warning("dead_letter.count_failed", error_type=type(exc).__name__)
+            await _wait_any(self._stopping, seconds=self._settings.dead_letter_count_seconds)
 
     async def _coordinate(self, group: asyncio.TaskGroup) -> None:
         """Take what the share allows and start it."""

@@ -3,6 +3,7 @@
     python scripts/generate.py            # rewrite deploy/prometheus/*.yaml and dashboards/*.json
     python scripts/generate.py --check    # exit 1 if a committed file differs (CI runs this via pytest)
     python scripts/generate.py --objective 0.995 --threshold 1800 --out /tmp/mine   # your own SLO
+    python scripts/generate.py --keep-labels namespace,cluster --runbook https://git.example.com/.../runbook.md
 
 Rules come from ``reconciler.observability.slo``; the dashboard from ``dashboards/overview.py``.
 """
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the dashboard source lives at the repository root
@@ -21,6 +23,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: the dashboard source lives at 
 import yaml  # noqa: E402
 
 from dashboards.overview import render  # noqa: E402
+from reconciler.observability.promql import Scope  # noqa: E402
 from reconciler.observability.slo import JOB, RUNBOOK, Slo, rule_groups  # noqa: E402
 
 RULES = Path("deploy/prometheus/reconciler.rules.yaml")
@@ -64,14 +67,33 @@ def prometheus_rule(groups: list[dict[str, Any]]) -> str:
     )
 
 
-def outputs(slo: Slo, job: str = JOB, runbook: str = RUNBOOK) -> dict[Path, str]:
+def outputs(slo: Slo, job: str = JOB, runbook: str = RUNBOOK, keep: Sequence[str] = ()) -> dict[Path, str]:
     """Every generated file, by path relative to the repository root."""
-    groups = rule_groups(slo, job=job, runbook=runbook)
+    groups = rule_groups(slo, job=job, runbook=runbook, keep=keep)
     return {
         RULES: rules_file(groups),
         PROMETHEUS_RULE: prometheus_rule(groups),
-        DASHBOARD: render(slo, job=job),
+        DASHBOARD: render(slo, job=job, keep=keep),
     }
+
+
+def labels(text: str) -> tuple[str, ...]:
+    """``namespace,cluster`` as the labels to keep; checked as Prometheus label names."""
+    keep = tuple(label.strip() for label in text.split(",") if label.strip())
+    try:
+        Scope(keep=keep)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return keep
+
+
+def runbook_url(text: str) -> str:
+    """An absolute http(s) URL of the runbook, without an #anchor: alerts add their own."""
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.netloc or parts.fragment or text.endswith("#"):
+        msg = f"{text!r}: give the runbook's absolute http(s) URL, without an #anchor"
+        raise argparse.ArgumentTypeError(msg)
+    return text
 
 
 def stale(files: dict[Path, str], root: Path = ROOT) -> list[Path]:
@@ -93,14 +115,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=default.threshold_seconds, help="seconds (3600)")
     parser.add_argument("--period-days", type=int, default=default.period_days, help="SLO period (30)")
     parser.add_argument("--job", default=JOB, help="the Prometheus job label of the worker's targets")
-    parser.add_argument("--runbook", default=RUNBOOK, help="runbook URL that alerts link to (#anchors added)")
+    parser.add_argument(
+        "--runbook",
+        type=runbook_url,
+        default=None,  # not RUNBOOK: argparse would check the default as if given
+        help=f"absolute URL of the runbook that alerts link to, #anchors added (default: {RUNBOOK})",
+    )
+    parser.add_argument(
+        "--keep-labels",
+        type=labels,
+        default=(),
+        metavar="LABEL[,LABEL]",
+        help="target labels (namespace, cluster) kept in every aggregation, so that one Prometheus holding"
+        " several deployments alerts per deployment (default: none)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT, help="write under this directory (default: repo)")
     args = parser.parse_args(argv)
     try:
         slo = Slo(args.objective, args.threshold, args.period_days)
     except ValueError as exc:
         parser.error(str(exc))
-    files = outputs(slo, args.job, args.runbook)
+    files = outputs(slo, args.job, args.runbook or RUNBOOK, args.keep_labels)
     if args.check:
         for path in stale(files, args.out):
             print(f"{path} is out of date: run python scripts/generate.py", file=sys.stderr)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import pytest
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
-from reconciler.adapters.dynamodb import DynamoDBDeadLetterStore, DynamoDBItemStore
+from reconciler.adapters.dynamodb import DynamoDBItemStore
 from reconciler.adapters.leases import DynamoDBLeaseStore
+from reconciler.adapters.letters import DynamoDBDeadLetterStore
 from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.tables import create_worker_tables
 from reconciler.core.dynamodb_json import encode_key

@@ -11,17 +11,25 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from dashboards.lag import burn_lines
 from dashboards.overview import build, queries, render
 from reconciler.observability.metrics import Metrics
 from reconciler.observability.slo import (
+    BURN_WINDOWS,
+    CREEPING,
     FAST,
-    ITERATOR_AGE_PAGE_SECONDS,
-    ITERATOR_AGE_TICKET_SECONDS,
     JOB,
     SLOW,
-    STALL_SECONDS,
+    STEADY,
+    TTL_SERVICE_LATE_RATIO,
+    TTL_SERVICE_LATE_SECONDS,
     Slo,
     rule_groups,
+)
+from reconciler.observability.worker_alerts import (
+    ITERATOR_AGE_PAGE_SECONDS,
+    ITERATOR_AGE_TICKET_SECONDS,
+    STALL_SECONDS,
 )
 from reconciler.rules import load_rules
 
@@ -36,8 +44,8 @@ UNITS = {"none", "short", "percentunit", "s", "ops"}
 SLOS = [Slo(), Slo(objective=0.995), Slo(objective=0.999, threshold_seconds=1800.0), Slo(period_days=28)]
 
 
-def _dashboard(slo: Slo | None = None, job: str = JOB) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(render(slo, job))
+def _dashboard(slo: Slo | None = None, job: str = JOB, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(render(slo, job, keep))
     return document
 
 
@@ -151,7 +159,7 @@ def test_every_series_has_a_legend() -> None:
 
 
 def test_lag_heatmap_reads_prometheus_buckets() -> None:
-    heatmap = _panel(_dashboard(), "Deletion lag distribution")
+    heatmap = _panel(_dashboard(), "Pipeline lag distribution")
     assert heatmap["type"] == "heatmap"
     assert heatmap["options"]["calculate"] is False
     assert heatmap["options"]["yAxis"]["unit"] == "s"
@@ -174,16 +182,52 @@ def test_slo_panels_follow_the_period() -> None:
 @pytest.mark.parametrize("slo", SLOS, ids=repr)
 def test_burn_rate_lines_are_the_alerts_burn_rates(slo: Slo) -> None:
     panel = _panel(_dashboard(slo), "Error-budget burn rate")
-    assert _steps(panel) == [(None, "green"), (slo.burn_rate(SLOW), "orange"), (slo.burn_rate(FAST), "red")]
+    tickets, pages = (
+        (slo.burn_rate(CREEPING), slo.burn_rate(STEADY)),
+        (slo.burn_rate(SLOW), slo.burn_rate(FAST)),
+    )
+    expected = sorted({*((rate, "orange") for rate in tickets), *((rate, "red") for rate in pages)})
+    assert _steps(panel) == [(None, "green"), *expected]
     assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
-    assert [t["legendFormat"] for t in panel["targets"]] == ["5m", "30m", "1h", "6h"]
+    assert [t["legendFormat"] for t in panel["targets"]] == ["5m", "30m", "1h", "2h", "6h", "1d", "3d"]
     assert all(t["expr"].endswith(f" / {slo.error_budget}") for t in panel["targets"])
 
 
+def test_burn_alert_lines_keep_one_line_per_rate_and_a_page_wins_a_tie() -> None:
+    """A week-long SLO asks 1x of both tickets: one orange line; no ticket colour over a page's rate."""
+    week = Slo(period_days=7)
+    assert week.burn_rate(STEADY) == week.burn_rate(CREEPING) == 1.0
+    assert burn_lines(week) == [(1.0, "orange"), (week.burn_rate(SLOW), "red"), (week.burn_rate(FAST), "red")]
+    assert len(burn_lines(Slo())) == len(BURN_WINDOWS)
+
+
 @pytest.mark.parametrize("seconds", [3600.0, 1800.0])
-def test_lag_quantiles_draw_the_slo_threshold(seconds: float) -> None:
-    panel = _panel(_dashboard(Slo(threshold_seconds=seconds)), "Deletion lag p50 / p99")
+def test_worker_lag_quantiles_draw_the_slo_threshold(seconds: float) -> None:
+    panel = _panel(_dashboard(Slo(threshold_seconds=seconds)), "Worker lag p50 / p99")
     assert _steps(panel) == [(None, "green"), (seconds, "red")]
+
+
+def test_slo_lag_row_shows_the_workers_lag_apart_from_the_ttl_service_lag() -> None:
+    """The SLI panel reads the worker's own histograms only; DynamoDB's lag has its own panel and line."""
+    dashboard = _dashboard()
+    worker = " ".join(t["expr"] for t in _panel(dashboard, "Worker lag p50 / p99")["targets"])
+    assert "reconciler_pipeline_lag_seconds_bucket" in worker
+    assert "reconciler_enforcement_lag_seconds_bucket" in worker
+    assert "ttl_service" not in worker
+    assert "reconciler_deletion_lag_seconds" not in worker
+    ttl = _panel(dashboard, "DynamoDB TTL service lag p50 / p99")
+    assert all("reconciler_ttl_service_lag_seconds_bucket" in t["expr"] for t in ttl["targets"])
+    assert _steps(ttl) == [(None, "green"), (TTL_SERVICE_LATE_SECONDS, "orange")]
+    share = _panel(dashboard, "Late share: the worker vs DynamoDB's TTL service")
+    assert _steps(share) == [(None, "green"), (TTL_SERVICE_LATE_RATIO, "orange")]
+    assert [t["expr"].split("{")[0] for t in share["targets"]] == [
+        "reconciler:deletion_lag_slo_errors:ratio_rate5m",
+        "1 - (sum(rate(reconciler_ttl_service_lag_seconds_bucket",
+    ]
+    alerts = {
+        rule["alert"]: rule["expr"] for group in rule_groups() for rule in group["rules"] if "alert" in rule
+    }
+    assert f"> {TTL_SERVICE_LATE_RATIO}" in alerts["ReconcilerTtlServiceLagHigh"]
 
 
 def test_shard_thresholds_match_the_alert_rules() -> None:
@@ -284,9 +328,28 @@ def test_layout_is_tidy() -> None:
     assert len({item["id"] for item in items}) == len(items)
     rows = [item for item in items if item["type"] == "row"]
     assert [row["title"] for row in rows] == [
-        "SLO: deletion lag",
-        "Deletion lag",
+        "SLO: the worker's deletion lag",
+        "Deletion lag: the worker's own vs DynamoDB's TTL service",
         "Throughput",
         "Failures and refusals",
         "Shards and replicas",
     ]
+
+
+def test_slo_dashboard_with_kept_labels_picks_one_deployment_in_every_query() -> None:
+    """With --keep-labels the rules record per namespace: each query must pick one, not sum them all."""
+    dashboard = _dashboard(keep=("namespace", "cluster"))
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for label in ("namespace", "cluster"):
+        assert variables[label]["query"] == f'label_values(reconciler_build_info{{job=~"$job"}}, {label})'
+        assert (variables[label]["includeAll"], variables[label]["multi"]) == (False, False)
+    kept = 'job=~"$job",namespace=~"$namespace",cluster=~"$cluster"'
+    exprs = [expr for _, expr in queries(dashboard)]
+    assert len(exprs) == len(queries(_dashboard()))
+    for expr in exprs:
+        selectors = SELECTOR.findall(expr)
+        assert selectors
+        assert all(matchers.startswith(kept) for _, matchers in selectors), expr
+    assert (
+        "namespace" not in render()
+    )  # the shipped dashboard, for one deployment per job, has no such filter

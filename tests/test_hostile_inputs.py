@@ -28,13 +28,14 @@ from structlog.testing import capture_logs
 
 from reconciler.adapters.aws import translate
 from reconciler.core.leases import SHARD_END
+from reconciler.core.letters import MAX_LETTER_BYTES
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Outcome, Pending
 from reconciler.core.plan import LinkQuery
 from reconciler.core.records import StreamRecord, Undecodable
 from reconciler.core.scope import S3Location
 from reconciler.observability.logs import configure_logging
 from reconciler.ports import ObjectVersion, VersionPage
-from reconciler.processing import MAX_LETTER_BYTES, Attempts, Origin
+from reconciler.processing import Attempts, Origin
 from reconciler.testing import FakeLeaseStore, FakeStreamSource, eventually, stream_record
 
 Raw = dict[str, Any]

@@ -17,9 +17,10 @@ from conftest import DEMO_RULES
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reconciler.adapters.tables import LETTERS_INDEX
 from reconciler.cli import EXIT_USAGE, main
 from reconciler.errors import ConfigError
-from reconciler.iam import DELETE_ACTIONS, policy
+from reconciler.iam import DEAD_LETTER_INDEX, DELETE_ACTIONS, policy
 from reconciler.rules import LinkRule, Rules, load_rules
 from reconciler.settings import Settings
 
@@ -213,12 +214,17 @@ def test_each_kind_of_resource_gets_only_its_own_actions() -> None:
             "dynamodb:DescribeTable",
         },
         f"{table}dead-letters": {"dynamodb:UpdateItem", "dynamodb:DescribeTable"},
+        f"{table}dead-letters/index/by-kind-status": {"dynamodb:Query"},
         **{f"arn:aws:s3:::{b}": {"s3:ListBucketVersions"} for b in rules.buckets},
         **{
             f"arn:aws:s3:::{b}/{p}*": {"s3:DeleteObject", "s3:DeleteObjectVersion"}
             for b, p in _scope_statics(rules)
         },
     }
+
+
+def test_the_dead_letter_index_granted_is_the_one_the_tables_have() -> None:
+    assert LETTERS_INDEX.name == DEAD_LETTER_INDEX
 
 
 def test_listing_is_limited_to_the_scope_prefixes() -> None:

@@ -33,6 +33,23 @@ def test_lag_histograms_and_record_counters_start_at_zero_so_a_catch_up_burst_is
     assert 'reconciler_ttl_service_lag_seconds_count{cause="requested"}' not in text  # no TTL to be late for
 
 
+def test_the_sweepers_enforcement_lag_for_the_slo_starts_at_zero_per_source_and_is_never_negative(
+    rules: Rules,
+) -> None:
+    """The SLO counts the sweeper's deletions from the first one; an early delete is on time, not negative."""
+    metrics = Metrics(CollectorRegistry())
+    metrics.initialize(rules.compile())
+    assert 'reconciler_enforcement_lag_seconds_count{table="transcripts"} 0.0' in _exposition(metrics)
+    metrics.observe_enforced("transcripts", -5.0)
+    metrics.observe_enforced("transcripts", 4000.0)
+    labels = {"table": "transcripts"}
+    sample = metrics.registry.get_sample_value
+    assert sample("reconciler_enforcement_lag_seconds_sum", labels) == 4000.0
+    assert sample("reconciler_enforcement_lag_seconds_bucket", {**labels, "le": "1.0"}) == 1.0
+    assert sample("reconciler_enforcement_lag_seconds_bucket", {**labels, "le": "3600.0"}) == 1.0
+    assert sample("reconciler_enforcement_lag_seconds_count", labels) == 2.0
+
+
 def test_the_poll_age_grows_with_the_clock_between_polls() -> None:
     now = [1000.0]
     metrics = Metrics(CollectorRegistry(), clock=lambda: now[0])

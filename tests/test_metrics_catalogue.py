@@ -31,6 +31,7 @@ def _exported(rules: Rules) -> dict[str, tuple[str, frozenset[str]]]:
     metrics.records.labels("transcripts", "REMOVE", "ttl").inc()
     for histogram in (metrics.deletion_lag, metrics.ttl_service_lag, metrics.pipeline_lag):
         histogram.labels("ttl").observe(1.0)
+    metrics.observe_enforced("transcripts", 1.0)  # the sweeper's; its series start at zero per source
     exported = {}
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

@@ -1,8 +1,9 @@
-"""A real Prometheus scrapes a real worker on moto: a lagging TTL service breaches the SLO and pages.
+"""A real Prometheus scrapes a real worker on moto: a lagging TTL service opens a ticket and pages nobody.
 
-Items whose TTL expired two hours ago are deleted now, as a late TTL service would, so their deletion lag
-exceeds the one-hour objective. The rules are the shipped ones with every window and ``for`` scaled by
-1/60 (1h becomes 1m, 5m becomes 5s) and a 1 s scrape and evaluation interval.
+Items whose TTL expired two hours ago are deleted now, as a late TTL service would: their lag from expiry
+exceeds an hour, but the worker finishes each within seconds of its REMOVE event, so the SLO (the worker's own
+lag) holds and only the TTL service ticket fires. The rules are the shipped ones with every window and ``for``
+scaled by 1/60 (1h becomes 1m, 5m becomes 5s) and a 1 s scrape and evaluation interval.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.prometheus]
 SCALE = 1 / 60
 LATE = 2 * 3600  # the TTL expired two hours before the TTL service deleted the item
 DASHBOARD = Path(__file__).parent.parent / "dashboards" / "reconciler-overview.json"
-FAST_BURN = "ReconcilerDeletionLagBudgetBurnFast"
+TTL_TICKET = "ReconcilerTtlServiceLagHigh"
+PAGES = ("ReconcilerDeletionLagBudgetBurnFast", "ReconcilerDeletionLagBudgetBurnSlow")
 # Panels whose counters start at zero: the held upload and the tampered link must move them.
 DRIVEN = ("Failures", "Unsafe targets", "Dead letters", "outcomes", "Artifacts")
+# No sweeper runs here: its histogram is exported at zero, so its quantile is a series without a value (NaN).
+UNDRIVEN = ("reconciler_enforcement_lag_seconds_bucket",)
 
 
 def _now() -> dt.datetime:
@@ -112,11 +116,14 @@ def _panel_queries() -> list[tuple[str, str]]:
     return found
 
 
-def _has_data(title: str, result: list[dict[str, Any]]) -> bool:
-    """A finite value; above zero for the panels this scenario drives (counters there start at zero)."""
+def _has_data(title: str, expr: str, result: list[dict[str, Any]]) -> bool:
+    """A finite value; above zero for the panels this scenario drives (counters there start at zero); a series
+    at all for what it does not drive."""
     values = [float(series["value"][1]) for series in result]
     if any(word in title for word in DRIVEN):
         return any(v > 0 for v in values)
+    if any(name in expr for name in UNDRIVEN):
+        return bool(values)
     return any(math.isfinite(v) for v in values)
 
 
@@ -130,14 +137,14 @@ async def _empty_panels(
         empty = []
         for title, expr in panel_queries:
             result = (await _get(session, f"{base}/api/v1/query", query=expr))["data"]["result"]
-            if not _has_data(title, result):
+            if not _has_data(title, expr, result):
                 empty.append(f"{title}: {expr}")
         if not empty or asyncio.get_running_loop().time() > deadline:
             return empty
         await asyncio.sleep(1.0)
 
 
-async def test_a_lagging_ttl_service_fires_the_fast_burn_alert_and_every_panel_has_data(
+async def test_a_lagging_ttl_service_opens_the_ttl_alert_ticket_never_an_slo_page_and_every_panel_has_data(
     endpoint: str, layout: Layout, rules: Rules, tmp_path: Path
 ) -> None:
     # One upload under legal hold (a refusal, dead-lettered) and one tampered link (an unsafe target), so
@@ -174,12 +181,15 @@ async def test_a_lagging_ttl_service_fires_the_fast_burn_alert_and_every_panel_h
             feeder = asyncio.create_task(_late_deletions(layout, seeder))
             try:
                 async with aiohttp.ClientSession() as session:
-                    alert = await _wait_firing(session, base, FAST_BURN, tmp_path)
-                    assert alert["labels"]["severity"] == "page"
+                    alert = await _wait_firing(session, base, TTL_TICKET, tmp_path)
+                    assert alert["labels"]["severity"] == "ticket"
                     description = alert["annotations"]["description"]
-                    assert "100%" in description, description  # every deletion was late
+                    assert "100%" in description, description  # every item left its table late
                     assert "<no value>" not in description
-                    assert not await _firing(session, base, "ReconcilerTargetDown")
+                    assert alert["annotations"]["runbook_url"].endswith("#reconcilerttlservicelaghigh")
+                    # the worker finished each deletion within seconds of its event: no page for DynamoDB
+                    for page in (*PAGES, "ReconcilerTargetDown"):
+                        assert not await _firing(session, base, page), page
 
                     panel_queries = _panel_queries()
                     assert len(panel_queries) > 15  # the dashboard's queries were found at all

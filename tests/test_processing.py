@@ -12,7 +12,7 @@ from conftest import World
 from reconciler.core.classify import Cause
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Pending
-from reconciler.core.plan import LinkQuery, Unsafe, UnsafeReason
+from reconciler.core.plan import LinkQuery, Unsafe, UnsafeReason, resolve
 from reconciler.core.records import StreamRecord, Undecodable, decode_record
 from reconciler.errors import TransientError
 from reconciler.execution import Executor, ScopedUnsafe
@@ -438,7 +438,8 @@ async def test_the_recorder_counts_refusals_across_its_calls_against_the_cap(
     monkeypatch.setattr("reconciler.processing.MAX_LETTER_TARGETS", 1)
     record = _record(world, 1, world.image("acct-1", "tr-1"))
     assert isinstance(record, StreamRecord)
-    record_refusals = world.processor._recorder(ORIGIN, record, Cause.TTL)
+    plan = resolve(world.rules.tables["transcripts"], world.image("acct-1", "tr-1"))
+    record_refusals = world.processor._recorder(ORIGIN, record, Cause.TTL, plan)
     first, second = (
         ScopedUnsafe("notes", {"note_id": n}, Unsafe(f"s3://b/{n}", UnsafeReason.OUT_OF_SCOPE, "outside"))
         for n in ("n1", "n2")

@@ -16,10 +16,18 @@ from cfnlint.api import lint_file  # type: ignore[import-untyped]
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
 from reconciler.adapters.leases import FINISHED_SHARD_RETENTION, DynamoDBLeaseStore
-from reconciler.adapters.tables import CHECKPOINTS, WORKER_TABLES, create_worker_tables
+from reconciler.adapters.letters import DynamoDBDeadLetterStore
+from reconciler.adapters.tables import (
+    CHECKPOINTS,
+    DEAD_LETTERS,
+    WORKER_TABLES,
+    create_table,
+    create_worker_tables,
+)
 from reconciler.cli import main
 from reconciler.core.leases import SHARD_END, Lease
 from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
+from reconciler.ports import DeadLetter
 from reconciler.settings import Settings
 
 TEMPLATE = Path(__file__).parent.parent / "deploy" / "aws" / "tables.cfn.yaml"
@@ -57,6 +65,8 @@ def test_the_template_declares_the_keys_the_worker_creates(template: dict[str, A
     properties = _properties(template, field)
     assert properties["KeySchema"] == WORKER_TABLES[field].key_schema()
     assert properties["AttributeDefinitions"] == WORKER_TABLES[field].attribute_definitions()
+    indexes = [i.definition() for i in WORKER_TABLES[field].indexes]
+    assert properties.get("GlobalSecondaryIndexes", []) == indexes
 
 
 @pytest.mark.parametrize("field", sorted(WORKER_TABLES))
@@ -114,18 +124,34 @@ def aws_env(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return endpoint
 
 
-async def _key_schemas(endpoint: str, names: list[str]) -> dict[str, tuple[list[Any], list[Any]]]:
+Described = tuple[list[Any], list[Any], dict[str, Any]]
+
+
+async def _key_schemas(endpoint: str, names: list[str]) -> dict[str, Described]:
+    """Keys, attribute definitions and indexes (name: key schema and projection) of each table."""
     aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
     async with AwsClients(aws) as clients:
         described = [(await clients.dynamodb.describe_table(TableName=n))["Table"] for n in names]
     return {
-        t["TableName"]: (list(t["KeySchema"]), sorted(t["AttributeDefinitions"], key=str)) for t in described
+        t["TableName"]: (
+            list(t["KeySchema"]),
+            sorted(t["AttributeDefinitions"], key=str),
+            {
+                i["IndexName"]: (i["KeySchema"], i["Projection"]["ProjectionType"])
+                for i in t.get("GlobalSecondaryIndexes", [])
+            },
+        )
+        for t in described
     }
 
 
-def _expected(names: dict[str, str]) -> dict[str, tuple[list[Any], list[Any]]]:
+def _expected(names: dict[str, str]) -> dict[str, Described]:
     return {
-        names[field]: (keys.key_schema(), sorted(keys.attribute_definitions(), key=str))
+        names[field]: (
+            keys.key_schema(),
+            sorted(keys.attribute_definitions(), key=str),
+            {i.name: (i.definition()["KeySchema"], i.projection) for i in keys.indexes},
+        )
         for field, keys in WORKER_TABLES.items()
     }
 
@@ -218,3 +244,26 @@ async def test_only_a_finished_shards_checkpoint_expires(aws_env: str) -> None:
     expires = int(rows["shardId-done"]["expires_at"]["N"])
     assert abs(expires - (time.time() + FINISHED_SHARD_RETENTION.total_seconds())) < 60
     assert dt.timedelta(hours=24) < FINISHED_SHARD_RETENTION <= dt.timedelta(days=2)
+
+
+@pytest.mark.integration
+async def test_a_letter_table_from_an_earlier_release_gets_its_index(aws_env: str) -> None:
+    """``create_worker_tables`` adds the index with UpdateTable to a table created without it; letters
+    written from then on are listed through it."""
+    aws = AwsSettings(region=REGION, endpoint_url=aws_env, credentials=CREDENTIALS)
+    async with AwsClients(aws) as clients:
+        await create_table(clients.dynamodb, "letters", DEAD_LETTERS.attributes)  # as an earlier release did
+        assert await create_worker_tables(clients.dynamodb, "checkpoints", "letters") == {
+            "checkpoints": True,
+            "letters": False,
+        }
+        store = DynamoDBDeadLetterStore(clients.dynamodb, Caller(RetryPolicy(attempts=2)), "letters")
+        letter = DeadLetter(
+            "transcripts", "arn:s", "shardId-1", "7", "e7", "failed", "why", dt.datetime.now(dt.UTC)
+        )
+        await store.put(letter)
+        assert [x.letter_id async for x in store.list(kind="failed")] == [letter.letter_id]
+    described = (await _key_schemas(aws_env, ["letters"]))["letters"]
+    assert (
+        described == _expected({"checkpoint_table": "checkpoints", "dead_letter_table": "letters"})["letters"]
+    )

@@ -1,5 +1,5 @@
-"""DynamoDB: linked items (Query, GetItem, BatchGetItem, conditional DeleteItem) and dead letters (the lease
-table is ``leases.py``).
+"""DynamoDB: linked items (Query, GetItem, BatchGetItem, conditional DeleteItem). The lease table is
+``leases.py``, the dead-letter table ``letters.py``.
 
 A linked item is deleted with ``DeleteItem`` conditioned on it still being linked, returning ``ALL_OLD``, so a
 re-linked item is never deleted and a changed one is seen.
@@ -17,7 +17,6 @@ from reconciler.adapters.aws import Caller, aws_operation, error_code
 from reconciler.core.dynamodb_json import Image, decode_image, encode_key, encode_value
 from reconciler.core.plan import LinkQuery
 from reconciler.errors import PermanentError, TransientError
-from reconciler.ports import DeadLetter
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -135,52 +134,3 @@ def _condition(query: LinkQuery, name: str) -> dict[str, Any]:
         names["#s"] = query.sort_attribute
         values[":p"] = {"S": query.sort_prefix}
     return {name: expression, "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
-
-
-class DynamoDBDeadLetterStore:
-    def __init__(self, client: DynamoDBClient, call: Caller, table: str) -> None:
-        self._client = client
-        self._call = call
-        self._table = table
-
-    async def put(self, letter: DeadLetter) -> bool:
-        """``UpdateItem``: the letter's fields are set, its targets ADDed to a string set, so a letter
-        written again (a redelivered record) never loses the targets an earlier write named."""
-        fields: dict[str, Any] = {
-            "source_table": {"S": letter.source_table},
-            "stream_arn": {"S": letter.stream_arn},
-            "shard_id": {"S": letter.shard_id},
-            "sequence_number": {"S": letter.sequence_number},
-            "event_id": {"S": letter.event_id or "-"},
-            "kind": {"S": letter.kind},
-            "reason": {"S": letter.reason},
-            "created_at": {"S": letter.created_at.isoformat()},
-        }
-        if letter.cause:
-            fields["cause"] = {"S": letter.cause}
-        if letter.item_table:
-            fields["item_table"] = {"S": letter.item_table}
-        if letter.item_key:
-            fields["item_key"] = {"M": encode_key(letter.item_key)}
-        if letter.attempts:
-            fields["attempts"] = {"N": str(letter.attempts)}
-        if letter.first_attempt is not None:
-            fields["first_attempt"] = {"S": letter.first_attempt.isoformat()}
-        if letter.last_attempt is not None:
-            fields["last_attempt"] = {"S": letter.last_attempt.isoformat()}
-        names = {f"#f{n}": name for n, name in enumerate(fields)}
-        values = {f":f{n}": value for n, value in enumerate(fields.values())}
-        update = "SET " + ", ".join(f"#f{n} = :f{n}" for n in range(len(fields)))
-        if letter.targets:
-            names["#t"], values[":t"] = "targets", {"SS": list(dict.fromkeys(letter.targets))}
-            update += " ADD #t :t"
-        response = await self._call(
-            self._client.update_item,
-            TableName=self._table,
-            Key={"letter_id": {"S": letter.letter_id}},
-            UpdateExpression=update,
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-            ReturnValues="ALL_OLD",
-        )
-        return "Attributes" not in response  # nothing was there before: the letter is new

@@ -186,6 +186,28 @@ class Template:
         key = "".join(literal + (p.render(image, parent) if p else "") for literal, p in self.parts)
         return S3Location(bucket=self.bucket, key=key)
 
+    def admits(self, location: S3Location, known: Image, parent: Image | None = None) -> bool:
+        """Whether an item could render this template as ``location``: its bucket and literal text, one safe
+        path segment for each placeholder, and for each placeholder whose attribute ``known`` (or, for
+        ``{parent.x}``, ``parent``) holds, the segment that value renders. A stored scope is checked with it
+        when no image is left to render from (a dead letter's plan, whose key is what is known)."""
+        if location.bucket != self.bucket:
+            return False
+        pattern = "".join(re.escape(literal) + ("([^/]+)" if p else "") for literal, p in self.parts)
+        match = re.fullmatch(pattern, location.key)
+        if match is None:
+            return False
+        try:
+            for placeholder, segment in zip(self.placeholders, match.groups(), strict=True):
+                check_segment(segment, placeholder.attribute)
+                source = parent if placeholder.parent else known
+                bound = source is not None and placeholder.attribute in source
+                if bound and placeholder.render(source or {}, source) != segment:
+                    return False
+        except ScopeViolation:
+            return False
+        return True
+
 
 def check_in_scope(target: S3Location, scopes: Iterable[S3Location]) -> None:
     """Raise ScopeViolation unless ``target`` lies under one of ``scopes`` and has a clean key."""

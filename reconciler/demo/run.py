@@ -69,6 +69,7 @@ def local_settings(endpoint: str, **overrides: object) -> Settings:
         "max_idle_poll_seconds": 0.5,
         "retry_backoff_seconds": 0.5,
         "discovery_seconds": 2.0,
+        "dead_letter_count_seconds": 2.0,
         "lease_seconds": LEASE_SECONDS,
         "heartbeat_seconds": 0.5,
     }

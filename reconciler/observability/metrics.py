@@ -39,6 +39,7 @@ ARTIFACT_OUTCOMES = (
     ("object", "absent"),
 )
 LEASE_TRANSITIONS = ("taken", "expired", "stolen", "released", "lost")
+REDRIVE_OUTCOMES = ("resolved", "refused", "failed", "skipped", "not_redrivable")
 RECORD_OUTCOMES = ("deleted", "ignored", "filtered", "dead_lettered", "retry")
 RECORD_EVENTS = (
     ("INSERT", "none"),
@@ -89,6 +90,18 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.dead_letters_pending = Gauge(
+            "reconciler_dead_letters_pending",
+            "Pending dead letters by kind, as last counted from the dead-letter table's index.",
+            ["kind"],
+            registry=registry,
+        )
+        self.dead_letters_redriven = Counter(
+            "reconciler_dead_letters_redriven_total",
+            "Dead letters redriven in this process, by kind and outcome (resolved, refused, failed, ...).",
+            ["kind", "outcome"],
+            registry=registry,
+        )
         self.failures = Counter(
             "reconciler_failures_total",
             "Failed attempts to finish a record or poll a shard, by stage and error type.",
@@ -119,6 +132,14 @@ class Metrics:
             "reconciler_pipeline_lag_seconds",
             "Seconds from the REMOVE event until every artifact was gone (this worker's own lag).",
             ["cause"],
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self.enforcement_lag = Histogram(
+            "reconciler_enforcement_lag_seconds",
+            "Seconds from an expired item's enforcement deadline (TTL expiry plus the enforcement grace)"
+            " until the sweeper deleted it (this worker's own lag, like the pipeline's).",
+            ["table"],
             buckets=LAG_BUCKETS,
             registry=registry,
         )
@@ -209,13 +230,20 @@ class Metrics:
         for table in rules.tables:
             for reason in UnsafeReason:
                 self.unsafe.labels(table, reason.value)
-        for kind in typing.get_args(LetterKind):
-            self.dead_letters.labels(kind)
+        self._initialize_letters()
         for kind, outcome in ARTIFACT_OUTCOMES:
             self.artifacts.labels(kind, outcome)
 
+    def _initialize_letters(self) -> None:
+        for kind in typing.get_args(LetterKind):
+            self.dead_letters.labels(kind)
+            self.dead_letters_pending.labels(kind)
+            for outcome in REDRIVE_OUTCOMES:
+                self.dead_letters_redriven.labels(kind, outcome)
+
     def _initialize_source(self, table: str) -> None:
         self.shards.labels(table)
+        self.enforcement_lag.labels(table)
         self.source_up.labels(table).set(0)
         self.leases_held.labels(table)
         self.shards_ended.labels(table)
@@ -224,6 +252,16 @@ class Metrics:
         self.in_flight.labels(table)
         for transition in LEASE_TRANSITIONS:
             self.lease_transitions.labels(table, transition)
+
+    def observe_enforced(self, table: str, lag_seconds: float) -> None:
+        """Count one expired item of ``table`` the sweeper deleted ``lag_seconds`` after its deadline.
+
+        For the enforcement sweeper: call it once per item it deleted itself, with the time from TTL expiry
+        plus the enforcement grace to its successful delete (clamped at zero: an early delete is on time).
+        The deletion-lag SLO counts each call as one event of the worker's own lag, beside the pipeline's.
+        The item's artifacts then go through the stream like any other REMOVE (``reconciler_pipeline_lag``).
+        """
+        self.enforcement_lag.labels(table).observe(max(lag_seconds, 0.0))
 
     def forget_shard(self, table: str, shard: str) -> None:
         """Drop a finished shard's series so closed shards do not pile up."""
