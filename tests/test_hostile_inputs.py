@@ -464,8 +464,9 @@ def _recorded(world: World) -> list[Outcome]:
 
 
 async def _consume(world: World, raws: Sequence[Raw], *, until_unplaceable: bool) -> FakeLeaseStore:
-    """Read ``raws`` from a closed shard to its end, or until the consumer stops before a record it cannot
-    place; the consumer is stopped whatever happens, so a shard that never ends fails instead of hanging."""
+    """Read ``raws`` from a closed shard to its end, or until the consumer has stopped before a record it
+    cannot place (counted, and the records before it checkpointed); the consumer is stopped whatever happens,
+    so a shard that never ends fails instead of hanging."""
     source, checkpoints = FakeStreamSource(), FakeLeaseStore()
     shard = source.add_shard("transcripts", "shardId-1", closed=True)
     for raw in raws:
@@ -475,8 +476,12 @@ async def _consume(world: World, raws: Sequence[Raw], *, until_unplaceable: bool
     try:
         if until_unplaceable:
             failures = UNPLACEABLE[1]
+            # Counted when the page is decoded, before the records ahead of it finish: wait for both.
             await eventually(
-                lambda: world.sample("reconciler_failures_total", **failures) >= 1, GUARD_SECONDS
+                lambda: (
+                    bool(checkpoints.history) and world.sample("reconciler_failures_total", **failures) >= 1
+                ),
+                GUARD_SECONDS,
             )
         else:
             await asyncio.wait_for(asyncio.shield(task), GUARD_SECONDS)
