@@ -222,8 +222,8 @@ class ShardConsumer:
             await self._settle()
             await self._flush()
             self._read_after = None
-            await self._sleep(self._settings.retry_backoff_seconds)
-            return False
+            # Raised, so the shard's backoff doubles (to 60 s) instead of re-reading every few seconds.
+            raise DecodeError("a record without a usable sequence number: the shard waits before it")
         return True
 
     async def _admit(self, record: StreamRecord | Undecodable) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -11,7 +13,15 @@ import structlog
 from reconciler.core.classify import Cause, ttl_expiry
 from reconciler.core.decide import decide
 from reconciler.core.dynamodb_json import Image
-from reconciler.core.letters import MAX_PLAN_CHARACTERS, LetterPlan, Refused
+from reconciler.core.letters import (
+    MAX_LETTER_BYTES,
+    MAX_LETTER_TARGETS,
+    MAX_PLAN_CHARACTERS,
+    LetterPlan,
+    Refused,
+    capped,
+    utf8_bytes,
+)
 from reconciler.core.outcomes import DeadLettered, Deleted, Filtered, Ignored, Outcome, Pending, Tally
 from reconciler.core.plan import DeletionPlan, Unsafe, key_hash, resolve
 from reconciler.core.records import StreamRecord, Undecodable
@@ -25,7 +35,8 @@ from reconciler.shadow import ShadowReport
 
 log = structlog.get_logger("reconciler.processing")
 
-MAX_LETTER_TARGETS = 1000  # about 200 KB of URIs: a DynamoDB item holds at most 400 KB
+MAX_REASON_ERRORS = 10  # distinct errors a failure's reason names: a letter is one DynamoDB item (400 KB)
+MAX_LOGGED_REFUSALS = 100  # per record: an image naming 100,000 refused targets is one summary, not a flood
 
 Clock = Callable[[], dt.datetime]
 
@@ -72,13 +83,12 @@ class RecordProcessor:
         """The record's retry budget is spent: dead-letter what it still asks for (its plan's objects,
         prefixes and links: identifiers and S3 URIs, never image content) with the last error and the
         attempts, so the checkpoint can move on. Pending, and tried again, if the letter cannot be written."""
-        cause: Cause | None = None
-        plan: DeletionPlan | None = None
-        if isinstance(record, StreamRecord):
-            table = self._rules.tables[origin.table]
-            cause = decide(record, table).cause
-            if cause is not None and record.old_image is not None:
-                plan = resolve(table, record.old_image)
+        targets: tuple[str, ...] = ()
+        try:
+            cause, plan = self._still_asked(origin, record)
+        except Exception as exc:  # noqa: BLE001 - a record that crashes planning must still be let go
+            cause, plan = None, None
+            targets = (f"targets unknown: planning failed with {type(exc).__name__}",)
         log.error(
             "record.gave_up",
             sequence_number=record.sequence_number,
@@ -86,11 +96,24 @@ class RecordProcessor:
             error=pending.error,
         )
         reason = f"gave up after {attempts.count} attempts: {pending.error}"
-        targets = plan_targets(plan) if plan is not None else ()
+        if plan is not None:
+            targets = plan_targets(plan)
         outcome = await self._dead_letter(
             origin, record, "failed", reason, cause, targets=targets, attempts=attempts, plan=plan
         )
         return self._counted(origin, outcome)
+
+    def _still_asked(
+        self, origin: Origin, record: StreamRecord | Undecodable
+    ) -> tuple[Cause | None, DeletionPlan | None]:
+        """The record's cause and the plan of what it asks for, if it has one."""
+        if not isinstance(record, StreamRecord):
+            return None, None
+        table = self._rules.tables[origin.table]
+        cause = decide(record, table).cause
+        if cause is None or record.old_image is None:
+            return cause, None
+        return cause, resolve(table, record.old_image)
 
     def _counted(self, origin: Origin, outcome: Outcome) -> Outcome:
         self._metrics.outcomes.labels(origin.table, _outcome_label(outcome)).inc()
@@ -108,10 +131,13 @@ class RecordProcessor:
         cause = decision.cause
         self._metrics.records.labels(origin.table, record.event_name.value, cause or "none").inc()
         if cause is None:
+            log.debug(
+                "record.ignored", sequence_number=record.sequence_number, event_name=record.event_name.value
+            )
             return Ignored(record.sequence_number)
         if decision.verdict == "filtered":
             # Not ours to cascade (a migration's DeleteItem, an admin's): counted, nothing deleted.
-            key = key_hash(origin.table, record.keys)
+            key = key_hash(origin.table, self._item_key(origin, record))
             log.info("record.filtered", key_hash=key, cause=cause.value, why=decision.detail)
             return Filtered(record.sequence_number, cause, decision.detail)
         if record.old_image is None:
@@ -187,10 +213,16 @@ class RecordProcessor:
         letter's ``reason`` count is the last writer's; the record's final letter sets it from the whole
         result.)"""
         seen: dict[tuple[str, str, Unsafe], ScopedUnsafe] = {}
+        size = 0  # bytes of the letter's targets, as it names them
 
         async def record_refusals(refusals: Sequence[ScopedUnsafe]) -> bool:
-            seen.update({(s.table, key_hash(s.table, s.key), s.unsafe): s for s in refusals})
-            if len(seen) > MAX_LETTER_TARGETS:
+            nonlocal size
+            for scoped in refusals:
+                key = (scoped.table, key_hash(scoped.table, scoped.key), scoped.unsafe)
+                if key not in seen:
+                    seen[key] = scoped
+                    size += utf8_bytes(self._refusal(origin, scoped))
+            if len(seen) > MAX_LETTER_TARGETS or size > MAX_LETTER_BYTES:
                 return False
             reason = f"{len(seen)} targets refused by the scope check"
             so_far = ExecutionResult(unsafe=list(seen.values()))
@@ -238,12 +270,33 @@ class RecordProcessor:
         if await self._dead_letters.put(letter):
             self._metrics.dead_letters.labels("trimmed").inc()
 
+    def _item_key(self, origin: Origin, record: StreamRecord | Undecodable) -> dict[str, object]:
+        """The record's ``Keys``, held to the table's key attributes: a malformed record's ``Keys`` may carry
+        other attributes, and letters and key hashes hold identifiers only."""
+        names = self._rules.tables[origin.table].key
+        return {name: record.keys[name] for name in names if name in record.keys}
+
+    @staticmethod
+    def _refusal(origin: Origin, scoped: ScopedUnsafe) -> str:
+        """A refused target as its letter names it: the reason, the target, and the linked item holding it."""
+        linked = (
+            ""
+            if scoped.table == origin.table
+            else f" (linked {scoped.table} {key_hash(scoped.table, scoped.key)})"
+        )
+        return f"{scoped.unsafe.reason.value}: {scoped.unsafe.target}{linked}"
+
     def _report_unsafe(self, result: ExecutionResult) -> None:
-        for scoped in result.unsafe:
-            if self._shadow is not None:
-                self._shadow.would_refuse(scoped)
-                continue
-            self._metrics.unsafe.labels(scoped.table, scoped.unsafe.reason.value).inc()
+        """Every refusal counted; the first ``MAX_LOGGED_REFUSALS`` logged one by one, the rest in a sum."""
+        if self._shadow is not None:
+            self._shadow.would_refuse(result.unsafe, log_at_most=MAX_LOGGED_REFUSALS)
+            return
+        counted = collections.Counter((s.table, s.unsafe.reason.value) for s in result.unsafe)
+        for (table, reason), count in counted.items():
+            self._metrics.unsafe.labels(table, reason).inc(count)
+        if len(result.unsafe) > MAX_LOGGED_REFUSALS:
+            log.warning("deletion.unsafe_targets_not_logged", count=len(result.unsafe) - MAX_LOGGED_REFUSALS)
+        for scoped in result.unsafe[:MAX_LOGGED_REFUSALS]:
             log.warning(
                 "deletion.unsafe_target",
                 table=scoped.table,
@@ -257,7 +310,10 @@ class RecordProcessor:
     ) -> Outcome:
         for error in result.errors:
             self._metrics.failures.labels("delete", type(error).__name__).inc()
-        summary = "; ".join(sorted({str(e) for e in result.errors}))
+        messages = sorted({str(e) for e in result.errors})
+        summary = "; ".join(messages[:MAX_REASON_ERRORS])
+        if len(messages) > MAX_REASON_ERRORS:
+            summary += f"; and {len(messages) - MAX_REASON_ERRORS} more errors"
         if result.retriable:
             log.warning("deletion.retry", sequence_number=record.sequence_number, error=summary)
             return Pending(record.sequence_number, summary)
@@ -293,13 +349,9 @@ class RecordProcessor:
     ) -> DeadLettered | Pending:
         refused = result.unsafe if result else []
         stored, reason = _stored_plan(plan, refused, reason)
-        targets += tuple(
-            f"{s.unsafe.reason.value}: {s.unsafe.target}"
-            + ("" if s.table == origin.table else f" (linked {s.table} {key_hash(s.table, s.key)})")
-            for s in refused[:MAX_LETTER_TARGETS]
-        )
-        if len(refused) > MAX_LETTER_TARGETS:  # linked items holding the rest were kept (see _recorder)
-            targets += (f"... and {len(refused) - MAX_LETTER_TARGETS} more",)
+        # Past the cap, the letter says how many more; linked items holding those were kept (see _recorder).
+        named = itertools.chain(targets, (self._refusal(origin, s) for s in refused))
+        targets = capped(named, len(targets) + len(refused))
         letter = DeadLetter(
             source_table=origin.table,
             stream_arn=origin.stream_arn,
@@ -311,7 +363,7 @@ class RecordProcessor:
             created_at=self._clock(),
             cause=cause.value if cause else None,
             item_table=origin.table,
-            item_key=dict(record.keys),
+            item_key=self._item_key(origin, record),
             targets=targets,
             attempts=attempts.count if attempts else 0,
             first_attempt=attempts.first if attempts else None,
@@ -352,15 +404,12 @@ def _stored_plan(
 
 
 def plan_targets(plan: DeletionPlan) -> tuple[str, ...]:
-    """What a plan asks for, as a letter names it: S3 URIs and link queries (identifiers), capped."""
-    named = (
+    """What a plan asks for, as a letter names it: S3 URIs and link queries (identifiers)."""
+    return (
         *(f"object: {o}" for o in plan.objects),
         *(f"prefix: {p}" for p in plan.prefixes),
         *(f"linked: {q.table} where {q.attribute} = {q.value}" for q in plan.links),
     )
-    if len(named) > MAX_LETTER_TARGETS:
-        return (*named[:MAX_LETTER_TARGETS], f"... and {len(named) - MAX_LETTER_TARGETS} more")
-    return named
 
 
 def _outcome_label(outcome: Outcome) -> str:

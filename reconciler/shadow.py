@@ -75,16 +75,22 @@ class ShadowReport:
             s3_keys_not_logged=max(len(keys) - MAX_LOGGED, 0),
         )
 
-    def would_refuse(self, scoped: ScopedUnsafe) -> None:
-        """A target the scope check refuses, as a real run would (and would dead-letter)."""
-        self._metrics.shadow_refusals.labels(scoped.table, scoped.unsafe.reason.value).inc()
-        log.warning(
-            "shadow.would_refuse",
-            table=scoped.table,
-            key_hash=key_hash(scoped.table, scoped.key),
-            target=scoped.unsafe.target,
-            reason=scoped.unsafe.reason.value,
-        )
+    def would_refuse(self, refusals: Sequence[ScopedUnsafe], *, log_at_most: int) -> None:
+        """Targets the scope check refuses, as a real run would (and would dead-letter): every one counted,
+        the first ``log_at_most`` logged one by one, the rest in a sum."""
+        counted = Counter((s.table, s.unsafe.reason.value) for s in refusals)
+        for (table, reason), count in counted.items():
+            self._metrics.shadow_refusals.labels(table, reason).inc(count)
+        if len(refusals) > log_at_most:
+            log.warning("shadow.refusals_not_logged", count=len(refusals) - log_at_most)
+        for scoped in refusals[:log_at_most]:
+            log.warning(
+                "shadow.would_refuse",
+                table=scoped.table,
+                key_hash=key_hash(scoped.table, scoped.key),
+                target=scoped.unsafe.target,
+                reason=scoped.unsafe.reason.value,
+            )
 
 
 class ShadowDeadLetters:

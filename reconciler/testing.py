@@ -34,6 +34,7 @@ from reconciler.errors import (
     ConfigError,
     ExpiredIteratorError,
     LeaseLostError,
+    PermanentError,
     TransientError,
     TrimmedDataError,
 )
@@ -206,7 +207,8 @@ class FakeStreamSource:
 
     async def iterator(self, shard: Shard, after: str | None) -> str:
         records = self.records_by_shard[shard.shard_id]
-        oldest = int(_seq(records[0])) if records else 0
+        first = _seq(records[0]) if records else ""
+        oldest = int(first) if first.isdigit() else 0
         if after is not None and shard.shard_id in self.trimmed and int(after) + 1 < oldest:
             raise TrimmedDataError("records after the checkpoint were trimmed")
         position = 0
@@ -234,9 +236,9 @@ class FakeStreamSource:
 
 
 def _seq(record: Mapping[str, object]) -> str:
-    body = record["dynamodb"]
-    assert isinstance(body, Mapping)  # noqa: S101
-    return str(body["SequenceNumber"])
+    """The record's sequence number as text; empty for a malformed record that has none."""
+    body = record.get("dynamodb")
+    return str(body.get("SequenceNumber", "")) if isinstance(body, Mapping) else ""
 
 
 @dataclass
@@ -346,11 +348,15 @@ class _Positions(MutableMapping[tuple[str, str], str]):
         return sum(1 for _ in self)
 
 
+MAX_ITEM_BYTES = 400 * 1024  # DynamoDB refuses to write a larger item (moto checks PutItem, not an ADD)
+
+
 @dataclass
 class FakeDeadLetterStore:
     """The dead-letter table in memory, with the adapter's promises: a letter written again is pending again
-    and keeps its first ``created_at`` and every target named; listings go by kind, then status, oldest
-    first; resolving and purging are conditional on the letter's status. ``fail`` throttles every call."""
+    and keeps its first ``created_at`` and every target named; a letter larger than a DynamoDB item is
+    refused, as AWS refuses it; listings go by kind, then status, oldest first; resolving and purging are
+    conditional on the letter's status. ``fail`` throttles every call."""
 
     letters: dict[str, DeadLetter] = field(default_factory=dict)
     fail: bool = False
@@ -369,6 +375,8 @@ class FakeDeadLetterStore:
                 created_at=held.created_at,
                 resolved_at=held.resolved_at,
             )
+        if _item_bytes(letter) > MAX_ITEM_BYTES:
+            raise PermanentError("AWS refused the call: ValidationException")
         self.letters[letter.letter_id] = dataclasses.replace(letter, status="pending")
         return held is None
 
@@ -534,6 +542,12 @@ class FakeSweepPositions:
             return
         self.saves += 1
         self.stored[lease.key] = position
+
+
+def _item_bytes(letter: DeadLetter) -> int:
+    """About what DynamoDB counts: the UTF-8 text of every field and target."""
+    texts = [str(value) for value in dataclasses.asdict(letter).values() if value is not None]
+    return sum(len(text.encode("utf-8", "surrogatepass")) for text in (*texts, *letter.targets))
 
 
 class FixedClock:

@@ -194,14 +194,26 @@ async def test_a_record_that_cannot_be_placed_stops_the_shard_there_without_skip
     source.append("shardId-1", broken)
     source.append("shardId-1", _removal(world, 3, "tr-3"))
     consumer = _consumer(world, source, shard, checkpoints)
+    slept: list[float] = []
+    real_sleep = consumer._sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(seconds)
+
+    consumer._sleep = sleep  # type: ignore[method-assign]
     task = asyncio.create_task(consumer.run())
-    await eventually(
-        lambda: world.sample("reconciler_failures_total", stage="decode", error="DecodeError") >= 2
-    )
-    consumer.stop()
-    await task
+    try:
+        await eventually(
+            lambda: world.sample("reconciler_failures_total", stage="decode", error="DecodeError") >= 3
+        )
+    finally:
+        consumer.stop()
+        await task
     assert checkpoints.positions[(shard.stream_arn, "shardId-1")] == f"{1:021d}"
     assert world.held_by("acct-1", "tr-3") > 0  # nothing after the unplaceable record was touched
+    base = FAST.retry_backoff_seconds  # re-read after a doubling wait, not every few seconds for a day
+    assert [s for s in slept if s >= base][:2] == [base, base * 2]
 
 
 async def test_a_trimmed_gap_is_dead_lettered_and_reading_resumes_at_the_trim_horizon(world: World) -> None:

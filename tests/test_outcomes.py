@@ -67,3 +67,44 @@ def test_a_window_starts_at_its_checkpoint_and_ignores_unknown_records() -> None
 
 def test_tallies_add_up() -> None:
     assert Tally(1, 2, 3, 4) + Tally(10, 20, 30, 40) == Tally(11, 22, 33, 44)
+
+
+def test_a_record_numbered_below_one_before_it_holds_the_position_until_it_finishes() -> None:
+    """A source out of order ([1, 3, 2, 4]): a restart reads after the checkpoint by number, so the position
+    must not reach 3 while 2 is unfinished, nor move back to 2 once it finishes."""
+    window = Window()
+    for n in (1, 3, 2, 4):
+        window.add(f"{n:021d}")
+    positions = []
+    for n in (1, 3, 4, 2):
+        window.finish(Ignored(f"{n:021d}"))
+        positions.append(int(window.position or 0))
+    assert positions == [1, 1, 1, 4]
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=12), max_size=20),
+    st.lists(st.booleans(), min_size=20, max_size=20),
+    st.randoms(use_true_random=False),
+)
+def test_whatever_order_a_source_numbers_records_in_the_position_never_passes_an_unfinished_one(
+    numbers: list[int], stuck: list[bool], rng: random.Random
+) -> None:
+    """Duplicates and records out of numeric order included: every record numbered at or below the position
+    has finished, the position only moves forwards, and once every record finished it is the highest."""
+    window = Window()
+    for n in numbers:
+        window.add(f"{n:021d}")
+    finished: set[int] = set()
+    positions = [0]
+    for index in rng.sample(range(len(numbers)), len(numbers)):
+        n = numbers[index]
+        window.finish(Pending(f"{n:021d}", "throttled") if stuck[index] else Ignored(f"{n:021d}"))
+        if not stuck[index]:
+            finished.add(n)
+        position = int(window.position or 0)
+        assert all(m in finished for m in numbers if m <= position)
+        positions.append(position)
+    assert positions == sorted(positions)
+    if not any(stuck[: len(numbers)]):
+        assert positions[-1] == max(numbers, default=0)

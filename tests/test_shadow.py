@@ -13,10 +13,10 @@ from conftest import World, fast_settings
 from pydantic import ValidationError
 
 from reconciler.core.outcomes import DeadLettered, Deleted, Ignored, Outcome
-from reconciler.core.plan import LinkQuery
+from reconciler.core.plan import LinkQuery, Unsafe, UnsafeReason
 from reconciler.core.records import StreamRecord, Undecodable, decode_record
 from reconciler.errors import PermanentError
-from reconciler.execution import Executor
+from reconciler.execution import Executor, ScopedUnsafe
 from reconciler.observability.metrics import SHADOW_TARGET_KINDS
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.settings import Settings
@@ -148,6 +148,22 @@ async def test_shadow_events_name_identifiers_and_s3_keys_never_image_content(wo
     assert first["linked_items"] == {"llm_requests": 1, "speech_outputs": 2}
     assert "s3://stt-uploads/acct-1/tr-1/audio.wav" in first["s3_keys"]
     assert SECRET not in repr(logs)
+
+
+def test_shadow_refusals_are_all_counted_and_logged_up_to_a_cap(world: World) -> None:
+    refused = [
+        ScopedUnsafe(
+            "transcripts", {"transcript_id": "t"}, Unsafe(f"s3://b/{n}", UnsafeReason.OUT_OF_SCOPE, "")
+        )
+        for n in range(150)
+    ]
+    with structlog.testing.capture_logs() as logs:
+        ShadowReport(world.metrics).would_refuse(refused, log_at_most=100)
+    labels = {"table": "transcripts", "reason": "out_of_scope"}
+    assert world.sample("reconciler_shadow_refusals_total", **labels) == 150
+    assert [e["event"] for e in logs].count("shadow.would_refuse") == 100
+    (summary,) = [e for e in logs if e["event"] == "shadow.refusals_not_logged"]
+    assert summary["count"] == 50
 
 
 async def test_the_shadow_stores_refuse_to_delete_even_when_the_executor_would(world: World) -> None:

@@ -20,7 +20,30 @@ from reconciler.core.spec import LinkSpec, RuleSet, ScopeMode, TableSpec
 from reconciler.errors import DecodeError
 
 PLAN_FORMAT = 1
-MAX_PLAN_CHARACTERS = 100_000  # beside the letter's target names (200 KB at most): inside 400 KB an item
+# A letter is one DynamoDB item (at most 400 KB): its target names are capped by number and by UTF-8 bytes
+# (an S3 key may be 1,024 bytes), its plan by characters, so every letter can be written.
+MAX_LETTER_TARGETS = 1000
+MAX_LETTER_BYTES = 200_000
+MAX_PLAN_CHARACTERS = 100_000
+
+
+def utf8_bytes(text: str) -> int:
+    """The size DynamoDB counts for ``text``."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def capped(named: Iterable[str], total: int) -> tuple[str, ...]:
+    """The first of ``total`` target names that fit a letter, then a line saying how many more there were."""
+    kept: list[str] = []
+    size = 0
+    for text in named:
+        if len(kept) == MAX_LETTER_TARGETS or size + utf8_bytes(text) > MAX_LETTER_BYTES:
+            break
+        kept.append(text)
+        size += utf8_bytes(text)
+    if total > len(kept):
+        kept.append(f"... and {total - len(kept)} more")
+    return tuple(kept)
 
 
 @dataclass(frozen=True, slots=True)

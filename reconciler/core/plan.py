@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from reconciler.core.dynamodb_json import Image
-from reconciler.core.scope import S3Location, ScopeViolation, check_in_scope, render_all
+from reconciler.core.scope import S3Location, ScopeViolation, check_in_scope, quotable, render_all
 from reconciler.core.spec import EntitySpec, LinkSpec, ScopeMode, TableSpec, begins_with
 
 
@@ -136,7 +136,8 @@ def _objects(
                 try:
                     check_in_scope(location, scopes)
                 except ScopeViolation as exc:
-                    unsafe.append(Unsafe(str(location), UnsafeReason.OUT_OF_SCOPE, str(exc)))
+                    target = str(location) if quotable(location) else attribute
+                    unsafe.append(Unsafe(target, UnsafeReason.OUT_OF_SCOPE, str(exc)))
                     continue
                 objects.append(location)
     return objects, unsafe

@@ -21,6 +21,7 @@ from reconciler.core.dynamodb_json import Image
 # A placeholder: an attribute, optionally of the parent (parent.NAME), optionally after a marker (|after:M).
 _PLACEHOLDER = re.compile(r"\{(parent\.)?([A-Za-z_][A-Za-z0-9_]*)(?:\|after:([^{}|/]+))?\}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # ASCII control characters
 S3_SCHEME = "s3://"
 MAX_KEY_BYTES = 1024  # https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html
 
@@ -45,6 +46,10 @@ class S3Location:
             raise ScopeViolation("URI names no key")
         if not _BUCKET.fullmatch(bucket):
             raise ScopeViolation("URI bucket is not a valid bucket name")
+        if not _is_utf8(key):
+            # S3 keys are UTF-8: no object has this key, and a target quoting it could not be logged or
+            # written to the dead-letter table. Refused by its attribute's name.
+            raise ScopeViolation("URI key holds an unpaired surrogate (S3 keys are UTF-8)")
         return cls(bucket=bucket, key=key)
 
     def __str__(self) -> str:
@@ -55,9 +60,23 @@ class S3Location:
         return self.bucket == scope.bucket and self.key.startswith(scope.key)
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def quotable(location: S3Location) -> bool:
+    """Whether a refused target may be named in logs and dead letters by its URI: only if its key could be an
+    S3 key (at most 1,024 bytes). A longer "key" is text of any kind, so its attribute is named instead."""
+    return len(location.key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES
+
+
 def has_unsafe_segments(key: str) -> bool:
     """Keys with '.' or '..' segments, empty segments or control characters are refused outright."""
-    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in key):  # noqa: PLR2004 - ASCII control range
+    if _CONTROL.search(key):
         return True
     segments = key.split("/")
     inner = segments[:-1] if key.endswith("/") else segments
