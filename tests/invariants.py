@@ -158,7 +158,7 @@ class Checker:
         sources: Collection[str] = ("transcripts",),
         checkpoint_table: str = "reconciler-checkpoints",
         dead_letter_table: str = "reconciler-dead-letters",
-        lookahead: int = 10,
+        lookahead: int = 32,
         bulk_at: int = BULK_AT,
     ) -> None:
         config = Config(retries={"mode": "standard", "max_attempts": 10})  # moto answers 500 at times
