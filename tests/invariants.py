@@ -16,7 +16,10 @@ name the rule, the item and the artifact.
 - ``full``: at the end, all of it: deleted items' artifacts gone (all versions and delete markers, linked
   items), live ones' intact, every removal deleted or dead-lettered, no checkpoint ahead.
 
-Stream records are read from TRIM_HORIZON until a page comes back empty (moto's shards never close).
+Stream records are read from TRIM_HORIZON until a page comes back empty (moto's shards never close), and
+later from after the last one read. Between ``checkpoints`` calls an item seen with nothing left is not read
+again; ``snapshot`` and ``full`` read everything anew. Many items are read in bulk (a scan per table, a
+listing per first-level prefix), a few item by item.
 """
 
 from __future__ import annotations
@@ -184,6 +187,7 @@ class Checker:
         self._bulk_at = bulk_at
         self._key_names: dict[str, list[str]] = {}
         self._gone: set[Tracked] = set()
+        self._read: dict[tuple[str, str], tuple[list[Removal], str | None]] = {}
 
     # -- checks ----------------------------------------------------------------------------------------
     def snapshot(self, items: Iterable[Tracked]) -> Snapshot:
@@ -307,21 +311,22 @@ class Checker:
             params["ExclusiveStartShardId"] = description["LastEvaluatedShardId"]
 
     def _shard_removals(self, table: str, arn: str, shard_id: str) -> list[Removal]:
+        """The shard's REMOVE records: those read before (a stream never changes what it holds), then the
+        rest, from after the last record read."""
+        found, last = self._read.get((arn, shard_id), ([], None))
+        position = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": last} if last else {}
         iterator: str | None = self._streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+            StreamArn=arn, ShardId=shard_id, **(position or {"ShardIteratorType": "TRIM_HORIZON"})
         )["ShardIterator"]
-        found: list[Removal] = []
         while iterator:
             page = self._streams.get_records(ShardIterator=iterator, Limit=1000)
-            found += [
-                Removal(
-                    table, arn, shard_id, r["dynamodb"]["SequenceNumber"], canonical(r["dynamodb"]["Keys"])
-                )
-                for r in page["Records"]
-                if r["eventName"] == "REMOVE"
-            ]
+            for record in page["Records"]:
+                last = record["dynamodb"]["SequenceNumber"]
+                if record["eventName"] == "REMOVE":
+                    found.append(Removal(table, arn, shard_id, last, canonical(record["dynamodb"]["Keys"])))
             iterator = page.get("NextShardIterator") if page["Records"] else None
-        return found
+        self._read[arn, shard_id] = (found, last)
+        return list(found)
 
     def _scan(self, table: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []

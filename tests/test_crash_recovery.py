@@ -41,7 +41,6 @@ DEMO_RULES = Path(__file__).parent.parent / "reconciler" / "demo" / "rules.toml"
 TRANSCRIPTS = 612  # 510 removed (TTL, expired, customer requests), of which one tampered
 LIVE = 24  # of the 102 live ones populate makes, the first (the tampered one's target) included
 KILLS = 20
-DELETIONS_BETWEEN_KILLS = (1, 24)  # 20 kills stay within the first 480 of 510 deletions
 JITTER = 0.25  # seconds, after that many deletions
 PATIENCE = 60.0  # for any one thing a worker process must do: a broken path fails instead of hanging
 
@@ -81,8 +80,13 @@ class Life:
                 self.events.append(event)
                 self.seen.setdefault(str(event["event"]), time.monotonic())
 
-    def count(self, event: str) -> int:
-        return sum(e["event"] == event for e in self.events)
+    @property
+    def deleted(self) -> int:
+        """Records whose deletion completed here and deleted something."""
+        return sum(
+            e["event"] == "deletion.completed" and any(e.get(n) for n in ("versions", "markers", "items"))
+            for e in self.events
+        )
 
     @property
     def startup(self) -> float | None:
@@ -121,7 +125,7 @@ async def scene(endpoint: str, layout: Layout) -> AsyncIterator[Scene]:
         await layout.add([*population.deleted, *live], seed=BackendSeeder())
         deleted = [tracked_transcript(t) for t in population.deleted]
         kept = [tracked_transcript(t) for t in live]
-        checker = Checker(endpoint, [*deleted, *kept])
+        checker = Checker(endpoint, [*deleted, *kept], lookahead=24)  # the 16 in flight, and more
         before = await asyncio.to_thread(checker.snapshot, kept)
         for t in population.ttl:  # through DynamoDB, so that each removal is a stream record
             ttl_delete("transcripts", {"transcript_id": {"S": t.transcript_id}})
@@ -156,6 +160,7 @@ async def _start(scene: Scene, lives: list[Life], name: str) -> Life:
         idle_poll_seconds="0.05",
         max_idle_poll_seconds="0.2",
         retry_backoff_seconds="0.2",
+        concurrency="16",  # the records a kill leaves unfinished, read again by the next process
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "reconciler", "run", "--config", str(DEMO_RULES),
@@ -166,25 +171,60 @@ async def _start(scene: Scene, lives: list[Life], name: str) -> Life:
     return life
 
 
-async def _kill_in_busy_window(victim: Life, lives: list[Life], rng: random.Random, scene: Scene) -> Kill:
-    """Kill ``victim`` once all workers together completed a random number of deletions more, a random
-    fraction of a second later; then check at once (in a thread: the event loop keeps reading the other
-    processes' logs, or their pipes would fill and stall them)."""
-    target = _deletions(lives) + rng.randint(*DELETIONS_BETWEEN_KILLS)
-    async with asyncio.timeout(PATIENCE):
-        while _deletions(lives) < target:  # noqa: ASYNC110 - other processes' logs
-            await asyncio.sleep(0.01)
-    await asyncio.sleep(rng.uniform(0, JITTER))
-    await victim.kill()
-    started = time.monotonic()
-    report = await asyncio.to_thread(scene.checker.checkpoints)
-    report.assert_ok()
-    return Kill(victim.name, victim.startup, report, time.monotonic() - started)
+@dataclass
+class Crashes:
+    """Kills at seeded random instants in the busy window, each followed at once by the checkpoint check."""
 
+    scene: Scene
+    lives: list[Life]
+    rng: random.Random
+    between: tuple[int, int]  # deletions, by all processes together, from one kill to the next
+    kills: list[Kill] = field(default_factory=list)
 
-def _deletions(lives: list[Life]) -> int:
-    """Deletions completed by every process so far (a redelivered record counts again)."""
-    return sum(life.count("deletion.completed") for life in lives)
+    @property
+    def deletions(self) -> int:
+        return sum(life.deleted for life in self.lives)
+
+    async def kill(self, victim: Life) -> None:
+        """Kill ``victim`` once the workers completed a random number of deletions more, a random fraction
+        of a second later; then check at once (in a thread: the event loop keeps reading the other processes'
+        logs, or their pipes would fill and stall them)."""
+        target = self.deletions + self.rng.randint(*self.between)
+        try:
+            async with asyncio.timeout(PATIENCE):
+                while self.deletions < target:  # noqa: ASYNC110 - other processes' logs
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise AssertionError(f"no progress to {target} deletions in {PATIENCE:.0f} s\n{self}") from None
+        await asyncio.sleep(self.rng.uniform(0, JITTER))
+        await victim.kill()
+        started = time.monotonic()
+        report = await asyncio.to_thread(self.scene.checker.checkpoints)
+        report.assert_ok()
+        self.kills.append(Kill(victim.name, victim.startup, report, time.monotonic() - started))
+
+    def assert_cut_work_short(self) -> None:
+        """Not a trivial pass: the kills found removals just after the checkpoint still holding artifacts,
+        some half deleted, and the checkpoint moved on between kills."""
+        interrupted = [k for k in self.kills if k.report.in_flight]
+        halfway = [k for k in self.kills if k.report.partial]
+        assert len(self.kills) >= KILLS, self
+        assert len(interrupted) >= KILLS * 3 // 4, self
+        assert len(halfway) >= KILLS // 4, self
+        assert self.kills[-1].report.covered > self.kills[0].report.covered, self
+
+    def __str__(self) -> str:
+        kills = [
+            f"  kill of {k.life}: started in {k.startup or 0:.2f} s, checked in {k.seconds:.2f} s,"
+            f" {k.report.covered} removals checkpointed, {len(k.report.in_flight)} unfinished after it,"
+            f" {len(k.report.partial)} half deleted"
+            for k in self.kills
+        ]
+        lives = [
+            f"  {life.name}: exit {life.process.returncode}, {life.deleted} deletions, {life.events[-1:]}"
+            for life in self.lives[-3:]
+        ]
+        return "\n".join(["kills:", *kills, "last processes:", *lives])
 
 
 async def _finish(scene: Scene, life: Life) -> Report:
@@ -205,56 +245,35 @@ async def _checkpointed(scene: Scene) -> bool:
     return any(int(c) >= int(scene.last_removal) for c in done if c.isdigit())
 
 
-def _assert_kills_cut_work_short(kills: list[Kill]) -> None:
-    """Not a trivial pass: kills found removals just after the checkpoint still holding artifacts, some half
-    deleted, and the checkpoint moved on between kills."""
-    interrupted = [k for k in kills if k.report.in_flight]
-    halfway = [k for k in kills if k.report.partial]
-    covered = [k.report.covered for k in kills]
-    summary = [
-        (
-            k.life,
-            k.startup and round(k.startup, 2),
-            round(k.seconds, 2),
-            k.report.covered,
-            len(k.report.partial),
-        )
-        for k in kills
-    ]
-    assert len(interrupted) >= KILLS * 3 // 4, summary
-    assert len(halfway) >= 3, summary
-    assert covered[-1] > covered[0], summary
-
-
 async def test_crash_sigkilled_twenty_times_the_worker_never_checkpoints_ahead_and_finishes_everything(
     scene: Scene, lives: list[Life]
 ) -> None:
-    rng = random.Random(20251124)  # noqa: S311 - seeded instants, not crypto
-    kills = [
-        await _kill_in_busy_window(await _start(scene, lives, "solo"), lives, rng, scene)
-        for _ in range(KILLS)
-    ]
+    # 20 kills within the first 400 of 510 deletions at most: the last process always has work left.
+    crashes = Crashes(scene, lives, random.Random(20251124), between=(1, 20))  # noqa: S311 - not crypto
+    for _ in range(KILLS):
+        await crashes.kill(await _start(scene, lives, "solo"))
     report = await _finish(scene, await _start(scene, lives, "solo"))
     report.assert_ok()
     assert report.covered == report.removals == len(scene.deleted)
     assert report.lettered >= 1  # the tampered transcript's refused audio_url
-    _assert_kills_cut_work_short(kills)
+    crashes.assert_cut_work_short()
 
 
 async def test_crash_two_replicas_killed_at_random_one_at_a_time_never_checkpoint_ahead(
     scene: Scene, lives: list[Life]
 ) -> None:
     """Two replicas; each round kills one of them at random (the shard's reader or its standby), checks while
-    the other one works on, and restarts the killed one."""
+    the other one works on, and restarts the killed one. Fewer deletions between kills than with one
+    worker: the survivor goes on deleting during each check and restart."""
     rng = random.Random(20251125)  # noqa: S311 - seeded instants, not crypto
+    crashes = Crashes(scene, lives, rng, between=(1, 6))
     running = {name: await _start(scene, lives, name) for name in ("a", "b")}
-    kills: list[Kill] = []
     for _ in range(KILLS):
         name = rng.choice(sorted(running))
-        kills.append(await _kill_in_busy_window(running[name], lives, rng, scene))
+        await crashes.kill(running[name])
         running[name] = await _start(scene, lives, name)
     await running["b"].term()
     report = await _finish(scene, running["a"])
     report.assert_ok()
     assert report.covered == report.removals == len(scene.deleted)
-    _assert_kills_cut_work_short(kills)
+    crashes.assert_cut_work_short()
