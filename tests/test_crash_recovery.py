@@ -10,7 +10,8 @@ The kills land in the busy window, whatever the machine's speed: a worker proces
 import and start (measured, and shown when a test fails), so a kill waits until the workers have completed a
 seeded random number of deletions since the previous one, then a seeded random fraction of a second more.
 The checker proves they cut real work short: removals just after the checkpoint still had artifacts, some of
-them half deleted, and the checkpoint moved on between kills.
+them half deleted, and the checkpoint moved on between kills. With two replicas, the one not killed is
+frozen mid-work (SIGSTOP) while the checker reads, and resumed after.
 """
 
 from __future__ import annotations
@@ -199,7 +200,16 @@ class Crashes:
         await asyncio.sleep(self.rng.uniform(0, JITTER))
         await victim.kill()
         started = time.monotonic()
-        report = await asyncio.to_thread(self.scene.checker.checkpoints)
+        # The other replicas freeze where they are (mid-work, like the kill) while the checker reads: moto
+        # serves them and the checker from one core, and they would finish the work before the next kill.
+        others = [life for life in self.lives if life.process.returncode is None]
+        for life in others:
+            life.process.send_signal(signal.SIGSTOP)
+        try:
+            report = await asyncio.to_thread(self.scene.checker.checkpoints)
+        finally:
+            for life in others:
+                life.process.send_signal(signal.SIGCONT)
         report.assert_ok()
         self.kills.append(Kill(victim.name, victim.startup, report, time.monotonic() - started))
 
@@ -262,9 +272,9 @@ async def test_crash_sigkilled_twenty_times_the_worker_never_checkpoints_ahead_a
 async def test_crash_two_replicas_killed_at_random_one_at_a_time_never_checkpoint_ahead(
     scene: Scene, lives: list[Life]
 ) -> None:
-    """Two replicas; each round kills one of them at random (the shard's reader or its standby), checks while
-    the other one works on, and restarts the killed one. Fewer deletions between kills than with one
-    worker: the survivor goes on deleting during each check and restart."""
+    """Two replicas; each round kills one of them at random (the shard's reader or its standby), checks with
+    the other one frozen mid-work (SIGSTOP, then SIGCONT), and restarts the killed one. Fewer deletions
+    between kills than with one worker: the survivor goes on deleting while the killed one restarts."""
     rng = random.Random(20251125)  # noqa: S311 - seeded instants, not crypto
     crashes = Crashes(scene, lives, rng, between=(1, 6))
     running = {name: await _start(scene, lives, name) for name in ("a", "b")}
