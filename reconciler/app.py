@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -203,7 +203,11 @@ async def build_sweeper(
 
 @contextlib.asynccontextmanager
 async def build_orphan_sweep(
-    settings: Settings, rules: Rules, registry: CollectorRegistry, aws: AwsSettings | None = None
+    settings: Settings,
+    rules: Rules,
+    registry: CollectorRegistry,
+    aws: AwsSettings | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
 ) -> AsyncIterator[OrphanSweep]:
     """An orphan sweep on AWS (``reconciler sweep --once --orphans``): the key types of every table the
     worker reads come from ``DescribeTable`` first."""
@@ -221,6 +225,6 @@ async def build_orphan_sweep(
             S3ArtifactStore(clients.s3, call),
             DynamoDBItemStore(clients.dynamodb, call),
             metrics,
-            utcnow,
+            clock,
             dt.timedelta(seconds=settings.orphan_min_age_seconds),
         )
