@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from reconciler.adapters.aws import AwsSettings
 from reconciler.app import build_orphan_sweep
 from reconciler.cli import main
-from reconciler.demo.layout import Layout, Transcript, artifacts_of, expiry
+from reconciler.demo.layout import BUCKETS, Layout, Transcript, artifacts_of, expiry
 from reconciler.demo.moto_server import CREDENTIALS, REGION
 from reconciler.demo.run import local_settings
 from reconciler.rules import Rules
@@ -69,19 +69,13 @@ async def test_an_orphan_sweep_after_an_outage_deletes_every_orphan_and_nothing_
     assert report.young == len({(b, k) for b, k, _ in artifacts_of(young[0])})
     assert registry.get_sample_value("reconciler_orphans_deleted_total", {"table": "transcripts"}) == 2 * 8
     assert registry.get_sample_value("reconciler_orphans_deleted_total", {"table": "llm_requests"}) == 2 * 4
-    assert (registry.get_sample_value("reconciler_orphan_pages_total") or 0) >= len(layout_buckets())
+    assert (registry.get_sample_value("reconciler_orphan_pages_total") or 0) >= len(BUCKETS)
     found = [e for e in logs if e["event"] == "orphans.found"]
     assert len(found) == orphans
     assert all(
         set(e) == {"event", "log_level", "dry_run", "bucket", "key", "table", "key_hash", "versions"}
         for e in found
     )
-
-
-def layout_buckets() -> list[str]:
-    from reconciler.demo.layout import BUCKETS  # noqa: PLC0415 - one use
-
-    return list(BUCKETS)
 
 
 async def test_an_orphan_sweep_dry_run_lists_orphans_by_key_hash_and_deletes_nothing(
