@@ -6,13 +6,14 @@ import contextlib
 import datetime as dt
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy, translate
 from reconciler.adapters.dynamodb import DynamoDBItemStore
+from reconciler.adapters.keys import key_types
 from reconciler.adapters.leases import DynamoDBLeaseStore
 from reconciler.adapters.letters import DynamoDBDeadLetterStore
 from reconciler.adapters.probes import AwsResourceProbe
@@ -22,9 +23,11 @@ from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.sweep import DynamoDBExpiredItems, DynamoDBSweepPositions
 from reconciler.adapters.tables import CHECKPOINTS, DEAD_LETTERS, create_table, create_worker_tables
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
+from reconciler.core.reverse import reachable_tables
 from reconciler.core.spec import RuleSet
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
+from reconciler.orphans import OrphanSweep
 from reconciler.ports import ArtifactStore, DeadLetterStore, ItemStore
 from reconciler.preflight import OwnTable, Preflight, requirements
 from reconciler.processing import RecordProcessor
@@ -240,3 +243,32 @@ async def build_sweeper(
                 clients.leases, call, settings.checkpoint_table, owner, lease_seconds=settings.lease_seconds
             )
             yield _sweeper(settings, spec, clients, call, processor, metrics, leases, owner)
+
+
+@contextlib.asynccontextmanager
+async def build_orphan_sweep(
+    settings: Settings,
+    rules: Rules,
+    registry: CollectorRegistry,
+    aws: AwsSettings | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> AsyncIterator[OrphanSweep]:
+    """An orphan sweep on AWS (``reconciler sweep --once --orphans``): the key types of every table the
+    worker reads come from ``DescribeTable`` first."""
+    spec = rules.compile()
+    metrics = Metrics(registry)
+    metrics.initialize(spec)
+    call = Caller(RetryPolicy())
+    aws = aws or AwsSettings(
+        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
+    )
+    async with AwsClients(aws) as clients:
+        yield OrphanSweep(
+            spec,
+            await key_types(clients.dynamodb, call, reachable_tables(spec)),
+            S3ArtifactStore(clients.s3, call),
+            DynamoDBItemStore(clients.dynamodb, call),
+            metrics,
+            clock,
+            dt.timedelta(seconds=settings.orphan_min_age_seconds),
+        )

@@ -139,7 +139,13 @@ def _add_sweep(commands: Any) -> None:
         description="Segments another replica is sweeping are skipped. Every setting is a flag, as for run.",
     )
     sweep.add_argument("--once", action="store_true", required=True, help="one pass, then exit")
-    sweep.add_argument("--expired", action="store_true", help="no grace: every item whose TTL has passed")
+    which = sweep.add_mutually_exclusive_group()
+    which.add_argument("--expired", action="store_true", help="no grace: every item whose TTL has passed")
+    which.add_argument(
+        "--orphans",
+        action="store_true",
+        help="the orphan sweep instead: delete old objects whose every owner item is gone",
+    )
     add_settings_flags(sweep, Settings.model_fields)
 
 
@@ -278,10 +284,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from reconciler.observability.logs import configure_logging  # noqa: PLC0415 - aiobotocore stays lazy
-    from reconciler.sweep_once import sweep_once, to_text  # noqa: PLC0415
+    from reconciler.sweep_once import orphans_text, sweep_once, sweep_orphans, to_text  # noqa: PLC0415
 
     settings = settings_from(args)  # --dry-run is the setting's flag: RECONCILER_DRY_RUN holds here too
     configure_logging(json=settings.log_json, level=settings.log_level)
+    if args.orphans:
+        found = asyncio.run(sweep_orphans(settings, load_rules(settings.config), dry_run=settings.dry_run))
+        print(orphans_text(found, dry_run=settings.dry_run))
+        return 0
     report = asyncio.run(
         sweep_once(settings, load_rules(settings.config), dry_run=settings.dry_run, expired=args.expired)
     )

@@ -31,6 +31,8 @@ class ObjectVersion:
     key: str
     version_id: str
     is_delete_marker: bool = False
+    last_modified: dt.datetime | None = field(default=None, compare=False)
+    """When S3 says the version was written (None if unknown); not part of the version's identity."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,19 @@ class Settings(BaseSettings):
         default=400, ge=1, description="Days a receipt is kept after its deletion (DynamoDB TTL)."
     )
 
+    # Orphan sweep: objects under a scope whose every owner item is gone (reconciler/orphans.py, README).
+    orphan_min_age_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="An orphan's newest version must be older than this to be deleted (an upload racing its"
+        " item's creation is never touched).",
+    )
+    orphan_sweep_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Wait between two orphan sweeps (reconciler sweep --once --orphans).",
+    )
+
     # Shadow mode: reconciler run --dry-run (reconciler/shadow.py). After every table it must differ from.
     dry_run: bool = Field(
         default=False,

@@ -1,7 +1,8 @@
 """``reconciler sweep --once``: one expiry-enforcement pass over every segment, outside the worker.
 
 Segments another replica is sweeping are left to it. ``--dry-run`` only lists what would be enforced (a
-Scan, no lease, no delete); ``--expired`` drops the grace (every item whose TTL has passed).
+Scan, no lease, no delete); ``--expired`` drops the grace (every item whose TTL has passed). ``--orphans``
+runs the orphan sweep instead (``reconciler.orphans``): objects whose every owner item is gone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 
 from prometheus_client import CollectorRegistry
 
+from reconciler.core.plan import key_hash
+from reconciler.orphans import OrphanReport
 from reconciler.rules import Rules
 from reconciler.settings import Settings
 from reconciler.sweeper import Pass, SweepReport
@@ -40,4 +43,33 @@ def to_text(report: SweepReport, *, dry_run: bool) -> str:
             f" left to the stream: {report.left_to_stream}, segments swept: {report.segments}"
         )
     lines.append(f"pages: {report.pages}, read units: {report.read_units:g}")
+    return "\n".join(lines)
+
+
+async def sweep_orphans(settings: Settings, rules: Rules, *, dry_run: bool) -> OrphanReport:
+    from reconciler.app import build_orphan_sweep  # noqa: PLC0415 - keeps the CLI's other commands light
+
+    async with build_orphan_sweep(settings, rules, CollectorRegistry()) as sweep:
+        return await sweep.sweep(dry_run=dry_run)
+
+
+def orphans_text(report: OrphanReport, *, dry_run: bool) -> str:
+    """One line per orphan (bucket, key, owner table and key hash), then the counts; never item content."""
+    verb = "would delete" if dry_run else "orphan"
+    lines = [
+        f"{verb}: s3://{orphan.bucket}/{orphan.key} ({len(orphan.versions)} versions)"
+        f" owner {owner.table} {key_hash(owner.table, owner.item_key)}"
+        for orphan in report.orphans
+        for owner in orphan.owners
+    ]
+    done = (
+        "dry run: nothing deleted"
+        if dry_run
+        else f"deleted: {report.deleted} ({report.versions_deleted} versions)"
+    )
+    lines.append(
+        f"orphans: {len(report.orphans)} ({done}), objects listed: {report.objects}, pages: {report.pages},"
+        f" kept as unresolvable: {report.unresolvable}, younger than the minimum age: {report.young},"
+        f" otherwise kept: {report.kept}"
+    )
     return "\n".join(lines)

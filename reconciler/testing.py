@@ -65,16 +65,22 @@ class FakeArtifactStore:
     pages_listed: int = 0  # pages of listings read, as ListObjectVersions calls would be
     _counter: int = 0
 
-    def put(self, bucket: str, key: str, versions: int = 1) -> None:
+    def put(self, bucket: str, key: str, versions: int = 1, modified: dt.datetime | None = None) -> None:
+        """Add ``versions`` versions of ``key``, written at ``modified`` (default: now), as S3 lists them."""
+        written = modified or dt.datetime.now(dt.UTC)
         for _ in range(versions):
             self._counter += 1
-            self.buckets.setdefault(bucket, []).append(ObjectVersion(key, f"v{self._counter}"))
+            self.buckets.setdefault(bucket, []).append(
+                ObjectVersion(key, f"v{self._counter}", last_modified=written)
+            )
 
     def mark_deleted(self, bucket: str, key: str) -> None:
         """A plain delete on a versioned bucket: adds a delete marker, keeps the data."""
         self._counter += 1
         self.buckets.setdefault(bucket, []).append(
-            ObjectVersion(key, f"m{self._counter}", is_delete_marker=True)
+            ObjectVersion(
+                key, f"m{self._counter}", is_delete_marker=True, last_modified=dt.datetime.now(dt.UTC)
+            )
         )
 
     def keys(self, bucket: str) -> set[str]:

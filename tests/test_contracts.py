@@ -164,6 +164,15 @@ async def test_listing_exact_keeps_only_the_key_and_a_prefix_lists_every_version
     assert {v.key for v in await stores.versions("acct-1/tr-1/")} == {"acct-1/tr-1/a", "acct-1/tr-1/ab"}
 
 
+async def test_every_listed_version_says_when_it_was_written(stores: Stores) -> None:
+    """The orphan sweep's minimum age reads it: a version without a time would never be old enough."""
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
+    await stores.put_object("acct-1/tr-1/a", versions=2)
+    written = [v.last_modified for v in await stores.versions("acct-1/tr-1/")]
+    assert len(written) == 2
+    assert all(t is not None and before <= t <= dt.datetime.now(dt.UTC) for t in written)
+
+
 async def test_deleting_listed_versions_removes_them_and_leaves_neighbours(stores: Stores) -> None:
     await stores.put_object("acct-1/tr-1/a", versions=3)
     await stores.put_object("acct-1/tr-10/a")

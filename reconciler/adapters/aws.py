@@ -209,6 +209,8 @@ def _described(fn: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]) -> tup
     target = kwargs.get("fn", fn)
     name = getattr(target, "aws_operation", None) or getattr(target, "__name__", type(target).__name__)
     resource = next((str(kwargs[p]) for p in _RESOURCE_PARAMETERS if p in kwargs), None)
+    if resource is None and isinstance(kwargs.get("RequestItems"), dict):  # BatchGetItem: its tables
+        resource = ",".join(sorted(kwargs["RequestItems"]))
     return str(name), resource
 
 

@@ -68,12 +68,19 @@ class S3ArtifactStore:
             page = await self._call(self._client.list_object_versions, **params)
             encoding = page.get("EncodingType")
             versions = [
-                ObjectVersion(_decoded(encoding, v["Key"]), v.get("VersionId") or "null")
+                ObjectVersion(
+                    _decoded(encoding, v["Key"]),
+                    v.get("VersionId") or "null",
+                    last_modified=v.get("LastModified"),
+                )
                 for v in page.get("Versions", [])
             ]
             versions += [
                 ObjectVersion(
-                    _decoded(encoding, m["Key"]), m.get("VersionId") or "null", is_delete_marker=True
+                    _decoded(encoding, m["Key"]),
+                    m.get("VersionId") or "null",
+                    is_delete_marker=True,
+                    last_modified=m.get("LastModified"),
                 )
                 for m in page.get("DeleteMarkers", [])
             ]

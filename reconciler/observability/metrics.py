@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from reconciler import __version__
 from reconciler.core.classify import Cause
 from reconciler.core.plan import UnsafeReason
+from reconciler.core.reverse import UnresolvableReason
 from reconciler.core.spec import RuleSet
 from reconciler.ports import LetterKind, Verification
 
@@ -263,6 +264,32 @@ class Metrics:
             ["table"],
             registry=registry,
         )
+        self._orphan_metrics(registry)
+
+    def _orphan_metrics(self, registry: CollectorRegistry) -> None:
+        self.orphans_found = Counter(
+            "reconciler_orphans_found_total",
+            "Objects the orphan sweep found old enough and with every owner item missing, by owner table.",
+            ["table"],
+            registry=registry,
+        )
+        self.orphans_deleted = Counter(
+            "reconciler_orphans_deleted_total",
+            "Orphan objects the orphan sweep deleted (every version), by owner table.",
+            ["table"],
+            registry=registry,
+        )
+        self.orphans_unresolvable = Counter(
+            "reconciler_orphans_unresolvable_total",
+            "Objects the orphan sweep kept because no single owner item could be named, by table and reason.",
+            ["table", "reason"],
+            registry=registry,
+        )
+        self.orphan_pages = Counter(
+            "reconciler_orphan_pages_total",
+            "ListObjectVersions pages the orphan sweep read.",
+            registry=registry,
+        )
 
     def initialize(self, rules: RuleSet) -> None:
         """Create the known label sets at zero, so rates and increases see the first event.
@@ -288,6 +315,14 @@ class Metrics:
         self._initialize_letters()
         for kind, outcome in ARTIFACT_OUTCOMES:
             self.artifacts.labels(kind, outcome)
+        self._initialize_orphans(rules)
+
+    def _initialize_orphans(self, rules: RuleSet) -> None:
+        for table in rules.tables:
+            self.orphans_found.labels(table)
+            self.orphans_deleted.labels(table)
+            for reason in UnresolvableReason:
+                self.orphans_unresolvable.labels(table, reason.value)
 
     def _initialize_letters(self) -> None:
         for kind in typing.get_args(LetterKind):

@@ -1,0 +1,103 @@
+"""The orphan sweep on moto: after an outage in which items were deleted and no stream record was processed,
+one sweep deletes every version of every object whose owners are all gone, and nothing of a live item, of a
+live sibling whose id begins the same way, or of an object younger than the minimum age."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from conftest import DEMO_RULES, worker_env
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from reconciler.adapters.aws import AwsSettings
+from reconciler.app import build_orphan_sweep
+from reconciler.cli import main
+from reconciler.demo.layout import BUCKETS, Layout, Transcript, artifacts_of, expiry
+from reconciler.demo.moto_server import CREDENTIALS, REGION
+from reconciler.demo.run import local_settings
+from reconciler.rules import Rules
+
+pytestmark = pytest.mark.integration
+DAY = 86400
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def _outage(layout: Layout, gone: list[Transcript]) -> None:
+    """Items deleted straight in DynamoDB while no worker runs: no stream record is ever processed."""
+    for t in gone:
+        await layout.dynamodb.delete_item(
+            TableName="transcripts", Key={"transcript_id": {"S": t.transcript_id}}
+        )
+        for request in t.requests:
+            await layout.dynamodb.delete_item(TableName="llm_requests", Key={"request_id": {"S": request}})
+
+
+async def test_an_orphan_sweep_after_an_outage_deletes_every_orphan_and_nothing_else(
+    endpoint: str, layout: Layout, rules: Rules
+) -> None:
+    later = expiry(_now(), DAY)
+    dead = [Transcript("acct-1", "907", later), Transcript("acct-1", "old-1", later)]
+    live = [Transcript("acct-1", "9070", later), Transcript("acct-1", "90", later)]
+    await layout.add([*dead, *live])
+    between = _now()
+    await asyncio.sleep(1.1)  # S3 listings give LastModified to the second: the young ones are a second later
+    young = [Transcript("acct-1", "young", later)]
+    await layout.add(young)
+    await _outage(layout, [*dead, *young])
+    before = await layout.snapshot([*live, *young])
+    assert [await layout.remaining(t) for t in dead] == [3 + 17, 3 + 17]  # 3 speech_outputs items, 17 objects
+
+    registry = CollectorRegistry()
+    settings = local_settings(endpoint)  # orphan_min_age_seconds: a day, the default
+    aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
+    clock = lambda: between + dt.timedelta(days=1)  # noqa: E731 - a clock one day after the first uploads
+    async with build_orphan_sweep(settings, rules, registry, aws, clock) as sweep:
+        with capture_logs() as logs:
+            report = await sweep.sweep(dry_run=False)
+
+    for t in dead:
+        assert await layout.remaining(t) == 3, t  # only the speech_outputs items: the sweep deletes objects
+    assert await layout.snapshot([*live, *young]) == before
+    orphans = sum(len({(b, k) for b, k, _ in artifacts_of(t)}) for t in dead)
+    assert report.deleted == len(report.orphans) == orphans
+    assert report.young == len({(b, k) for b, k, _ in artifacts_of(young[0])})
+    assert registry.get_sample_value("reconciler_orphans_deleted_total", {"table": "transcripts"}) == 2 * 8
+    assert registry.get_sample_value("reconciler_orphans_deleted_total", {"table": "llm_requests"}) == 2 * 4
+    assert (registry.get_sample_value("reconciler_orphan_pages_total") or 0) >= len(BUCKETS)
+    found = [e for e in logs if e["event"] == "orphans.found"]
+    assert len(found) == orphans
+    assert all(
+        set(e) == {"event", "log_level", "dry_run", "bucket", "key", "table", "key_hash", "versions"}
+        for e in found
+    )
+
+
+async def test_an_orphan_sweep_dry_run_lists_orphans_by_key_hash_and_deletes_nothing(
+    endpoint: str, layout: Layout, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead, live = (
+        Transcript("acct-2", "907", expiry(_now(), DAY)),
+        Transcript("acct-2", "9070", expiry(_now(), DAY)),
+    )
+    await layout.add([dead, live])
+    await _outage(layout, [dead])
+    before = await layout.snapshot([dead, live])
+    for name, value in worker_env(endpoint).items():
+        monkeypatch.setenv(name, value)
+    args = ["sweep", "--once", "--orphans", "--config", str(DEMO_RULES), "--orphan-min-age-seconds", "0"]
+    assert await asyncio.to_thread(main, [*args, "--dry-run", "--log-level", "ERROR"]) == 0
+    listed = capsys.readouterr().out
+    assert "would delete: s3://stt-uploads/acct-2/907/audio.wav (2 versions) owner transcripts " in listed
+    assert "9070" not in listed
+    assert "en-US" not in listed  # never item content
+    assert await layout.snapshot([dead, live]) == before
+    assert await asyncio.to_thread(main, [*args, "--log-level", "ERROR"]) == 0
+    assert "deleted: 12 (17 versions)" in capsys.readouterr().out
+    assert await layout.remaining(dead) == 3
+    assert (await layout.snapshot([live])).items() <= before.items()
