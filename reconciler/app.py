@@ -85,6 +85,14 @@ def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Cal
     )
 
 
+def _one_shot(rules: Rules, registry: CollectorRegistry) -> tuple[RuleSet, Metrics, Caller]:
+    """What a command that runs one sweep needs: the compiled rules, metrics and the retry policy."""
+    spec = rules.compile()
+    metrics = Metrics(registry)
+    metrics.initialize(spec)
+    return spec, metrics, Caller(RetryPolicy())
+
+
 def worker_id(settings: Settings) -> str:
     """This replica's name in the lease table: ``worker_id`` (the pod name in Kubernetes), else host and
     process, so two workers on one host never share a name."""
@@ -121,9 +129,7 @@ async def build_worker(
     if settings.dry_run:
         metrics.initialize_shadow(spec)
     call = Caller(retry or RetryPolicy())
-    aws = aws or AwsSettings(
-        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
-    )
+    aws = aws or AwsSettings.of(settings)
     async with AwsClients(aws) as clients:
         # A dry run deletes nothing: it writes and serves no receipt.
         receipts = None
@@ -226,13 +232,8 @@ async def build_sweeper(
     settings: Settings, rules: Rules, registry: CollectorRegistry, aws: AwsSettings | None = None
 ) -> AsyncIterator[Sweeper]:
     """A sweeper on AWS without a worker around it (``reconciler sweep --once``)."""
-    spec = rules.compile()
-    metrics = Metrics(registry)
-    metrics.initialize(spec)
-    call = Caller(RetryPolicy())
-    aws = aws or AwsSettings(
-        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
-    )
+    spec, metrics, call = _one_shot(rules, registry)
+    aws = aws or AwsSettings.of(settings)
     async with AwsClients(aws) as clients:
         receipts = DynamoDBReceiptStore(
             clients.dynamodb, call, settings.receipt_table, settings.receipt_retention_days
@@ -255,13 +256,8 @@ async def build_orphan_sweep(
 ) -> AsyncIterator[OrphanSweep]:
     """An orphan sweep on AWS (``reconciler sweep --once --orphans``): the key types of every table the
     worker reads come from ``DescribeTable`` first."""
-    spec = rules.compile()
-    metrics = Metrics(registry)
-    metrics.initialize(spec)
-    call = Caller(RetryPolicy())
-    aws = aws or AwsSettings(
-        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
-    )
+    spec, metrics, call = _one_shot(rules, registry)
+    aws = aws or AwsSettings.of(settings)
     async with AwsClients(aws) as clients:
         yield OrphanSweep(
             spec,

@@ -323,9 +323,7 @@ def _init_tables(args: argparse.Namespace) -> int:
 
     # The same settings as `run` (flags, then RECONCILER_* and AWS_REGION); the rules file plays no part here.
     settings = settings_from(args, config=Path(os.devnull))
-    aws = AwsSettings(
-        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
-    )
+    aws = AwsSettings.of(settings)
 
     async def create() -> dict[str, bool]:
         async with AwsClients(aws) as clients:
@@ -412,9 +410,7 @@ async def _resolve(args: argparse.Namespace, spec: RuleSet, entries: list[Entry]
 
     settings = settings_from(args)
     call = Caller(RetryPolicy())
-    aws = AwsSettings(
-        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
-    )
+    aws = AwsSettings.of(settings)
     async with AwsClients(aws) as clients:
         executor = Executor(
             spec,

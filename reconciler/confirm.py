@@ -135,9 +135,7 @@ async def _stores(settings: Settings) -> AsyncIterator[_Stores]:
     from reconciler.adapters.receipts import DynamoDBReceiptStore  # noqa: PLC0415
     from reconciler.adapters.s3 import S3ArtifactStore  # noqa: PLC0415
 
-    aws = AwsSettings(
-        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
-    )
+    aws = AwsSettings.of(settings)
     call = Caller(RetryPolicy())
     async with AwsClients(aws) as clients:
         yield _Stores(

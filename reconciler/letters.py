@@ -96,9 +96,7 @@ def _store(clients: AwsClients, settings: Settings) -> DeadLetterStore:
 def _clients(settings: Settings) -> AwsClients:
     from reconciler.adapters.aws import AwsClients, AwsSettings  # noqa: PLC0415 - botocore stays lazy
 
-    aws = AwsSettings(
-        region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy
-    )
+    aws = AwsSettings.of(settings)
     return AwsClients(aws)
 
 

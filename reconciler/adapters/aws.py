@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_dynamodbstreams import DynamoDBStreamsClient
     from types_aiobotocore_s3 import S3Client
 
-    from reconciler.settings import TlsPolicy
+    from reconciler.settings import Settings, TlsPolicy
 
 T = TypeVar("T")
 log = structlog.get_logger("reconciler.aws")
@@ -258,6 +258,11 @@ class AwsSettings:
     credentials: tuple[str, str] | None = None
     """Explicit keys, for the embedded demo and tests only; production uses the default chain."""
     tls_policy: TlsPolicy = "strict"
+
+    @classmethod
+    def of(cls, settings: Settings) -> AwsSettings:
+        """The Region, endpoint and TLS policy of the worker's settings."""
+        return cls(region=settings.region, endpoint_url=settings.endpoint_url, tls_policy=settings.tls_policy)
 
 
 class AwsClients:
