@@ -166,7 +166,7 @@ async def _redrive(args: argparse.Namespace, settings: Settings) -> int:
         items = DynamoDBItemStore(clients.dynamodb, call)
         artifacts = S3ArtifactStore(clients.s3, call)
         executor = Executor(
-            rules, artifacts, items, metrics, dry_run=args.dry_run, fanout=settings.record_fanout
+            rules, artifacts, items, metrics, dry_run=settings.dry_run, fanout=settings.record_fanout
         )
         redriver = Redriver(
             rules=rules,
@@ -175,7 +175,7 @@ async def _redrive(args: argparse.Namespace, settings: Settings) -> int:
             items=items,
             metrics=metrics,
             clock=_now,
-            dry_run=args.dry_run,
+            dry_run=settings.dry_run,
         )
         ids = [args.letter_id] if args.letter_id else await redriver.pending(args.kind)
         if not ids:

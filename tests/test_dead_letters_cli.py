@@ -107,7 +107,7 @@ async def setup(endpoint: str, rules: Rules, monkeypatch: pytest.MonkeyPatch) ->
 
 
 async def test_a_failed_letter_is_listed_shown_dry_run_redriven_and_resolved_once(
-    setup: Setup, capsys: pytest.CaptureFixture[str]
+    setup: Setup, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     letter = await setup.give_up(TARGET, 1)
     before = await setup.layout.remaining(TARGET)
@@ -138,6 +138,13 @@ async def test_a_failed_letter_is_listed_shown_dry_run_redriven_and_resolved_onc
     assert out.startswith(f"planned: {letter.letter_id} (failed): dry run")
     assert f"  would delete object_version s3://{UPLOADS}/acct-1/tr-1/audio.wav " in out
     assert await setup.layout.remaining(TARGET) == before
+
+    # A shadow pod's RECONCILER_DRY_RUN holds for a redrive too, without the flag.
+    monkeypatch.setenv("RECONCILER_DRY_RUN", "true")
+    code, out = await setup.cli(capsys, "redrive", letter.letter_id, "--config", str(DEMO_RULES))
+    assert (code, out.startswith(f"planned: {letter.letter_id} (failed): dry run")) == (0, True)
+    assert await setup.layout.remaining(TARGET) == before
+    monkeypatch.delenv("RECONCILER_DRY_RUN")
 
     code, out = await setup.cli(capsys, "redrive", "--kind", "failed", "--config", str(DEMO_RULES))
     assert code == 0
