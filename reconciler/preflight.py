@@ -156,14 +156,15 @@ class Preflight:
             created = await self._until_answered({"the worker's tables": self._created}, stopping, beat)
             if created is None:
                 return False
-        problems = await self._until_answered(self.checks(), stopping, beat)
+        checks = self.checks()
+        problems = await self._until_answered(dict(checks), stopping, beat)
         if problems is None:
             return False
         if problems:
             for problem in problems:
                 log.error("preflight.problem", resource=problem.resource, detail=problem.detail)
             raise PreflightError(problems)
-        log.info("preflight.passed", checks=len(self.checks()))
+        log.info("preflight.passed", checks=len(checks))
         return True
 
     async def _created(self) -> list[Problem]:
