@@ -377,11 +377,13 @@ async def test_the_demo_verdict_sees_a_touched_linked_item_and_a_leftover(layout
     assert await layout.remaining(gone) == 10 + 3 + 4 + 3 + 2
 
 
-async def test_the_demo_runs_end_to_end_and_keeps_its_promise() -> None:
+async def test_the_demo_runs_end_to_end_sweeps_overdue_and_orphaned_files_and_keeps_its_promise() -> None:
     lines: list[str] = []
     assert await run_demo(12, echo=lines.append) == 0
     assert any(line.endswith("artifacts remaining for deleted items: 0") for line in lines)
     assert any(line.endswith("artifacts of live items touched: 0") for line in lines)
+    assert any("all 2 overdue transcripts are gone: the sweeper deleted them itself" in line for line in lines)
+    assert any("12 orphans found and deleted (17 versions)" in line for line in lines)
 
 
 async def test_a_migrations_marked_delete_cascades_nothing_while_a_ttl_expiry_still_does(

@@ -138,6 +138,13 @@ class Layout:
             count += "Item" in item
         return count
 
+    async def exists(self, t: Transcript) -> bool:
+        """Whether ``t``'s own item is still in the table."""
+        found = await self.dynamodb.get_item(
+            TableName="transcripts", Key={"transcript_id": {"S": t.transcript_id}}, ConsistentRead=True
+        )
+        return "Item" in found
+
     async def versions(self, bucket: str, prefix: str) -> set[tuple[str, str]]:
         found: set[tuple[str, str]] = set()
         paginator = self.s3.get_paginator("list_object_versions")

@@ -13,6 +13,7 @@ the same), for tests that hold thousands of versions and items.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import urllib.parse
@@ -192,6 +193,11 @@ class BackendSeeder:
 
     def put_object(self, bucket: str, key: str, body: bytes) -> None:
         s3_backends[ACCOUNT_ID]["aws"].put_object(bucket, key, body)
+
+    def put_old_object(self, bucket: str, key: str, body: bytes, age: dt.timedelta) -> None:
+        """An object version written ``age`` ago (its ``LastModified``), as a file left from long ago is."""
+        version = s3_backends[ACCOUNT_ID]["aws"].put_object(bucket, key, body)
+        version.last_modified = version.last_modified - age  # moto keeps a naive UTC time
 
     def put_item(self, table: str, item: dict[str, Any]) -> None:
         dynamodb_backends[ACCOUNT_ID][REGION].put_item(table, item)

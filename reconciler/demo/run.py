@@ -2,9 +2,11 @@
 moto server.
 
 Plays DynamoDB's TTL service and a few customers, then kills the replica reading the stream half-way, with
-no graceful shutdown: the other one takes the shard once the lease expires and finishes the work. Then it
-checks the promise: nothing linked to a deleted transcript remains, and nothing of a live transcript was
-touched. Exit status 0 only if both hold.
+no graceful shutdown: the other one takes the shard once the lease expires and finishes the work. A few
+transcripts expired days ago and no TTL service deletes them: the replicas' sweeper enforces their expiry.
+The files of one transcript outlived its item (deleted during an outage longer than the stream's
+retention): the orphan sweep finds and deletes them. Then it checks the promise: nothing linked to a deleted
+transcript remains, and nothing of a live transcript was touched. Exit status 0 only if both hold.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings
-from reconciler.app import build_worker
-from reconciler.demo.layout import UPLOADS, Layout, Snapshot, Transcript, changes, expiry
+from reconciler.app import build_orphan_sweep, build_worker
+from reconciler.demo.layout import UPLOADS, Layout, Snapshot, Transcript, artifacts_of, changes, expiry
 from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, moto_server, reset, ttl_delete
 from reconciler.observability.logs import configure_logging
 from reconciler.observability.metrics import LAG_BUCKETS
@@ -36,7 +38,12 @@ from reconciler.worker import Worker
 Print = Callable[[str], None]
 WAIT_SECONDS = 60.0
 ARTIFACTS = "reconciler_artifacts_total"
+SWEPT = "reconciler_sweep_items_total"
 LEASE_SECONDS = 3.0
+GRACE_SECONDS = 3 * 3600.0
+"""The demo's enforcement grace: the TTL service's deletions (an hour or two after expiry) fall inside it,
+the overdue transcripts (days after) outside."""
+ORPHAN_AGE = dt.timedelta(days=2)
 
 
 class Samples(Protocol):
@@ -83,14 +90,19 @@ class Population:
     expired: list[Transcript]
     requested: list[Transcript]
     live: list[Transcript]
+    overdue: list[Transcript]
+    """Expired days ago, still in the table: DynamoDB's TTL service has not got to them."""
+    orphan: Transcript
+    """Files only: its item was deleted while no worker ran, and its stream record is long gone."""
 
     @property
     def deleted(self) -> list[Transcript]:
-        return [*self.ttl, *self.expired, *self.requested]
+        return [*self.ttl, *self.expired, *self.requested, *self.overdue]
 
 
 def populate(count: int, now: dt.datetime, seed: int = 7) -> Population:
-    """TTL-expired transcripts (most), a few expired ones a replica deletes, customer deletions, live ones.
+    """TTL-expired transcripts (most), a few expired ones a replica deletes, customer deletions, live ones,
+    a few overdue for days, and one orphan.
 
     One customer-deleted transcript is tampered: its audio_url points at a live transcript's audio, which the
     scope check must refuse.
@@ -102,12 +114,15 @@ def populate(count: int, now: dt.datetime, seed: int = 7) -> Population:
         return Transcript(accounts[n % len(accounts)], f"tr-{n:05d}", expiry(now, seconds))
 
     live_n, requested_n, expired_n = max(2, count // 6), max(2, count // 8), max(1, count // 10)
-    ttl_n = count - live_n - requested_n - expired_n
+    overdue_n = max(2, count // 10)
+    ttl_n = count - live_n - requested_n - expired_n - overdue_n
     items = iter(range(count))
     ttl = [make(next(items), -rng.uniform(60, 7200)) for _ in range(ttl_n)]
     expired = [make(next(items), -rng.uniform(60, 3600)) for _ in range(expired_n)]
     requested = [make(next(items), rng.uniform(86400, 30 * 86400)) for _ in range(requested_n)]
     live = [make(next(items), rng.uniform(86400, 30 * 86400)) for _ in range(live_n)]
+    overdue = [make(next(items), -rng.uniform(2 * 86400, 5 * 86400)) for _ in range(overdue_n)]
+    orphan = make(count, -rng.uniform(3 * 86400, 5 * 86400))
     victim = live[0]
     tampered = requested[-1]
     requested[-1] = Transcript(
@@ -116,7 +131,7 @@ def populate(count: int, now: dt.datetime, seed: int = 7) -> Population:
         tampered.expires_at,
         audio_url=f"s3://{UPLOADS}/{victim.account_id}/{victim.transcript_id}/audio.wav",
     )
-    return Population(ttl, expired, requested, live)
+    return Population(ttl, expired, requested, live, overdue, orphan)
 
 
 def _sample(registry: Samples, name: str, **labels: str) -> float:
@@ -161,17 +176,34 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
             layout = Layout(clients.s3, clients.dynamodb)
             await layout.create()
             population = populate(count, dt.datetime.now(dt.UTC))
-            await layout.add([*population.deleted, *population.live], seed=BackendSeeder())
+            seeder = BackendSeeder()
+            await layout.add([*population.deleted, *population.live], seed=seeder)
+            for bucket, key, body in artifacts_of(population.orphan):
+                seeder.put_old_object(bucket, key, body, ORPHAN_AGE)
             live_before = await layout.snapshot(population.live)
             kept = sum(len(v) for v in live_before.values())
             out(
                 f"created {count} transcripts with audio, transcript files (versioned), speech outputs and"
                 f" LLM requests; {kept} versions and items belong to the {len(population.live)} live ones"
             )
+            out(
+                f"{len(population.overdue)} of them expired 2 to 5 days ago and are still there: DynamoDB's"
+                " TTL service has not got to them (moto has none: it never will)"
+            )
+            out(
+                f"the files of {population.orphan.account_id}/{population.orphan.transcript_id} outlived"
+                " its item: deleted during an outage longer than the stream's 24-hour retention"
+            )
             async with contextlib.AsyncExitStack() as stack:
                 workers: dict[str, Worker] = {}
                 for name, own in zip(("replica-a", "replica-b"), registries, strict=True):
-                    settings = local_settings(endpoint, worker_id=name)
+                    settings = local_settings(
+                        endpoint,
+                        worker_id=name,
+                        enforce_expiry=True,
+                        expiry_grace_seconds=GRACE_SECONDS,
+                        sweep_segments=2,
+                    )
                     rules = load_rules(settings.config)
                     workers[name] = await stack.enter_async_context(
                         build_worker(settings, rules, own, aws=aws)
@@ -182,12 +214,14 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
                 finished = await _failover(workers, tasks, registry, len(population.deleted), out)
                 finished = finished and await _wait(registry, len(population.deleted), out)
                 finished = finished and await _drained(layout, population.deleted)
+                finished = finished and await _enforced(layout, population.overdue, registry, out)
                 for name, task in tasks.items():
                     if not task.done():
                         workers[name].handle_exit()
                         await task
+            found = await _orphans(local_settings(endpoint), aws, out)
             remaining = 0
-            for t in population.deleted:
+            for t in [*population.deleted, population.orphan]:
                 left = await layout.remaining(t)
                 if left:
                     out(f"LEFT BEHIND: {left} artifacts of {t.account_id}/{t.transcript_id}")
@@ -196,7 +230,46 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
             refused = await _unsafe_letters(layout, local_settings(endpoint).dead_letter_table)
     _summary(registry, out, remaining, changed, time.monotonic() - started, refused)
     # The promise, checked against moto's state: all gone, nothing else touched, the tampered URI refused.
-    return 0 if finished and remaining == 0 and changed == 0 and refused == 1 else 1
+    ok = finished and remaining == 0 and changed == 0 and refused == 1
+    orphans = {(bucket, key) for bucket, key, _ in artifacts_of(population.orphan)}
+    return 0 if ok and found == len(orphans) else 1
+
+
+async def _enforced(layout: Layout, overdue: list[Transcript], registry: Samples, out: Print) -> bool:
+    """Every overdue transcript's item is gone (its artifacts are checked with the rest)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        left = [t for t in overdue if await layout.exists(t)]
+        if not left:
+            outcomes = {
+                o: int(_sample(registry, SWEPT, table="transcripts", outcome=o))
+                for o in ("enforced", "skipped", "left_to_stream")
+            }
+            # Only the sweeper deletes overdue items here; one it deleted but never counted was the killed
+            # replica's, cut off inside the plan, and its stream REMOVE finished the rest.
+            cut = len(overdue) - outcomes["enforced"] - outcomes["left_to_stream"]
+            out(
+                f"all {len(overdue)} overdue transcripts are gone: the sweeper deleted them itself"
+                " (conditional DeleteItem, then the same plan at once): "
+                + ", ".join(f"{o} {n}" for o, n in outcomes.items())
+                + (f"; {cut} by the killed replica, finished by its stream REMOVE" if cut > 0 else "")
+            )
+            return True
+        await asyncio.sleep(0.25)
+    out(f"overdue transcripts still there after {WAIT_SECONDS:.0f}s")
+    return False
+
+
+async def _orphans(settings: Settings, aws: AwsSettings, out: Print) -> int:
+    """One orphan sweep (``reconciler sweep --once --orphans``): the number of orphans it deleted."""
+    async with build_orphan_sweep(settings, load_rules(settings.config), CollectorRegistry(), aws) as sweep:
+        report = await sweep.sweep(dry_run=False)
+    out(
+        f"orphan sweep: {report.objects} objects listed, {len(report.orphans)} orphans found and deleted"
+        f" ({report.versions_deleted} versions); {report.young} younger than a day and"
+        f" {report.kept} with a live owner left alone"
+    )
+    return report.deleted
 
 
 async def _unsafe_letters(layout: Layout, table: str) -> int:
@@ -339,6 +412,12 @@ def _summary(  # noqa: PLR0917 - the figures the summary prints
             if not math.isnan(p50):
                 parts.append(f"{metric} p50={p50:.1f} p99={p99:.1f}")
         out(f"  {cause:<10} " + ("; ".join(parts) or "-"))
+    enforced = quantile(registry, "reconciler_enforcement_lag_seconds", 0.5, table="transcripts")
+    if not math.isnan(enforced):
+        out(
+            f"  enforcement lag p50={enforced:.1f} (from expiry plus the grace: the overdue ones were due"
+            " days before the worker started)"
+        )
     out(f"artifacts remaining for deleted items: {remaining}")
     out(f"artifacts of live items touched: {touched}")
     out(f"finished in {elapsed:.1f}s")
