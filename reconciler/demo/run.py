@@ -91,16 +91,17 @@ class Population:
     requested: list[Transcript]
     live: list[Transcript]
     overdue: list[Transcript]
-    """Expired days ago, still in the table: DynamoDB's TTL service has not got to them."""
+    """Expired days ago, still in the table: DynamoDB's TTL service has not got to them (``overdue=True``)."""
     orphan: Transcript
     """Files only: its item was deleted while no worker ran, and its stream record is long gone."""
 
     @property
     def deleted(self) -> list[Transcript]:
-        return [*self.ttl, *self.expired, *self.requested, *self.overdue]
+        """The transcripts whose removal is a stream record."""
+        return [*self.ttl, *self.expired, *self.requested]
 
 
-def populate(count: int, now: dt.datetime, seed: int = 7) -> Population:
+def populate(count: int, now: dt.datetime, seed: int = 7, *, overdue: bool = False) -> Population:
     """TTL-expired transcripts (most), a few expired ones a replica deletes, customer deletions, live ones,
     a few overdue for days, and one orphan.
 
@@ -114,14 +115,14 @@ def populate(count: int, now: dt.datetime, seed: int = 7) -> Population:
         return Transcript(accounts[n % len(accounts)], f"tr-{n:05d}", expiry(now, seconds))
 
     live_n, requested_n, expired_n = max(2, count // 6), max(2, count // 8), max(1, count // 10)
-    overdue_n = max(2, count // 10)
+    overdue_n = max(2, count // 10) if overdue else 0
     ttl_n = count - live_n - requested_n - expired_n - overdue_n
     items = iter(range(count))
     ttl = [make(next(items), -rng.uniform(60, 7200)) for _ in range(ttl_n)]
     expired = [make(next(items), -rng.uniform(60, 3600)) for _ in range(expired_n)]
     requested = [make(next(items), rng.uniform(86400, 30 * 86400)) for _ in range(requested_n)]
     live = [make(next(items), rng.uniform(86400, 30 * 86400)) for _ in range(live_n)]
-    overdue = [make(next(items), -rng.uniform(2 * 86400, 5 * 86400)) for _ in range(overdue_n)]
+    late = [make(next(items), -rng.uniform(2 * 86400, 5 * 86400)) for _ in range(overdue_n)]
     orphan = make(count, -rng.uniform(3 * 86400, 5 * 86400))
     victim = live[0]
     tampered = requested[-1]
@@ -131,7 +132,7 @@ def populate(count: int, now: dt.datetime, seed: int = 7) -> Population:
         tampered.expires_at,
         audio_url=f"s3://{UPLOADS}/{victim.account_id}/{victim.transcript_id}/audio.wav",
     )
-    return Population(ttl, expired, requested, live, overdue, orphan)
+    return Population(ttl, expired, requested, live, late, orphan)
 
 
 def _sample(registry: Samples, name: str, **labels: str) -> float:
@@ -175,9 +176,9 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
         async with AwsClients(aws) as clients:
             layout = Layout(clients.s3, clients.dynamodb)
             await layout.create()
-            population = populate(count, dt.datetime.now(dt.UTC))
+            population = populate(count, dt.datetime.now(dt.UTC), overdue=True)
             seeder = BackendSeeder()
-            await layout.add([*population.deleted, *population.live], seed=seeder)
+            await layout.add([*population.deleted, *population.overdue, *population.live], seed=seeder)
             for bucket, key, body in artifacts_of(population.orphan):
                 seeder.put_old_object(bucket, key, body, ORPHAN_AGE)
             live_before = await layout.snapshot(population.live)
@@ -213,7 +214,7 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
                 await _delete(layout, population, out)
                 finished = await _failover(workers, tasks, registry, len(population.deleted), out)
                 finished = finished and await _wait(registry, len(population.deleted), out)
-                finished = finished and await _drained(layout, population.deleted)
+                finished = finished and await _drained(layout, [*population.deleted, *population.overdue])
                 finished = finished and await _enforced(layout, population.overdue, registry, out)
                 for name, task in tasks.items():
                     if not task.done():
@@ -221,7 +222,7 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
                         await task
             found = await _orphans(local_settings(endpoint), aws, out)
             remaining = 0
-            for t in [*population.deleted, population.orphan]:
+            for t in [*population.deleted, *population.overdue, population.orphan]:
                 left = await layout.remaining(t)
                 if left:
                     out(f"LEFT BEHIND: {left} artifacts of {t.account_id}/{t.transcript_id}")
