@@ -231,6 +231,7 @@ class OrphanSweep:
             self._metrics.orphans_found.labels("object", owner.table).inc()
             log.info(
                 "orphans.found",
+                kind="object",
                 dry_run=dry_run,
                 bucket=orphan.bucket,
                 key=orphan.key,
@@ -263,7 +264,13 @@ class OrphanSweep:
             report.deleted += 1
             for owner in orphan.owners:
                 self._metrics.orphans_deleted.labels("object", owner.table).inc()
-            log.info("orphans.deleted", bucket=orphan.bucket, key=orphan.key, versions=len(orphan.versions))
+            log.info(
+                "orphans.deleted",
+                kind="object",
+                bucket=orphan.bucket,
+                key=orphan.key,
+                versions=len(orphan.versions),
+            )
 
 
 def _ident(owner: Owner) -> tuple[str, str]:

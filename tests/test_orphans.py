@@ -67,13 +67,23 @@ async def test_an_orphan_sweep_after_an_outage_deletes_every_orphan_and_nothing_
     orphans = sum(len({(b, k) for b, k, _ in artifacts_of(t)}) for t in dead)
     assert report.deleted == len(report.orphans) == orphans
     assert report.young == len({(b, k) for b, k, _ in artifacts_of(young[0])})
-    assert registry.get_sample_value("reconciler_orphans_deleted_total", {"table": "transcripts"}) == 2 * 8
-    assert registry.get_sample_value("reconciler_orphans_deleted_total", {"table": "llm_requests"}) == 2 * 4
+    assert (
+        registry.get_sample_value(
+            "reconciler_orphans_deleted_total", {"kind": "object", "table": "transcripts"}
+        )
+        == 2 * 8
+    )
+    assert (
+        registry.get_sample_value(
+            "reconciler_orphans_deleted_total", {"kind": "object", "table": "llm_requests"}
+        )
+        == 2 * 4
+    )
     assert (registry.get_sample_value("reconciler_orphan_pages_total") or 0) >= len(BUCKETS)
     found = [e for e in logs if e["event"] == "orphans.found"]
     assert len(found) == orphans
     assert all(
-        set(e) == {"event", "log_level", "dry_run", "bucket", "key", "table", "key_hash", "versions"}
+        set(e) == {"event", "log_level", "kind", "dry_run", "bucket", "key", "table", "key_hash", "versions"}
         for e in found
     )
 
