@@ -168,7 +168,7 @@ def _parent(edge: _Edge, spec: TableSpec, image: Image) -> Parentage | None:
     if not _linked_by(link, spec, image):
         return None
     key = {link.value_from: image[link.attribute]}
-    if edge.entity.match_attribute in edge.parent.key and not edge.entity.matches(key):
+    if edge.entity.match_attribute in key and not edge.entity.matches(key):
         return None  # no item of the parent's kind has this key
     if not edge.readable:
         detail = f"{edge.parent.name!r} is neither a source nor linked from one"
