@@ -100,6 +100,9 @@ class ItemOrphanSweep:
     ) -> None:
         """Every linked table, page by page; ``stopping`` ends the pass between pages."""
         executor = Executor(self._rules, self._artifacts, self._items, self._metrics, dry_run=dry_run)
+        for table, problems in self._index.unswept.items():
+            reasons = sorted({p.reason.value for p in problems})
+            log.info("orphans.items_unswept", table=table, reasons=reasons)
         for table in self._index.linked:
             start: Image | None = None
             while stopping is None or not stopping.is_set():

@@ -110,29 +110,39 @@ async def test_a_linked_item_without_a_created_attribute_in_the_rules_is_reporte
     assert registry.get_sample_value("reconciler_orphans_unaged_total", {"table": "llm_requests"}) == 1
 
 
-async def test_a_linked_item_whose_link_hands_on_unrenderable_parent_scopes_is_unresolvable() -> None:
-    """The demo's speech outputs are checked against {parent.account_id}: not in the transcript's key."""
+async def test_linked_tables_whose_links_cannot_name_a_parent_are_not_read_and_are_logged() -> None:
+    """The demo's speech outputs are checked against {parent.account_id}, not in the transcript's key; a
+    single-table output links to its transcript by PK, half of its key: neither is scanned."""
     artifacts, items = FakeArtifactStore(), FakeItemStore()
     url = "s3://stt-understanding/acct-1/907/translation.json"
     items.put("speech_outputs", {"transcript_id": "907", "output_type": "translation", "created_at": OLD,
                                  "output_url": url})  # fmt: skip
-    sweep, registry = _sweep(_demo_rules(speech_outputs="created_at"), artifacts, items)
-    report = (await sweep.sweep(dry_run=False)).items
-    assert (report.unresolvable, report.deleted, len(items.tables["speech_outputs"])) == (1, 0, 1)
-    labels = {"table": "speech_outputs", "reason": "parent_scope"}
-    assert registry.get_sample_value("reconciler_orphans_unresolvable_total", labels) == 1
+    single = tomllib.loads((ROOT / "tests" / "rules" / "single_table.toml").read_text())
+    single["tables"]["app"]["created_attribute"] = "created_at"
+    items.put("app", {"PK": "JOB#1", "SK": "OUTPUT#de", "tenant": "TENANT#acme", "created_at": OLD})
+    for rules, table, reason in [
+        (_demo_rules(speech_outputs="created_at"), "speech_outputs", "parent_scope"),
+        (Rules.model_validate(single), "app", "partial_key"),
+    ]:
+        sweep, _ = _sweep(rules, artifacts, items)
+        with capture_logs() as logs:
+            report = (await sweep.sweep(dry_run=False)).items
+        assert (report.deleted, len(items.tables[table])) == (0, 1)
+        unswept = {e["table"]: e["reasons"] for e in logs if e["event"] == "orphans.items_unswept"}
+        assert unswept[table] == [reason]
+        assert report.pages == (1 if table == "speech_outputs" else 0)  # the demo's llm_requests are read
 
 
-async def test_a_single_table_child_linked_by_part_of_its_parents_key_is_unresolvable() -> None:
-    data = tomllib.loads((ROOT / "tests" / "rules" / "single_table.toml").read_text())
-    data["tables"]["app"]["created_attribute"] = "created_at"
+async def test_an_item_whose_parent_key_cannot_render_the_links_scopes_is_unresolvable() -> None:
+    data = _two_parents()
+    data["tables"]["a"]["links"][0] |= {"scope": "both", "scopes": ["s3://bkt/a/{parent.a_id}/"]}
+    data["tables"]["child"]["created_attribute"] = "created"
     artifacts, items = FakeArtifactStore(), FakeItemStore()
-    items.put("app", {"PK": "JOB#1", "SK": "OUTPUT#de", "tenant": "TENANT#acme", "created_at": OLD,
-                      "output_url": "s3://media/outputs/acme/1/de.json"})  # fmt: skip
+    items.put("child", {"child_id": "c0", "a_ref": "x/..", "created": OLD})  # no parent renders "x/.."
     sweep, registry = _sweep(Rules.model_validate(data), artifacts, items)
     report = (await sweep.sweep(dry_run=False)).items
-    assert (report.unresolvable, report.deleted, len(items.tables["app"])) == (1, 0, 1)
-    labels = {"table": "app", "reason": "partial_key"}
+    assert (report.unresolvable, report.deleted, len(items.tables["child"])) == (1, 0, 1)
+    labels = {"table": "child", "reason": "parent_scope"}
     assert registry.get_sample_value("reconciler_orphans_unresolvable_total", labels) == 1
 
 

@@ -103,4 +103,9 @@ def test_a_scan_reads_keys_link_attributes_match_attributes_and_the_created_attr
     assert ParentIndex.of(EXAMPLE).linked == ("speech_outputs", "llm_requests")
     assert ParentIndex.of(EXAMPLE).attributes("llm_requests") == ("request_id", "transcript_id", "created_at")
     assert ParentIndex.of(SINGLE_TABLE).attributes("app") == ("PK", "SK")
-    assert ParentIndex.of(SINGLE_TABLE).linked == ("app", "gateway", "segments")
+    assert ParentIndex.of(DEMO).linked == ("llm_requests",)
+    assert {t: [p.reason for p in ps] for t, ps in ParentIndex.of(DEMO).unswept.items()} == {
+        "speech_outputs": [ParentReason.PARENT_SCOPE]
+    }
+    single = ParentIndex.of(SINGLE_TABLE)
+    assert (single.linked, sorted(single.unswept)) == ((), ["app", "gateway", "segments"])

@@ -93,6 +93,27 @@ class _Edge:
     def unknown(self, reason: ParentReason, detail: str) -> UnknownParent:
         return UnknownParent(self.parent.name, self.entity.name, reason, detail)
 
+    @property
+    def problem(self) -> UnknownParent | None:
+        """Why no item this link matches can name its parent, whatever its values (the rules say so)."""
+        link, parent = self.link, self.parent
+        if not self.readable:
+            return self.unknown(
+                ParentReason.NOT_READ, f"{parent.name!r} is neither a source nor linked from one"
+            )
+        if parent.key != (link.value_from,):
+            detail = f"value_from {link.value_from!r} is not {parent.name!r}'s whole key"
+            return self.unknown(ParentReason.PARTIAL_KEY, detail)
+        if link.scope is ScopeMode.OWN:
+            return None
+        if not link.scopes:
+            detail = "the link hands on the parent's own scopes, which need its whole item"
+            return self.unknown(ParentReason.PARENT_SCOPE, detail)
+        if any(set(t.parent_fields) - set(parent.key) for t in link.scopes):
+            detail = "the link's scopes name parent attributes beyond its key"
+            return self.unknown(ParentReason.PARENT_SCOPE, detail)
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class ParentIndex:
@@ -101,7 +122,11 @@ class ParentIndex:
     tables: Mapping[str, TableSpec]
     edges: Mapping[str, tuple[_Edge, ...]]
     linked: tuple[str, ...]
-    """The tables to sweep: those linked from a table the worker reads, in the order they are reached."""
+    """The tables to sweep: those linked from a table the worker reads, in the order they are reached,
+    where some link could name its items' parent."""
+    unswept: Mapping[str, tuple[UnknownParent, ...]]
+    """The other tables linked from a table the worker reads: no link into them can name a parent (the
+    rules say so), so every item there would be kept; they are not read at all."""
 
     @classmethod
     def of(cls, rules: RuleSet) -> ParentIndex:
@@ -112,9 +137,11 @@ class ParentIndex:
                 for link in entity.links:
                     edge = _Edge(table, entity, link, table.name in readable)
                     edges.setdefault(link.table, []).append(edge)
-        linked = [name for name in readable if any(e.readable for e in edges.get(name, ()))]
+        reached = [name for name in readable if any(e.readable for e in edges.get(name, ()))]
+        linked = tuple(n for n in reached if any(e.problem is None for e in edges[n]))
+        unswept = {n: tuple(filter(None, (e.problem for e in edges[n]))) for n in reached if n not in linked}
         frozen = {name: tuple(found) for name, found in edges.items()}
-        return cls(rules.tables, MappingProxyType(frozen), tuple(linked))
+        return cls(rules.tables, MappingProxyType(frozen), linked, MappingProxyType(unswept))
 
     def attributes(self, table: str) -> tuple[str, ...]:
         """What a Scan of ``table`` must read to judge its items: the key, every link's attribute and sort
@@ -170,12 +197,8 @@ def _parent(edge: _Edge, spec: TableSpec, image: Image) -> Parentage | None:
     key = {link.value_from: image[link.attribute]}
     if edge.entity.match_attribute in key and not edge.entity.matches(key):
         return None  # no item of the parent's kind has this key
-    if not edge.readable:
-        detail = f"{edge.parent.name!r} is neither a source nor linked from one"
-        return edge.unknown(ParentReason.NOT_READ, detail)
-    if edge.parent.key != (link.value_from,):
-        detail = f"value_from {link.value_from!r} is not {edge.parent.name!r}'s whole key"
-        return edge.unknown(ParentReason.PARTIAL_KEY, detail)
+    if edge.problem is not None:
+        return edge.problem
     inherited = _inherited(edge, key)
     if isinstance(inherited, UnknownParent):
         return inherited
@@ -197,13 +220,10 @@ def _inherited(edge: _Edge, key: Image) -> tuple[S3Location, ...] | UnknownParen
     """The scopes the link hands on, rendered from the parent's key alone (all that is known of it)."""
     if edge.link.scope is ScopeMode.OWN:
         return ()
-    if not edge.link.scopes:
-        detail = "the link hands on the parent's own scopes, which need its whole item"
-        return edge.unknown(ParentReason.PARENT_SCOPE, detail)
     try:
         return render_all(edge.link.scopes, {}, parent=key)
-    except ScopeViolation:
-        detail = "the link's scopes name parent attributes beyond its key"
+    except ScopeViolation:  # a key value that cannot be a path segment: the parent could not render it
+        detail = "the link's scopes do not render over the parent's key"
         return edge.unknown(ParentReason.PARENT_SCOPE, detail)
 
 
