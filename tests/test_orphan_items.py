@@ -17,10 +17,11 @@ from structlog.testing import capture_logs
 
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.parents import created_at
-from reconciler.core.plan import LinkQuery
+from reconciler.core.plan import LinkQuery, key_hash
 from reconciler.observability.metrics import Metrics
 from reconciler.orphans import OrphanReport, OrphanSweep
 from reconciler.rules import Rules, load_rules
+from reconciler.sweep_once import orphans_text
 from reconciler.sweeper import ReadBudget
 from reconciler.testing import FakeArtifactStore, FakeItemStore
 
@@ -82,6 +83,12 @@ async def test_an_orphan_sweep_deletes_linked_items_whose_parent_is_gone_with_th
     with capture_logs() as logs:
         dry = await sweep.sweep(dry_run=True)
     assert sorted(str(o.key["request_id"]) for o in dry.items.orphans) == dead
+    listed = orphans_text(dry, dry_run=True)
+    parent = key_hash("transcripts", {"transcript_id": "907"})
+    assert f"would delete: item llm_requests {key_hash('llm_requests', {'request_id': dead[0]})}" in listed
+    assert listed.count(f" parent transcripts {parent}") == 3
+    assert "907" not in listed  # key hashes only
+    assert "orphan items: 3 (dry run: nothing deleted), items scanned: 7," in listed
     assert len(_requests(items)) == 7
     assert len(artifacts.buckets[LLM]) == 7 * 3
 
