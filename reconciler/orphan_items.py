@@ -32,6 +32,7 @@ import structlog
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.parents import Parent, ParentIndex, UnknownParent, created_at, orphaned
 from reconciler.core.plan import key_hash
+from reconciler.core.reverse import KeyTypes
 from reconciler.core.spec import RuleSet
 from reconciler.execution import ExecutionResult, Executor
 from reconciler.observability.metrics import Metrics
@@ -86,9 +87,10 @@ class ItemOrphanSweep:
         items: ItemStore,
         metrics: Metrics,
         budget: ReadBudget,
+        key_types: KeyTypes | None = None,
     ) -> None:
         self._rules = rules
-        self._index = ParentIndex.of(rules)
+        self._index = ParentIndex.of(rules, key_types)
         self._scan = scan
         self._artifacts = artifacts
         self._items = items

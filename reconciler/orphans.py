@@ -97,7 +97,9 @@ class OrphanSweep:
         ``read_budget`` (100 read units a second if not given)."""
         self._rules = rules
         self._item_sweep = (
-            ItemOrphanSweep(rules, linked, artifacts, items, metrics, read_budget or ReadBudget(100.0))
+            ItemOrphanSweep(
+                rules, linked, artifacts, items, metrics, read_budget or ReadBudget(100.0), key_types
+            )
             if linked is not None
             else None
         )

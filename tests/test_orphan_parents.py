@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from reconciler.core.parents import Parent, ParentIndex, ParentReason, UnknownParent, orphaned
 from reconciler.core.plan import key_hash, resolve
+from reconciler.core.reverse import KeyType
 from reconciler.rules import load_rules
 
 ROOT = Path(__file__).parent.parent
@@ -39,6 +40,7 @@ def test_a_linked_item_maps_back_to_exactly_the_parent_whose_cascade_finds_it(
         assert query.matches(child)
         found = index.parents(query.table, child)
         assert found == [Parent("transcripts", "", (("transcript_id", transcript),), query)]
+        assert isinstance(found[0], Parent)
         assert found[0].ident == ("transcripts", key_hash("transcripts", {"transcript_id": transcript}))
         # A sibling whose id only begins the same way is another parent, never this one.
         sibling = child | {"transcript_id": f"{transcript}0"}
@@ -109,3 +111,17 @@ def test_a_scan_reads_keys_link_attributes_match_attributes_and_the_created_attr
     }
     single = ParentIndex.of(SINGLE_TABLE)
     assert (single.linked, sorted(single.unswept)) == ((), ["app", "gateway", "segments"])
+
+
+@SETTINGS
+@given(value=identifiers, key_type=st.sampled_from(KeyType))
+def test_a_link_value_of_another_type_than_the_parents_key_names_no_parent(
+    value: str | decimal.Decimal, key_type: KeyType
+) -> None:
+    """A cascade finds children by the parent's typed value: "907" never links to the number 907."""
+    index = ParentIndex.of(EXAMPLE, {"transcripts": {"transcript_id": key_type}})
+    found = index.parents("llm_requests", {"request_id": "r", "transcript_id": value})
+    typed = (key_type is KeyType.STRING) == isinstance(value, str) and key_type is not KeyType.BINARY
+    assert [p.item_key for p in found if isinstance(p, Parent)] == (
+        [{"transcript_id": value}] if typed else []
+    )

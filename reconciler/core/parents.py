@@ -32,9 +32,11 @@ from types import MappingProxyType
 
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.plan import LinkQuery, key_hash
-from reconciler.core.reverse import reachable_tables
+from reconciler.core.reverse import KeyType, KeyTypes, reachable_tables
 from reconciler.core.scope import S3Location, ScopeViolation, render_all
 from reconciler.core.spec import EntitySpec, LinkSpec, RuleSet, ScopeMode, TableSpec, begins_with
+
+_PYTHON_TYPES = {KeyType.STRING: str, KeyType.NUMBER: decimal.Decimal, KeyType.BINARY: bytes}
 
 
 class ParentReason(StrEnum):
@@ -89,6 +91,8 @@ class _Edge:
     entity: EntitySpec
     link: LinkSpec
     readable: bool
+    key_type: KeyType | None
+    """The type of the parent's key attribute ``value_from``, if given."""
 
     def unknown(self, reason: ParentReason, detail: str) -> UnknownParent:
         return UnknownParent(self.parent.name, self.entity.name, reason, detail)
@@ -129,13 +133,16 @@ class ParentIndex:
     rules say so), so every item there would be kept; they are not read at all."""
 
     @classmethod
-    def of(cls, rules: RuleSet) -> ParentIndex:
+    def of(cls, rules: RuleSet, key_types: KeyTypes | None = None) -> ParentIndex:
+        """With the parents' ``key_types`` (``DescribeTable``), a link value of another type names no
+        parent (no item's key can hold it, so no cascade ever found the item through it)."""
         readable = reachable_tables(rules)
         edges: dict[str, list[_Edge]] = {}
         for table in rules.tables.values():
+            types = (key_types or {}).get(table.name, {})
             for entity in table.entities:
                 for link in entity.links:
-                    edge = _Edge(table, entity, link, table.name in readable)
+                    edge = _Edge(table, entity, link, table.name in readable, types.get(link.value_from))
                     edges.setdefault(link.table, []).append(edge)
         reached = [name for name in readable if any(e.readable for e in edges.get(name, ()))]
         linked = tuple(n for n in reached if any(e.problem is None for e in edges[n]))
@@ -197,6 +204,8 @@ def _parent(edge: _Edge, spec: TableSpec, image: Image) -> Parentage | None:
     key = {link.value_from: image[link.attribute]}
     if edge.entity.match_attribute in key and not edge.entity.matches(key):
         return None  # no item of the parent's kind has this key
+    if edge.key_type is not None and not isinstance(key[link.value_from], _PYTHON_TYPES[edge.key_type]):
+        return None  # no item of the parent's table has a key of this type
     if edge.problem is not None:
         return edge.problem
     inherited = _inherited(edge, key)
