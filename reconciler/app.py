@@ -35,7 +35,7 @@ from reconciler.receipts import ReceiptWriter
 from reconciler.rules import Rules
 from reconciler.settings import Settings
 from reconciler.shadow import ReadOnlyArtifacts, ReadOnlyItems, ShadowDeadLetters, ShadowReport
-from reconciler.sweeper import Sweeper, sweepable
+from reconciler.sweeper import ReadBudget, Sweeper, sweepable
 from reconciler.worker import Collaborators, Worker
 
 
@@ -255,16 +255,20 @@ async def build_orphan_sweep(
     clock: Callable[[], dt.datetime] = utcnow,
 ) -> AsyncIterator[OrphanSweep]:
     """An orphan sweep on AWS (``reconciler sweep --once --orphans``): the key types of every table the
-    worker reads come from ``DescribeTable`` first."""
+    worker reads come from ``DescribeTable`` first; linked tables are Scanned under the sweeper's read
+    budget."""
     spec, metrics, call = _one_shot(rules, registry)
     aws = aws or AwsSettings.of(settings)
     async with AwsClients(aws) as clients:
+        items = DynamoDBItemStore(clients.dynamodb, call)
         yield OrphanSweep(
             spec,
             await key_types(clients.dynamodb, call, reachable_tables(spec)),
             S3ArtifactStore(clients.s3, call),
-            DynamoDBItemStore(clients.dynamodb, call),
+            items,
             metrics,
             clock,
             dt.timedelta(seconds=settings.orphan_min_age_seconds),
+            linked=items,
+            read_budget=ReadBudget(settings.sweep_read_units_per_second),
         )

@@ -120,6 +120,12 @@ class Executor:
         called by several linked items at once."""
         return await self._execute(plan, _Record(CallSlots(self._fanout), record_refusals))
 
+    async def delete_orphan(self, query: LinkQuery, image: Image) -> ExecutionResult:
+        """Delete a linked item whose parents are all gone as the parent's cascade would have: its targets
+        (scope-checked), its own linked items, then the item only while it still matches ``query``. There is
+        no record to write refusals with, so an item with any stays."""
+        return await self._delete_one_linked(query, image, _Record(CallSlots(self._fanout), None), ())
+
     async def _execute(self, plan: DeletionPlan, run: _Record) -> ExecutionResult:
         result = ExecutionResult()
         own = [ScopedUnsafe(plan.table, dict(plan.key), u) for u in plan.unsafe]

@@ -19,7 +19,9 @@ worker can reach (the sources and the tables linked from them; a table that noth
   ``BatchGetItem`` and ``GetItem`` (a page of items found through an index is read again, consistently, in
   one ``BatchGetItem``, and a receipt's re-check reads deleted linked items again by key, ``receipts.py``;
   ``GetItem`` as for the sources); ``DeleteItem`` (conditional, ``dynamodb.py``);
-  ``DescribeTable`` (the pre-flight checks that the table and its indexes exist, ``preflight.py``). Nothing
+  ``DescribeTable`` (the pre-flight checks that the table and its indexes exist, ``preflight.py``);
+  ``Scan`` (the orphan sweep reads keys and link attributes to find items whose parents are gone,
+  ``orphan_items.py``; unused unless it runs). Nothing
   else is deleted from DynamoDB: the sweeper or TTL itself removes the source items, and ``BatchWriteItem`` is
   never called.
 - the checkpoint table, which is also the lease table (one item per stream ARN and shard id): ``Query`` (a
@@ -218,6 +220,11 @@ def _linked_statements(rules: Rules, arns: _Arns) -> list[Statement]:
             "LinkedTablesDescribe", ["dynamodb:DescribeTable"], [arns.table(link.table) for link in links]
         ),
     ]
+    # The orphan sweep reads every linked table whole (keys and link attributes only) to find items whose
+    # parents are all gone (reconciler/orphan_items.py); a worker that never runs it leaves this unused.
+    statements.append(
+        _statement("LinkedItemsScan", ["dynamodb:Scan"], [arns.table(link.table) for link in links])
+    )
     # Indexes are eventually consistent and may project only keys: what they find is read again. And a
     # receipt's re-check reads every deleted linked item again by key.
     statements.append(

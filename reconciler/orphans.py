@@ -1,4 +1,5 @@
-"""The orphan sweep: delete the S3 objects whose every owner item is gone, when no stream record said so.
+"""The orphan sweep: delete the S3 objects whose every owner item is gone, when no stream record said so
+(and, first, the linked DynamoDB items whose every parent is gone: ``reconciler.orphan_items``).
 
 A missed event (a worker down longer than the stream's 24-hour retention, a trimmed window, a rules file
 fixed later) leaves an item's files behind for good. The sweep lists every walk root
@@ -20,6 +21,7 @@ stays. Logs carry bucket, key, owner table and key hash only, never item content
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +33,9 @@ from reconciler.core.reverse import KeyTypes, Owner, OwnerIndex, Unresolvable, r
 from reconciler.core.scope import S3Location, ScopeViolation, check_in_scope
 from reconciler.core.spec import RuleSet
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import ArtifactStore, ItemStore, ObjectVersion
+from reconciler.orphan_items import ItemOrphanReport, ItemOrphanSweep
+from reconciler.ports import ArtifactStore, ItemStore, LinkedItemScan, ObjectVersion
+from reconciler.sweeper import ReadBudget
 
 log = structlog.get_logger("reconciler.orphans")
 
@@ -64,6 +68,8 @@ class OrphanReport:
     kept: int = 0
     """Objects kept for another reason: an owner still there, refused by S3, or an owner the worker cannot
     read."""
+    items: ItemOrphanReport = field(default_factory=ItemOrphanReport)
+    """The linked DynamoDB items swept (``reconciler.orphan_items``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +89,20 @@ class OrphanSweep:
         metrics: Metrics,
         clock: Clock,
         min_age: dt.timedelta,
+        *,
+        linked: LinkedItemScan | None = None,
+        read_budget: ReadBudget | None = None,
     ) -> None:
+        """Without ``linked`` only objects are swept; linked items are Scanned through it, paced by
+        ``read_budget`` (100 read units a second if not given)."""
         self._rules = rules
+        self._item_sweep = (
+            ItemOrphanSweep(
+                rules, linked, artifacts, items, metrics, read_budget or ReadBudget(100.0), key_types
+            )
+            if linked is not None
+            else None
+        )
         self._index = OwnerIndex.of(rules, key_types)
         self._readable = frozenset(reachable_tables(rules))
         self._artifacts = artifacts
@@ -93,12 +111,18 @@ class OrphanSweep:
         self._clock = clock
         self._min_age = min_age
 
-    async def sweep(self, *, dry_run: bool) -> OrphanReport:
-        """One pass over every walk root; in a dry run, nothing is deleted."""
+    async def sweep(self, *, dry_run: bool, stopping: asyncio.Event | None = None) -> OrphanReport:
+        """One pass over every linked table, then every walk root; in a dry run, nothing is deleted.
+        ``stopping`` ends the pass early (between pages). Items go first: an orphan item's files go with it,
+        through its scope checks, and the walk then finds them gone."""
         report = OrphanReport()
         cutoff = self._clock() - self._min_age
+        if self._item_sweep is not None:
+            await self._item_sweep.sweep(cutoff, report.items, dry_run=dry_run, stopping=stopping)
         for bucket, prefixes in walk_roots(self._rules).items():
             for prefix in prefixes:
+                if stopping is not None and stopping.is_set():
+                    break
                 await self._walk(S3Location(bucket, prefix), cutoff, report, dry_run=dry_run)
         log.info(
             "orphans.swept",
@@ -110,6 +134,15 @@ class OrphanSweep:
             unresolvable=report.unresolvable,
             young=report.young,
             kept=report.kept,
+            item_pages=report.items.pages,
+            items=report.items.items,
+            item_orphans=len(report.items.orphans),
+            items_deleted=report.items.deleted,
+            items_unresolvable=report.items.unresolvable,
+            items_young=report.items.young,
+            items_unaged=report.items.unaged,
+            items_kept=report.items.kept,
+            read_units=report.items.read_units,
         )
         return report
 
@@ -197,9 +230,10 @@ class OrphanSweep:
     def _found(self, orphan: Orphan, report: OrphanReport, *, dry_run: bool) -> None:
         report.orphans.append(orphan)
         for owner in orphan.owners:
-            self._metrics.orphans_found.labels(owner.table).inc()
+            self._metrics.orphans_found.labels("object", owner.table).inc()
             log.info(
                 "orphans.found",
+                kind="object",
                 dry_run=dry_run,
                 bucket=orphan.bucket,
                 key=orphan.key,
@@ -231,8 +265,14 @@ class OrphanSweep:
                 continue
             report.deleted += 1
             for owner in orphan.owners:
-                self._metrics.orphans_deleted.labels(owner.table).inc()
-            log.info("orphans.deleted", bucket=orphan.bucket, key=orphan.key, versions=len(orphan.versions))
+                self._metrics.orphans_deleted.labels("object", owner.table).inc()
+            log.info(
+                "orphans.deleted",
+                kind="object",
+                bucket=orphan.bucket,
+                key=orphan.key,
+                versions=len(orphan.versions),
+            )
 
 
 def _ident(owner: Owner) -> tuple[str, str]:

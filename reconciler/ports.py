@@ -308,6 +308,17 @@ class CandidatePage:
     read_units: float
 
 
+class LinkedItemScan(Protocol):
+    """A linked table read whole, page by page, for the orphan sweep."""
+
+    async def scan_linked(
+        self, table: str, attributes: Sequence[str], *, start: Image | None, limit: int
+    ) -> CandidatePage:
+        """At most ``limit`` items of ``table`` after ``start``, with only ``attributes`` (never whole
+        images), the next page's start (None at the end) and the read units the page consumed."""
+        ...
+
+
 class ExpiredItems(Protocol):
     """A source table's items past their TTL, found by a parallel Scan and deleted one by one."""
 

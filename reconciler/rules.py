@@ -276,6 +276,12 @@ class TableRules(_Artifacts):
         " own rules above.",
     )
     cascade: CascadeRules = Field(default_factory=CascadeRules, description="Which removals cascade.")
+    created_attribute: _Attribute | None = Field(
+        default=None,
+        description="When an item was written: a Number of epoch seconds or an ISO 8601 string with a time"
+        " zone. Only on a linked table: the orphan sweep deletes its items whose parents are all gone only"
+        " once they are older than orphan_min_age_seconds by it, and keeps those without one.",
+    )
 
     @model_validator(mode="after")
     def _scopes_name_the_item(self) -> Self:
@@ -322,6 +328,7 @@ class TableRules(_Artifacts):
             ttl_attribute=self.ttl_attribute,
             entities=tuple(entities),
             cascade=self.cascade.compile(),
+            created_attribute=self.created_attribute,
         )
 
 
@@ -348,6 +355,7 @@ class Rules(_Frozen):
                 self._check_kind(name, table, kind, rules)
         self._check_own_scopes()
         self._check_acyclic()
+        self._check_created_attributes()
         self._compiled = RuleSet.of(
             frozenset(self.buckets), self.sources, {n: t.compile(n) for n, t in self.tables.items()}
         )
@@ -425,6 +433,18 @@ class Rules(_Frozen):
                         f"{where} has S3 targets but no scopes: give it scopes, or link to it only with"
                         " scope = 'parent' or 'both' (prefixes always need scopes of their own)"
                     )
+
+    def _check_created_attributes(self) -> None:
+        """A created attribute dates linked items for the orphan sweep: a table nothing links to has none to
+        date, and a TTL attribute is when an item expires, not when it was written."""
+        linked = {link.table for table in self.tables.values() for link in table.all_links()}
+        for name, table in self.tables.items():
+            if table.created_attribute is None:
+                continue
+            if name not in linked:
+                raise ValueError(f"table {name!r}: created_attribute dates linked items; nothing links here")
+            if table.created_attribute == table.ttl_attribute:
+                raise ValueError(f"table {name!r}: created_attribute cannot be the TTL attribute")
 
     def _check_acyclic(self) -> None:
         """Entity types are the nodes: a link within one table from one type to another is not a cycle."""

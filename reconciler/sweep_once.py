@@ -54,13 +54,21 @@ async def sweep_orphans(settings: Settings, rules: Rules, *, dry_run: bool) -> O
 
 
 def orphans_text(report: OrphanReport, *, dry_run: bool) -> str:
-    """One line per orphan (bucket, key, owner table and key hash), then the counts; never item content."""
+    """One line per orphan (bucket, key, owner table and key hash; an item's table and key hash, and its
+    parents'), then the counts; never item content."""
     verb = "would delete" if dry_run else "orphan"
     lines = [
         f"{verb}: s3://{orphan.bucket}/{orphan.key} ({len(orphan.versions)} versions)"
         f" owner {owner.table} {key_hash(owner.table, owner.item_key)}"
         for orphan in report.orphans
         for owner in orphan.owners
+    ]
+    items = report.items
+    lines += [
+        f"{verb}: item {orphan.table} {key_hash(orphan.table, orphan.key)}"
+        f" parent {parent.table} {key_hash(parent.table, parent.item_key)}"
+        for orphan in items.orphans
+        for parent in orphan.parents
     ]
     done = (
         "dry run: nothing deleted"
@@ -71,5 +79,16 @@ def orphans_text(report: OrphanReport, *, dry_run: bool) -> str:
         f"orphans: {len(report.orphans)} ({done}), objects listed: {report.objects}, pages: {report.pages},"
         f" kept as unresolvable: {report.unresolvable}, younger than the minimum age: {report.young},"
         f" otherwise kept: {report.kept}"
+    )
+    done = (
+        "dry run: nothing deleted"
+        if dry_run
+        else f"deleted: {items.deleted} ({items.versions_deleted} versions)"
+    )
+    lines.append(
+        f"orphan items: {len(items.orphans)} ({done}), items scanned: {items.items}, pages: {items.pages},"
+        f" read units: {items.read_units:g}, kept as unresolvable: {items.unresolvable},"
+        f" younger than the minimum age: {items.young}, without a created attribute: {items.unaged},"
+        f" otherwise kept: {items.kept}"
     )
     return "\n".join(lines)

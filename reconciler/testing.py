@@ -131,6 +131,18 @@ class FakeItemStore:
     async def get_many(self, table: str, keys: Sequence[Mapping[str, object]]) -> list[Image | None]:
         return [await self.get(table, key) for key in keys]
 
+    async def scan_linked(
+        self, table: str, attributes: Sequence[str], *, start: Image | None, limit: int
+    ) -> CandidatePage:
+        """Pages in a stable order of the projections (as DynamoDB's is of keys), so deleting items between
+        pages skips none; ``start`` is the page's last projection. One read unit an item."""
+        rows = [{a: r[a] for a in attributes if a in r} for r in self.tables.get(table, [])]
+        rows.sort(key=_order)
+        if start is not None:
+            rows = [r for r in rows if _order(r) > _order(start)]
+        page, more = rows[:limit], len(rows) > limit
+        return CandidatePage(page, dict(page[-1]) if more else None, float(len(page)))
+
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         if self.fail_deletes:
             raise TransientError("ProvisionedThroughputExceededException")
@@ -142,6 +154,10 @@ class FakeItemStore:
                 rows.remove(row)
                 return dict(row)
         return None
+
+
+def _order(image: Mapping[str, object]) -> str:
+    return repr(sorted((name, repr(value)) for name, value in image.items()))
 
 
 @dataclass

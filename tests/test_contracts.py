@@ -30,6 +30,7 @@ from reconciler.ports import (
     DeadLetterStore,
     ItemStore,
     LeaseStore,
+    LinkedItemScan,
     ObjectVersion,
 )
 from reconciler.testing import FakeArtifactStore, FakeDeadLetterStore, FakeItemStore, FakeLeaseStore
@@ -62,6 +63,11 @@ class Stores:
             return
         assert self.layout is not None
         await self.layout.dynamodb.put_item(TableName=table, Item=encode_key(item))
+
+    @property
+    def scan(self) -> LinkedItemScan:
+        assert isinstance(self.items, FakeItemStore | DynamoDBItemStore)
+        return self.items
 
     async def versions(self, prefix: str) -> list[ObjectVersion]:
         location = S3Location(BUCKET, prefix)
@@ -280,3 +286,28 @@ async def test_many_items_are_read_in_order_with_none_where_there_is_no_item(
         0,
     ]
     assert await stores.items.get_many("speech_outputs", []) == []
+
+
+async def test_an_orphan_scan_reads_only_the_attributes_asked_and_misses_no_item_deleted_between_pages(
+    stores: Stores,
+) -> None:
+    ids = [f"tr-{n}" for n in range(5)]
+    for ident in ids:
+        await stores.put_item("speech_outputs", {"transcript_id": ident, "output_type": "translation",
+                                                 "output_url": f"s3://{BUCKET}/{ident}.json"})  # fmt: skip
+    seen: list[dict[str, object]] = []
+    start = None
+    while True:
+        page = await stores.scan.scan_linked(
+            "speech_outputs", ["transcript_id", "output_type"], start=start, limit=2
+        )
+        assert len(page.items) <= 2
+        assert page.read_units > 0 or not page.items
+        seen += [dict(item) for item in page.items]
+        for item in page.items:  # the sweep deletes what it read before the next page
+            query = LinkQuery("speech_outputs", "transcript_id", item["transcript_id"], None)
+            assert await stores.items.delete_linked(query, item) is not None
+        if (start := page.start) is None:
+            break
+    assert sorted(str(item["transcript_id"]) for item in seen) == ids
+    assert all(set(item) == {"transcript_id", "output_type"} for item in seen)

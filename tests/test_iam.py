@@ -211,12 +211,14 @@ def test_each_kind_of_resource_gets_only_its_own_actions() -> None:
             "dynamodb:GetItem",
             "dynamodb:DeleteItem",
             "dynamodb:DescribeTable",
+            "dynamodb:Scan",  # the orphan sweep
         },
         f"{table}llm_requests": {
             "dynamodb:BatchGetItem",
             "dynamodb:GetItem",
             "dynamodb:DeleteItem",
             "dynamodb:DescribeTable",
+            "dynamodb:Scan",
         },
         f"{table}llm_requests/index/by_transcript": {"dynamodb:Query"},
         f"{table}checkpoints": {
@@ -400,6 +402,7 @@ def test_a_new_bucket_and_table_appear_in_the_policy() -> None:
         # A receipt's re-check reads deleted linked items again by key.
         ("dynamodb:BatchGetItem", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
         ("dynamodb:GetItem", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
+        ("dynamodb:Scan", f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/audit"),
     }
     assert set(_grants(before)) <= set(_grants(after))
 

@@ -124,6 +124,7 @@ def test_the_json_schema_documents_every_field() -> None:
     table = schema["$defs"]["TableRules"]["properties"]
     assert set(table) == {
         "key", "ttl_attribute", "scopes", "object_attributes", "prefixes", "links", "entities", "cascade",
+        "created_attribute",
     }  # fmt: skip
     assert all("description" in field for field in table.values())
     link = schema["$defs"]["LinkRule"]["properties"]

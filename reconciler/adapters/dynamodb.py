@@ -1,5 +1,5 @@
-"""DynamoDB: linked items (Query, GetItem, BatchGetItem, conditional DeleteItem). The lease table is
-``leases.py``, the dead-letter table ``letters.py``.
+"""DynamoDB: linked items (Query, GetItem, BatchGetItem, conditional DeleteItem; Scan for the orphan
+sweep). The lease table is ``leases.py``, the dead-letter table ``letters.py``.
 
 A linked item is deleted with ``DeleteItem`` conditioned on it still being linked, returning ``ALL_OLD``, so a
 re-linked item is never deleted and a changed one is seen.
@@ -17,6 +17,7 @@ from reconciler.adapters.aws import Caller, aws_operation, error_code
 from reconciler.core.dynamodb_json import Image, decode_image, encode_key, encode_value
 from reconciler.core.plan import LinkQuery
 from reconciler.errors import PermanentError, TransientError
+from reconciler.ports import CandidatePage
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -92,6 +93,30 @@ class DynamoDBItemStore:
         pending[:] = list(left["Keys"]) if left else []
         if pending:
             raise TransientError(f"BatchGetItem left {len(pending)} keys unprocessed")
+
+    async def scan_linked(
+        self, table: str, attributes: Sequence[str], *, start: Image | None, limit: int
+    ) -> CandidatePage:
+        """One ``Scan`` page reading only ``attributes`` (``ProjectionExpression``); DynamoDB charges the
+        items' whole size anyway, which ``ReturnConsumedCapacity`` reports for the sweep's read budget.
+        https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Scan.html"""
+        names = {f"#a{n}": name for n, name in enumerate(attributes)}
+        params: dict[str, Any] = {
+            "TableName": table,
+            "Limit": limit,
+            "ProjectionExpression": ", ".join(names),
+            "ExpressionAttributeNames": names,
+            "ReturnConsumedCapacity": "TOTAL",
+        }
+        if start is not None:
+            params["ExclusiveStartKey"] = encode_key(start)
+        page = await self._call(self._client.scan, **params)
+        last = page.get("LastEvaluatedKey")
+        return CandidatePage(
+            items=[decode_image(item) for item in page.get("Items", [])],
+            start=decode_image(last) if last else None,
+            read_units=float(page.get("ConsumedCapacity", {}).get("CapacityUnits", 0.0)),
+        )
 
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         """A conditional ``DeleteItem`` returning ``ALL_OLD``: an item re-linked meanwhile is left alone."""

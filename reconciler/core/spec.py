@@ -130,6 +130,8 @@ class TableSpec:
     entities: tuple[EntitySpec, ...] = ()
     """Named entities first, in file order; the table's own rules last (the entity named "")."""
     cascade: CascadeSpec = field(default_factory=CascadeSpec)
+    created_attribute: str | None = None
+    """When an item was written (epoch seconds or ISO 8601): the orphan sweep deletes only older items."""
 
     def entity_of(self, image: Image) -> EntitySpec | None:
         return next((e for e in self.entities if e.matches(image)), None)

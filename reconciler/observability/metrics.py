@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from reconciler import __version__
 from reconciler.core.classify import Cause
+from reconciler.core.parents import ParentReason
 from reconciler.core.plan import UnsafeReason
 from reconciler.core.reverse import UnresolvableReason
 from reconciler.core.spec import RuleSet
@@ -30,6 +31,8 @@ LAG_BUCKETS = (
 )  # fmt: skip
 
 
+ORPHAN_KINDS = ("object", "item")
+"""The ``kind`` label of the orphan sweep's counters: an S3 object, or a linked DynamoDB item."""
 # Every (kind, outcome) pair of reconciler_artifacts_total, created at start so rates exist before traffic.
 ARTIFACT_OUTCOMES = (
     ("object_version", "deleted"),
@@ -269,13 +272,21 @@ class Metrics:
     def _orphan_metrics(self, registry: CollectorRegistry) -> None:
         self.orphans_found = Counter(
             "reconciler_orphans_found_total",
-            "Objects the orphan sweep found old enough and with every owner item missing, by owner table.",
-            ["table"],
+            "Objects and linked items the orphan sweep found old enough and with every owner (parent) item"
+            " missing, by kind (object, item) and table (an object's owner table, an item's own).",
+            ["kind", "table"],
             registry=registry,
         )
         self.orphans_deleted = Counter(
             "reconciler_orphans_deleted_total",
-            "Orphan objects the orphan sweep deleted (every version), by owner table.",
+            "Orphans the orphan sweep deleted (an object's every version; an item with its artifacts), by"
+            " kind (object, item) and table.",
+            ["kind", "table"],
+            registry=registry,
+        )
+        self.orphans_unaged = Counter(
+            "reconciler_orphans_unaged_total",
+            "Linked items whose parents are all gone, kept because they have no readable created attribute.",
             ["table"],
             registry=registry,
         )
@@ -318,11 +329,14 @@ class Metrics:
         self._initialize_orphans(rules)
 
     def _initialize_orphans(self, rules: RuleSet) -> None:
+        reasons = dict.fromkeys([*(r.value for r in UnresolvableReason), *(r.value for r in ParentReason)])
         for table in rules.tables:
-            self.orphans_found.labels(table)
-            self.orphans_deleted.labels(table)
-            for reason in UnresolvableReason:
-                self.orphans_unresolvable.labels(table, reason.value)
+            for kind in ORPHAN_KINDS:
+                self.orphans_found.labels(kind, table)
+                self.orphans_deleted.labels(kind, table)
+            self.orphans_unaged.labels(table)
+            for reason in reasons:
+                self.orphans_unresolvable.labels(table, reason)
 
     def _initialize_letters(self) -> None:
         for kind in typing.get_args(LetterKind):
