@@ -35,6 +35,8 @@ LLM = "stt-llm-gateway"
 def _demo_rules(**created: str) -> Rules:
     """The demo's rules, with ``created_attribute`` set on the tables named."""
     data = tomllib.loads((ROOT / "reconciler" / "demo" / "rules.toml").read_text())
+    for spec in data["tables"].values():
+        spec.pop("created_attribute", None)
     for table, attribute in created.items():
         data["tables"][table]["created_attribute"] = attribute
     return Rules.model_validate(data)

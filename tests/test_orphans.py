@@ -140,6 +140,11 @@ async def test_an_orphan_sweep_after_an_outage_deletes_linked_items_whose_parent
     }
     for request, created in dated.items():
         await _update("llm_requests", request, "created_at", created, layout)
+    await layout.dynamodb.update_item(  # the layout dates every request: this one is undated
+        TableName="llm_requests",
+        Key={"request_id": {"S": other.requests[1]}},
+        UpdateExpression="REMOVE created_at",
+    )
     for t in (dead, other):  # the outage: the transcripts go, no stream record is ever processed
         await layout.dynamodb.delete_item(
             TableName="transcripts", Key={"transcript_id": {"S": t.transcript_id}}

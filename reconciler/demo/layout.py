@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,6 +36,8 @@ class Transcript:
     transcript_id: str
     expires_at: int
     audio_url: str | None = None
+    created_at: int | None = None
+    """When its LLM requests were written (epoch seconds; default: when they are added)."""
 
     @property
     def requests(self) -> tuple[str, ...]:
@@ -212,6 +215,7 @@ def artifacts_of(t: Transcript) -> list[tuple[str, str, bytes]]:
 def items_of(t: Transcript) -> list[tuple[str, dict[str, Any]]]:
     """(table, item as DynamoDB JSON) of ``t`` and everything linked to it."""
     own = f"{t.account_id}/{t.transcript_id}"
+    created = t.created_at if t.created_at is not None else int(time.time())
     rows: list[tuple[str, dict[str, Any]]] = [
         (
             "transcripts",
@@ -245,6 +249,7 @@ def items_of(t: Transcript) -> list[tuple[str, dict[str, Any]]]:
                 "account_id": {"S": t.account_id},
                 "input_url": {"S": f"s3://{LLM}/{t.account_id}/{request}/input.json"},
                 "output_url": {"S": f"s3://{LLM}/{t.account_id}/{request}/output.json"},
+                "created_at": {"N": str(created)},
             },
         )
         for request in t.requests

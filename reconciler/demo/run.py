@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import math
 import random
@@ -27,7 +28,16 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings
 from reconciler.app import build_orphan_sweep, build_worker
-from reconciler.demo.layout import UPLOADS, Layout, Snapshot, Transcript, artifacts_of, changes, expiry
+from reconciler.demo.layout import (
+    UPLOADS,
+    Layout,
+    Snapshot,
+    Transcript,
+    artifacts_of,
+    changes,
+    expiry,
+    items_of,
+)
 from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, moto_server, reset, ttl_delete
 from reconciler.observability.logs import configure_logging
 from reconciler.observability.metrics import LAG_BUCKETS
@@ -123,7 +133,9 @@ def populate(count: int, now: dt.datetime, seed: int = 7, *, overdue: bool = Fal
     requested = [make(next(items), rng.uniform(86400, 30 * 86400)) for _ in range(requested_n)]
     live = [make(next(items), rng.uniform(86400, 30 * 86400)) for _ in range(live_n)]
     late = [make(next(items), -rng.uniform(2 * 86400, 5 * 86400)) for _ in range(overdue_n)]
-    orphan = make(count, -rng.uniform(3 * 86400, 5 * 86400))
+    orphan = dataclasses.replace(
+        make(count, -rng.uniform(3 * 86400, 5 * 86400)), created_at=int((now - ORPHAN_AGE).timestamp())
+    )
     victim = live[0]
     tampered = requested[-1]
     requested[-1] = Transcript(
@@ -181,6 +193,9 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
             await layout.add([*population.deleted, *population.overdue, *population.live], seed=seeder)
             for bucket, key, body in artifacts_of(population.orphan):
                 seeder.put_old_object(bucket, key, body, ORPHAN_AGE)
+            for table, item in items_of(population.orphan):
+                if table == "llm_requests":  # its transcript and speech outputs were deleted, these not
+                    seeder.put_item(table, item)
             live_before = await layout.snapshot(population.live)
             kept = sum(len(v) for v in live_before.values())
             out(
@@ -192,8 +207,9 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
                 " TTL service has not got to them (moto has none: it never will)"
             )
             out(
-                f"the files of {population.orphan.account_id}/{population.orphan.transcript_id} outlived"
-                " its item: deleted during an outage longer than the stream's 24-hour retention"
+                f"the files and LLM requests of {population.orphan.account_id}/"
+                f"{population.orphan.transcript_id} outlived its item: deleted during an outage longer than"
+                " the stream's 24-hour retention"
             )
             async with contextlib.AsyncExitStack() as stack:
                 workers: dict[str, Worker] = {}
@@ -232,8 +248,8 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
     _summary(registry, out, remaining, changed, time.monotonic() - started, refused)
     # The promise, checked against moto's state: all gone, nothing else touched, the tampered URI refused.
     ok = finished and remaining == 0 and changed == 0 and refused == 1
-    orphans = {(bucket, key) for bucket, key, _ in artifacts_of(population.orphan)}
-    return 0 if ok and found == len(orphans) else 1
+    requests = len(population.orphan.requests)
+    return 0 if ok and found == (requests, True) else 1
 
 
 async def _enforced(layout: Layout, overdue: list[Transcript], registry: Samples, out: Print) -> bool:
@@ -261,16 +277,22 @@ async def _enforced(layout: Layout, overdue: list[Transcript], registry: Samples
     return False
 
 
-async def _orphans(settings: Settings, aws: AwsSettings, out: Print) -> int:
-    """One orphan sweep (``reconciler sweep --once --orphans``): the number of orphans it deleted."""
+async def _orphans(settings: Settings, aws: AwsSettings, out: Print) -> tuple[int, bool]:
+    """One orphan sweep (``reconciler sweep --once --orphans``): the orphan items it deleted, and whether
+    it deleted orphaned objects too."""
     async with build_orphan_sweep(settings, load_rules(settings.config), CollectorRegistry(), aws) as sweep:
         report = await sweep.sweep(dry_run=False)
+    items = report.items
     out(
-        f"orphan sweep: {report.objects} objects listed, {len(report.orphans)} orphans found and deleted"
-        f" ({report.versions_deleted} versions); {report.young} younger than a day and"
+        f"orphan sweep: {items.items} linked items read, {items.deleted} orphans deleted with their files"
+        f" ({items.versions_deleted} versions), {items.kept} with a live parent left alone"
+    )
+    out(
+        f"orphan sweep: {report.objects} objects listed, {report.deleted} orphans deleted"
+        f" ({report.versions_deleted} versions), {report.young} younger than a day and"
         f" {report.kept} with a live owner left alone"
     )
-    return report.deleted
+    return items.deleted, report.deleted > 0
 
 
 async def _unsafe_letters(layout: Layout, table: str) -> int:
