@@ -84,7 +84,9 @@ def _receipts(world: World, verification: str) -> float:
     return world.sample("reconciler_receipts_total", table="transcripts", verification=verification)
 
 
-async def test_a_redriven_letter_without_a_receipt_gets_one_saying_redriven_and_verified(world: World) -> None:
+async def test_a_redriven_letter_without_a_receipt_gets_one_saying_redriven_and_verified(
+    world: World,
+) -> None:
     store = FakeReceiptStore()
     letter = await _failed_letter(world)
 
@@ -99,7 +101,10 @@ async def test_a_redriven_letter_without_a_receipt_gets_one_saying_redriven_and_
     assert receipt.event_time <= world.dead_letters.letters[letter.letter_id].created_at
     assert (receipt.verification, receipt.leftover) == ("verified", 0)
     tally = outcome.tally
-    assert (receipt.counts.object_versions, receipt.counts.linked_items) == (tally.object_versions, tally.items)
+    assert (receipt.counts.object_versions, receipt.counts.linked_items) == (
+        tally.object_versions,
+        tally.items,
+    )
     assert (receipt.counts.object_versions, receipt.counts.linked_items, receipt.counts.absent) == (9, 3, 1)
     assert AUDIO in receipt.objects  # planned, gone already: re-checked all the same
     # audio and 2 outputs; the transcript and LLM request prefixes; 2 outputs and 1 LLM request.
@@ -188,7 +193,7 @@ async def test_a_refused_unsafe_letter_leaves_its_receipt_pending(world: World) 
     record = decode_record(stream_record(1, old_image=image, identity="botocore"))
     assert isinstance(record, StreamRecord)
     writer = ReceiptWriter(store, world.artifacts, world.items, world.rules, world.metrics, world.clock)
-    world.processor._receipts = writer  # noqa: SLF001 - the world's processor, with receipts
+    world.processor._receipts = writer
     await world.processor.process(ORIGIN, record)
     (letter,) = world.dead_letters.letters.values()
     written = store.receipts["transcripts", HASHED]
