@@ -288,8 +288,8 @@ class ReceiptWriter:
             key=dict(plan.key),
             cause=letter.cause or "unknown",
             event=event,
-            # The letter keeps no record time: its first attempt came after it, so a later deletion's
-            # receipt is never replaced by this one (see _later).
+            # The letter keeps no record time: its first attempt is the nearest time after it (a later
+            # deletion's receipt was kept above, by _later).
             event_time=earlier.event_time if earlier else letter.first_attempt or letter.created_at,
             completed_at=completed,
             counts=_counts(result),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+import pytest
 from conftest import World
 
 from reconciler.core.outcomes import Pending
@@ -150,10 +151,15 @@ async def test_the_recheck_of_an_updated_receipt_covers_the_earlier_targets_too(
     assert world.sample("reconciler_verification_failures_total", table="transcripts") == 1
 
 
-async def test_a_later_deletions_receipt_stays_and_the_letter_is_resolved(world: World) -> None:
+@pytest.mark.parametrize(
+    "where",
+    [f"{ORIGIN.stream_arn}#{ORIGIN.shard_id}#{5:021d}", f"{ORIGIN.stream_arn}#shardId-2#{1:021d}"],
+    ids=["a later record of the shard", "a record of another shard after the letter's first attempt"],
+)
+async def test_a_later_deletions_receipt_stays_and_the_letter_is_resolved(world: World, where: str) -> None:
     store = FakeReceiptStore()
     letter = await _failed_letter(world)
-    later = _written_by_the_worker(event=f"{ORIGIN.stream_arn}#{ORIGIN.shard_id}#{5:021d}")
+    later = _written_by_the_worker(event=where, event_time=world.clock.now)
     await store.put(later)
 
     assert (await _redriver(world, store).redrive(letter.letter_id)).verdict is Verdict.RESOLVED
