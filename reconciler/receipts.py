@@ -288,8 +288,7 @@ class ReceiptWriter:
             key=dict(plan.key),
             cause=letter.cause or "unknown",
             event=event,
-            # The letter keeps no record time: its first attempt is the nearest time after it (a later
-            # deletion's receipt was kept above, by _later).
+            # The letter keeps no record time: its first attempt is the nearest time after it.
             event_time=earlier.event_time if earlier else letter.first_attempt or letter.created_at,
             completed_at=completed,
             counts=_counts(result),
@@ -367,12 +366,12 @@ def _after_retry(earlier: Receipt, fresh: Receipt) -> Receipt:
 
 
 def _later(held: Receipt, letter: DeadLetter) -> bool:
-    """Whether ``held``, the receipt of another stream record, confirms a later deletion than ``letter``'s:
-    by sequence number on the same shard, else by time (its record came after the letter's first attempt)."""
+    """Whether ``held``, the receipt of another record of ``letter``'s shard, confirms a later deletion: the
+    sequence numbers say so exactly. (Across shards the store compares event times, and the letter's stands
+    in for its record's by its first attempt, which came after it.)"""
     stream, shard, sequence = held.event.rsplit("#", 2)
-    if (stream, shard) == (letter.stream_arn, letter.shard_id):
-        return int(sequence) > int(letter.sequence_number)  # 21 to 40 digits: compared as numbers
-    return held.event_time > (letter.first_attempt or letter.created_at)
+    same_shard = (stream, shard) == (letter.stream_arn, letter.shard_id)
+    return same_shard and int(sequence) > int(letter.sequence_number)  # 21 to 40 digits: as numbers
 
 
 def _joined(first: Targets, second: Targets) -> Targets:

@@ -152,14 +152,19 @@ async def test_the_recheck_of_an_updated_receipt_covers_the_earlier_targets_too(
 
 
 @pytest.mark.parametrize(
-    "where",
-    [f"{ORIGIN.stream_arn}#{ORIGIN.shard_id}#{5:021d}", f"{ORIGIN.stream_arn}#shardId-2#{1:021d}"],
+    ("where", "after_first_attempt"),
+    [
+        (f"{ORIGIN.stream_arn}#{ORIGIN.shard_id}#{5:021d}", False),  # the sequence number says later
+        (f"{ORIGIN.stream_arn}#shardId-2#{1:021d}", True),  # another shard: only the time can
+    ],
     ids=["a later record of the shard", "a record of another shard after the letter's first attempt"],
 )
-async def test_a_later_deletions_receipt_stays_and_the_letter_is_resolved(world: World, where: str) -> None:
+async def test_a_later_deletions_receipt_stays_and_the_letter_is_resolved(
+    world: World, where: str, *, after_first_attempt: bool
+) -> None:
     store = FakeReceiptStore()
     letter = await _failed_letter(world)
-    later = _written_by_the_worker(event=where, event_time=world.clock.now)
+    later = _written_by_the_worker(event=where, event_time=world.clock.now if after_first_attempt else EARLY)
     await store.put(later)
 
     assert (await _redriver(world, store).redrive(letter.letter_id)).verdict is Verdict.RESOLVED
