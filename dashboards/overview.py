@@ -82,6 +82,7 @@ def build(slo: Slo | None = None, job: str = JOB, keep: Sequence[str] = ()) -> m
         "Failures and refusals": _failure_panels(),
         "Shards and replicas": [*_replica_panels(), *_lease_panels(), *_shard_panels()],
         "Shadow mode (dry run)": _shadow_panels(),
+        "Receipts and verification": _receipt_panels(),
     }
     for title, panels in rows.items():
         board.with_row(dashboard_builders.Row(title))
@@ -366,3 +367,25 @@ def _shadow_panels() -> Panels:
         ),
     )
     return [would, artifacts, red_above_zero(refusals.draw_style(common.GraphDrawStyle.BARS))]
+
+
+def _receipt_panels() -> Panels:
+    """The receipt of each finished deletion and its re-check (``reconciler/receipts.py``)."""
+    written = series(
+        "Receipts written per second by verification",
+        "A receipt per finished deletion, by source table and the re-check of its targets right after:"
+        " verified (all absent), leftover (some there again) or not_checked (the re-check could not read)."
+        " Good is every receipt verified, at the rate of deleted outcomes.",
+        "ops",
+        targets((rate_by("table, verification", "reconciler_receipts_total"), "{{table}} {{verification}}")),
+    )
+    failures = series(
+        "Verification failures",
+        "Receipts whose re-check found targets again, by source table (ReconcilerVerificationFailed opens"
+        " a ticket): good is zero. `reconciler verify` lists what is still there.",
+        "short",
+        targets(
+            (rate_by("table", "reconciler_verification_failures_total", "increase"), "{{table}}"),
+        ),
+    )
+    return [written, red_above_zero(failures.draw_style(common.GraphDrawStyle.BARS))]

@@ -186,7 +186,7 @@ def _add_dead_letters(commands: Any) -> None:
     which.add_argument("letter_id", metavar="ID", nargs="?")
     which.add_argument("--kind", choices=LETTER_KINDS, help="every pending letter of this kind")
     # The worker's own dry_run setting: RECONCILER_DRY_RUN=true (a shadow pod) makes a redrive a dry run too.
-    add_settings_flags(redrive, ("config", "dry_run"))
+    add_settings_flags(redrive, ("config", "dry_run", "receipt_table"))
     resolve = actions.add_parser("resolve", help="mark a letter resolved after a person dealt with it")
     resolve.add_argument("letter_id", metavar="ID")
     purge = actions.add_parser("purge-resolved", help="delete letters resolved longer ago than DURATION")

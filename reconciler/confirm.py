@@ -75,7 +75,13 @@ def receipt_json(receipt: Receipt) -> dict[str, Any]:
         "not_checked": "not checked",
     }[receipt.verification]
     letter = (
-        {"id": receipt.dead_letter_id, "kind": receipt.dead_letter_kind} if receipt.dead_letter_id else None
+        {
+            "id": receipt.dead_letter_id,
+            "kind": receipt.dead_letter_kind,
+            "status": receipt.dead_letter_status or "pending",
+        }
+        if receipt.dead_letter_id
+        else None
     )
     return {
         "table": receipt.table,

@@ -151,9 +151,11 @@ async def _redrive(args: argparse.Namespace, settings: Settings) -> int:
 
     from reconciler.adapters.aws import Caller, RetryPolicy  # noqa: PLC0415
     from reconciler.adapters.dynamodb import DynamoDBItemStore  # noqa: PLC0415
+    from reconciler.adapters.receipts import DynamoDBReceiptStore  # noqa: PLC0415
     from reconciler.adapters.s3 import S3ArtifactStore  # noqa: PLC0415
     from reconciler.execution import Executor  # noqa: PLC0415
     from reconciler.observability.metrics import Metrics  # noqa: PLC0415
+    from reconciler.receipts import ReceiptWriter  # noqa: PLC0415
     from reconciler.redrive import NOT_REDRIVABLE, Redriver  # noqa: PLC0415
     from reconciler.rules import load_rules  # noqa: PLC0415
 
@@ -168,6 +170,13 @@ async def _redrive(args: argparse.Namespace, settings: Settings) -> int:
         executor = Executor(
             rules, artifacts, items, metrics, dry_run=settings.dry_run, fanout=settings.record_fanout
         )
+        # A dry run deletes nothing: it writes no receipt.
+        receipts = None
+        if not settings.dry_run:
+            store = DynamoDBReceiptStore(
+                clients.dynamodb, call, settings.receipt_table, settings.receipt_retention_days
+            )
+            receipts = ReceiptWriter(store, artifacts, items, rules, metrics, _now)
         redriver = Redriver(
             rules=rules,
             store=_store(clients, settings),
@@ -176,6 +185,7 @@ async def _redrive(args: argparse.Namespace, settings: Settings) -> int:
             metrics=metrics,
             clock=_now,
             dry_run=settings.dry_run,
+            receipts=receipts,
         )
         ids = [args.letter_id] if args.letter_id else await redriver.pending(args.kind)
         if not ids:

@@ -237,6 +237,9 @@ class ItemKey:
 
 Verification = Literal["verified", "leftover", "not_checked"]
 """The re-check of a receipt's targets right after its deletion (a label of ``reconciler_receipts_total``)."""
+ReceiptLetterStatus = Literal["pending", "redriven"]
+"""A receipt's dead letter: ``pending`` (written with it, e.g. refused targets), or ``redriven`` (a redrive
+finished the letter's work and wrote the receipt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +273,7 @@ class Receipt:
     verified_at: dt.datetime | None = None
     dead_letter_id: str | None = None
     dead_letter_kind: LetterKind | None = None
+    dead_letter_status: ReceiptLetterStatus | None = None
     objects: tuple[S3Location, ...] = ()
     prefixes: tuple[S3Location, ...] = ()
     items: tuple[ItemKey, ...] = ()
@@ -281,6 +285,11 @@ class ReceiptStore(Protocol):
         """Store ``receipt`` as its item's receipt. The first receipt written for an event stays (a
         redelivered record writes nothing new), and a receipt of an earlier event never replaces a later
         one; False when nothing was written for one of those reasons."""
+        ...
+
+    async def update(self, receipt: Receipt) -> bool:
+        """Store ``receipt`` over its item's receipt of the same event (a redrive finished the work), or as
+        new; a receipt of a later event is never replaced (False, nothing written)."""
         ...
 
     async def get(self, table: str, key_hash: str) -> Receipt | None:

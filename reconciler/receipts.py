@@ -10,6 +10,10 @@ The checkpoint waits for the receipt: a record whose receipt cannot be written s
 (its deletion, already done, finds everything absent), so no deletion is ever confirmed by nobody. A receipt
 that failed to be written is kept here and written as it was on the retry; one that was written is kept by the
 store, so a redelivered record writes the same receipt.
+
+A redrive that finishes a dead letter's work (``redrive.py``) updates the item's receipt the same way a retry
+does: both runs' counts and targets, the redrive's completion time and re-check, and the letter marked
+``redriven``; an item the worker never confirmed (its record was given up) gets its first receipt then.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 import structlog
 
 from reconciler.core.classify import Cause, ttl_expiry
+from reconciler.core.letters import LetterPlan
 from reconciler.core.outcomes import Pending
 from reconciler.core.plan import DeletionPlan, key_hash
 from reconciler.core.records import StreamRecord
@@ -35,6 +40,7 @@ from reconciler.execution import ExecutionResult
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import (
     ArtifactStore,
+    DeadLetter,
     ItemKey,
     ItemStore,
     Receipt,
@@ -233,12 +239,72 @@ class ReceiptWriter:
             verified_at=self._clock() if verification != "not_checked" else None,
             dead_letter_id=letter,
             dead_letter_kind="unsafe" if letter else None,
+            dead_letter_status="pending" if letter else None,
             objects=stored.objects,
             prefixes=stored.prefixes,
             items=stored.items,
             omitted=omitted,
         )
         return receipt if earlier is None else _after_retry(earlier, receipt)
+
+    async def redriven(self, letter: DeadLetter, plan: LetterPlan, result: ExecutionResult) -> bool:
+        """Update the item's receipt once a redrive finished ``letter``'s work, before the letter is resolved:
+        merged into the receipt of the letter's stream record, or the first one; a later deletion's receipt
+        stays. False when the receipt could not be read or written (the letter stays pending)."""
+        hashed = key_hash(plan.table, plan.key)
+        event = f"{letter.stream_arn}#{letter.shard_id}#{letter.sequence_number}"
+        try:
+            held = await self._store.get(plan.table, hashed)
+            if held is not None and held.event != event and _later(held, letter):
+                log.info("receipt.kept", key_hash=hashed, why="a later deletion of the key has the receipt")
+                return True
+            earlier = held if held is not None and held.event == event else None
+            receipt = await self._rebuilt(letter, plan, result, event, earlier)
+            written = await self._store.update(receipt)
+        except ReconcilerError as exc:
+            self._metrics.failures.labels("receipt", type(exc).__name__).inc()
+            log.error("receipt.write_failed", key_hash=hashed, error=str(exc))
+            return False
+        if written and earlier is None:  # an updated receipt was counted when first written
+            self._metrics.receipts.labels(receipt.table, receipt.verification).inc()
+        log.info("receipt.redriven", key_hash=hashed, verification=receipt.verification, written=written)
+        return True
+
+    async def _rebuilt(
+        self,
+        letter: DeadLetter,
+        plan: LetterPlan,
+        result: ExecutionResult,
+        event: str,
+        earlier: Receipt | None,
+    ) -> Receipt:
+        done = Targets.done_by(result)
+        checked = done if earlier is None else _joined(Targets.of(earlier), done)
+        verification, leftover = await self._verify(plan.table, plan.deletion_plan(), checked)
+        completed = self._clock()
+        stored, omitted = done.capped()
+        fresh = Receipt(
+            table=plan.table,
+            key=dict(plan.key),
+            cause=letter.cause or "unknown",
+            event=event,
+            # The letter keeps no record time: its first attempt is the nearest time after it.
+            event_time=earlier.event_time if earlier else letter.first_attempt or letter.created_at,
+            completed_at=completed,
+            counts=_counts(result),
+            verification=verification,
+            expires_at=earlier.expires_at if earlier else None,
+            leftover=leftover,
+            verified_at=completed if verification != "not_checked" else None,
+            dead_letter_id=letter.letter_id,
+            dead_letter_kind=letter.kind,
+            dead_letter_status="redriven",
+            objects=stored.objects,
+            prefixes=stored.prefixes,
+            items=stored.items,
+            omitted=omitted,
+        )
+        return fresh if earlier is None else _after_retry(earlier, fresh)
 
     async def _verify(self, table: str, plan: DeletionPlan, targets: Targets) -> tuple[Verification, int]:
         hashed = key_hash(table, plan.key)
@@ -287,12 +353,7 @@ def _after_retry(earlier: Receipt, fresh: Receipt) -> Receipt:
         linked_items=first.linked_items + then.linked_items,
         absent=first.absent,
     )
-    both = Targets(
-        _union(earlier.objects, fresh.objects),
-        _union(earlier.prefixes, fresh.prefixes),
-        _union(earlier.items, fresh.items),
-    )
-    stored, overflow = both.capped()
+    stored, overflow = _joined(Targets.of(earlier), Targets.of(fresh)).capped()
     omitted = max(earlier.omitted, fresh.omitted) + overflow
     return replace(
         fresh,
@@ -301,6 +362,23 @@ def _after_retry(earlier: Receipt, fresh: Receipt) -> Receipt:
         prefixes=stored.prefixes,
         items=stored.items,
         omitted=omitted,
+    )
+
+
+def _later(held: Receipt, letter: DeadLetter) -> bool:
+    """Whether ``held``, the receipt of another record of ``letter``'s shard, confirms a later deletion: the
+    sequence numbers say so exactly. (Across shards the store compares event times, and the letter's stands
+    in for its record's by its first attempt, which came after it.)"""
+    stream, shard, sequence = held.event.rsplit("#", 2)
+    same_shard = (stream, shard) == (letter.stream_arn, letter.shard_id)
+    return same_shard and int(sequence) > int(letter.sequence_number)  # 21 to 40 digits: as numbers
+
+
+def _joined(first: Targets, second: Targets) -> Targets:
+    return Targets(
+        _union(first.objects, second.objects),
+        _union(first.prefixes, second.prefixes),
+        _union(first.items, second.items),
     )
 
 

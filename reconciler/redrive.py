@@ -6,7 +6,9 @@ runs. The item's key must hold no item again (its artifacts would share the scop
 ``Executor`` deletes what is left (every version of each object and under each prefix; linked items found by
 their key condition, each with its own artifacts, deleted only while still linked): idempotent, so what
 went already counts as absent. A target the scope check refused is never executed; a letter holding one
-stays pending for a person. Only a letter whose work finished is resolved, conditionally (still pending).
+stays pending for a person. Only a letter whose work finished is resolved, conditionally (still pending),
+and only once the item's receipt says so (``ReceiptWriter.redriven``): a receipt that cannot be written
+leaves the letter pending, as a record waits for its receipt. A dry run writes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -25,6 +28,9 @@ from reconciler.errors import ReconcilerError
 from reconciler.execution import ExecutionResult, Executor, Planned
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import DeadLetter, DeadLetterStore, ItemStore, LetterKind
+
+if TYPE_CHECKING:
+    from reconciler.receipts import ReceiptWriter
 
 log = structlog.get_logger("reconciler.redrive")
 
@@ -72,8 +78,10 @@ class Redriver:
         metrics: Metrics,
         clock: Callable[[], dt.datetime],
         dry_run: bool = False,
+        receipts: ReceiptWriter | None = None,
     ) -> None:
-        """``executor`` must be a dry-run executor when ``dry_run`` is set."""
+        """``executor`` must be a dry-run executor when ``dry_run`` is set; ``receipts`` updates the item's
+        receipt before a letter is resolved (None: no receipts, as a worker without a receipt table)."""
         self._rules = rules
         self._store = store
         self._executor = executor
@@ -81,6 +89,7 @@ class Redriver:
         self._metrics = metrics
         self._clock = clock
         self._dry_run = dry_run
+        self._receipts = receipts
 
     async def pending(self, kind: LetterKind) -> list[str]:
         """The ids of the pending letters of ``kind`` (read from the index, which lags a little)."""
@@ -146,6 +155,8 @@ class Redriver:
             return Redriven(letter.letter_id, letter.kind, Verdict.PLANNED, "dry run", planned=result.planned)
         if await self._exists_again(plan):
             return _said(letter, Verdict.REFUSED, "the item was written again while redriven", result.tally)
+        if self._receipts is not None and not await self._receipts.redriven(letter, plan, result):
+            return _said(letter, Verdict.FAILED, "left pending: its receipt was not written", result.tally)
         if not await self._store.resolve(letter.letter_id, self._clock()):
             return _said(letter, Verdict.SKIPPED, "resolved meanwhile by someone else", result.tally)
         return _said(letter, Verdict.RESOLVED, "every target is gone", result.tally)

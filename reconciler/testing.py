@@ -453,19 +453,28 @@ class FakeDeadLetterStore:
 @dataclass
 class FakeReceiptStore:
     """Receipts by (table, key hash), with the adapter's condition: the first receipt of an event stays, and
-    one of an earlier event never replaces a later one's. ``fail`` makes every call fail as a throttle."""
+    one of an earlier event never replaces a later one's (``update`` replaces the receipt of its own event).
+    ``fail`` makes every call fail as a throttle."""
 
     receipts: dict[tuple[str, str], Receipt] = field(default_factory=dict)
     fail: bool = False
     writes: int = 0
 
     async def put(self, receipt: Receipt) -> bool:
+        return self._put(receipt, replace_own=False)
+
+    async def update(self, receipt: Receipt) -> bool:
+        return self._put(receipt, replace_own=True)
+
+    def _put(self, receipt: Receipt, *, replace_own: bool) -> bool:
         if self.fail:
             raise TransientError("receipts table throttled")
         self.writes += 1
         where = (receipt.table, key_hash(receipt.table, receipt.key))
         held = self.receipts.get(where)
-        if held is not None and (held.event == receipt.event or held.event_time > receipt.event_time):
+        if held is not None and held.event == receipt.event and not replace_own:
+            return False
+        if held is not None and held.event != receipt.event and held.event_time > receipt.event_time:
             return False
         self.receipts[where] = receipt
         return True

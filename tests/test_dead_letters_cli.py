@@ -89,7 +89,8 @@ async def setup(endpoint: str, rules: Rules, monkeypatch: pytest.MonkeyPatch) ->
     async with AwsClients(aws) as clients:
         layout = Layout(clients.s3, clients.dynamodb)
         await layout.create()
-        await create_worker_tables(clients.dynamodb, "checkpoints", "letters")
+        # A redrive writes the item's receipt (to the default table) before it resolves a letter.
+        await create_worker_tables(clients.dynamodb, "checkpoints", "letters", receipts="reconciler-receipts")
         await layout.add([TARGET, SIBLING, OTHER], seed=BackendSeeder())
         call = Caller(RetryPolicy(attempts=3))
         spec, metrics = rules.compile(), Metrics(CollectorRegistry())

@@ -81,6 +81,7 @@ async def test_a_receipt_with_refused_targets_and_no_expiry_reads_back_as_writte
         verification="not_checked",
         dead_letter_id=f"{ARN}#shardId-1#{7:021d}#unsafe",
         dead_letter_kind="unsafe",
+        dead_letter_status="pending",
         objects=(),
         prefixes=(),
         items=(),
@@ -119,6 +120,22 @@ async def test_a_later_deletion_of_the_key_replaces_its_receipt_and_an_earlier_o
     assert await receipts.get("transcripts", hashed) == later
     same_second = _receipt(10, at=AT + dt.timedelta(days=1))  # AWS rounds event times to the second
     assert await receipts.put(same_second) is True
+
+
+async def test_an_update_replaces_the_receipt_of_its_event_and_an_earlier_ones_never_a_later_ones(
+    receipts: ReceiptStore,
+) -> None:
+    """A redrive that finished a letter's work rewrites the receipt of the letter's stream record."""
+    hashed = key_hash("transcripts", {"transcript_id": "tr-1"})
+    redriven = _receipt(counts=ReceiptCounts(object_versions=20), dead_letter_status="redriven")
+    assert await receipts.update(_receipt(6, at=AT - dt.timedelta(hours=1))) is True  # none there: new
+    assert await receipts.update(_receipt()) is True  # over an earlier event's
+    assert await receipts.update(redriven) is True  # over its own event's
+    assert await receipts.get("transcripts", hashed) == redriven
+    later = _receipt(9, at=AT + dt.timedelta(days=1))
+    await receipts.put(later)
+    assert await receipts.update(redriven) is False
+    assert await receipts.get("transcripts", hashed) == later
 
 
 @pytest.mark.integration

@@ -289,7 +289,8 @@ async def test_refused_targets_name_the_dead_letter_that_holds_them(world: World
     receipt = _receipt(store)
     (letter_id,) = world.dead_letters.letters
     assert (receipt.dead_letter_id, receipt.dead_letter_kind) == (letter_id, "unsafe")
-    assert receipt_json(receipt)["dead_letter"] == {"id": letter_id, "kind": "unsafe"}
+    assert receipt.dead_letter_status == "pending"
+    assert receipt_json(receipt)["dead_letter"] == {"id": letter_id, "kind": "unsafe", "status": "pending"}
     assert "s3://stt-uploads/acct-2/victim/audio.wav" not in {str(o) for o in receipt.objects}
 
 

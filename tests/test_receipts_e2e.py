@@ -19,9 +19,9 @@ from reconciler.app import build_worker
 from reconciler.cli import main
 from reconciler.confirm import EXIT_LEFTOVER, EXIT_NONE
 from reconciler.core.plan import key_hash
-from reconciler.demo.layout import TRANSCRIPTS, Layout, Transcript, expiry
+from reconciler.demo.layout import TRANSCRIPTS, UPLOADS, Layout, Transcript, expiry
 from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, ttl_delete
-from reconciler.demo.run import local_settings
+from reconciler.demo.run import local_settings, rules_path
 from reconciler.rules import Rules
 from reconciler.settings import Settings
 from reconciler.testing import eventually
@@ -35,8 +35,10 @@ KEY_JSON = json.dumps(KEY)
 
 
 @contextlib.asynccontextmanager
-async def _running(endpoint: str, rules: Rules, registry: CollectorRegistry) -> AsyncIterator[Worker]:
-    settings = local_settings(endpoint, idle_poll_seconds=0.05, max_idle_poll_seconds=0.2)
+async def _running(
+    endpoint: str, rules: Rules, registry: CollectorRegistry, **overrides: object
+) -> AsyncIterator[Worker]:
+    settings = local_settings(endpoint, idle_poll_seconds=0.05, max_idle_poll_seconds=0.2, **overrides)
     aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
     async with build_worker(settings, rules, registry, RetryPolicy(attempts=3), aws) as worker:
         task = asyncio.create_task(worker.run())
@@ -183,3 +185,94 @@ async def test_verify_fails_on_a_planted_leftover_and_passes_once_it_is_removed(
         await _cli(endpoint, "verify", "--table", "transcripts", "--key", '{"transcript_id": "x"}')
         == EXIT_NONE
     )
+
+
+async def test_verify_names_the_leftover_of_a_failed_deletion_and_passes_once_its_letter_is_redriven(
+    endpoint: str,
+    layout: Layout,
+    rules: Rules,
+    cli_env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """tr-redo is deleted (a verified receipt), written again, and deleted again while its upload is under
+    legal hold: that deletion is dead-lettered as ``failed`` and the first receipt's upload is there again.
+    Once the hold is lifted, the redrive finishes the work and the receipt says so."""
+    await layout.s3.put_object_lock_configuration(
+        Bucket=UPLOADS, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"}
+    )
+    transcript = Transcript("acct-3", "tr-redo", expiry(dt.datetime.now(dt.UTC), -600))
+    key = {"transcript_id": {"S": transcript.transcript_id}}
+    audio = f"{transcript.account_id}/{transcript.transcript_id}/audio.wav"
+    registry = CollectorRegistry()
+    verify = (
+        "verify",
+        "--table",
+        "transcripts",
+        "--key",
+        key_hash("transcripts", {"transcript_id": "tr-redo"}),
+    )
+
+    seen: list[str] = []  # everything printed and logged
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    def said() -> str:
+        out, err = capsys.readouterr()
+        seen.extend((out, err))
+        return out
+
+    await layout.add([transcript], seed=BackendSeeder())
+    # moto answers an Object Lock refusal as a key to retry: the second attempt gives up.
+    async with _running(endpoint, rules, registry, max_attempts=2, retry_backoff_seconds=0.1) as worker:
+        ttl_delete("transcripts", key)
+        await eventually(
+            lambda: sample("reconciler_receipts_total", table="transcripts", verification="verified") == 1,
+            seconds=60,
+        )
+        await layout.add([transcript], seed=BackendSeeder())  # the same key, written again
+        await layout.dynamodb.update_item(
+            TableName="transcripts",
+            Key=key,
+            UpdateExpression="SET title = :t",
+            ExpressionAttributeValues={":t": {"S": SECRET}},
+        )
+        await layout.s3.put_object_legal_hold(Bucket=UPLOADS, Key=audio, LegalHold={"Status": "ON"})
+        ttl_delete("transcripts", key)
+        await eventually(lambda: sample("reconciler_dead_letters_total", kind="failed") == 1, seconds=60)
+
+        said()
+        assert await _cli(endpoint, *verify) == EXIT_LEFTOVER
+        lines = said().splitlines()
+        assert (
+            [line for line in lines if line.startswith("leftover: ")]
+            == [line for line in lines if line.startswith(f"leftover: s3://{UPLOADS}/{audio} ")]
+            != []
+        )
+
+        await layout.s3.put_object_legal_hold(Bucket=UPLOADS, Key=audio, LegalHold={"Status": "OFF"})
+        redrive = ("dead-letters", "redrive", "--kind", "failed", "--config", str(rules_path()))
+        assert await _cli(endpoint, *redrive) == 0
+        redriven = said()
+        assert redriven.startswith("resolved: ")
+        assert await _cli(endpoint, *verify) == 0
+        assert (
+            await _cli(endpoint, "receipt", "--table", "transcripts", "--key", '{"transcript_id": "tr-redo"}')
+            == 0
+        )
+        printed = said()
+        base = f"http://127.0.0.1:{worker.http.port if worker.http else 0}/deletions/transcripts/"
+        status, served = await _get(base + urllib.parse.quote('{"transcript_id": "tr-redo"}', safe=""))
+
+    assert await layout.remaining(transcript) == 0
+    receipt = json.loads(printed[printed.index("{") :])
+    assert (status, json.loads(served)) == (200, receipt)
+    assert receipt["dead_letter"]["kind"] == "failed"
+    assert receipt["dead_letter"]["status"] == "redriven"
+    assert receipt["verification"] == "verified"
+    assert receipt["event"].endswith(receipt["dead_letter"]["id"].split("#")[-2])
+    assert f"s3://{UPLOADS}/{audio}" in receipt["targets"]["objects"]
+    stored = await layout.dynamodb.scan(TableName="reconciler-receipts")
+    said()
+    for shown in (served, json.dumps(stored["Items"]), *seen):
+        assert SECRET not in shown

@@ -18,7 +18,14 @@ from reconciler.adapters.aws import Caller, aws_operation, error_code
 from reconciler.core.dynamodb_json import decode_image, encode_key
 from reconciler.core.plan import key_hash
 from reconciler.core.scope import S3Location
-from reconciler.ports import ItemKey, LetterKind, Receipt, ReceiptCounts, Verification
+from reconciler.ports import (
+    ItemKey,
+    LetterKind,
+    Receipt,
+    ReceiptCounts,
+    ReceiptLetterStatus,
+    Verification,
+)
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -36,14 +43,21 @@ class DynamoDBReceiptStore:
         self._retention = dt.timedelta(days=retention_days)
 
     async def put(self, receipt: Receipt) -> bool:
+        # New, or a receipt of another, earlier (or simultaneous: AWS rounds to the second) event.
+        return await self._put(receipt, "attribute_not_exists(key_hash) OR (#e <> :e AND event_time <= :t)")
+
+    async def update(self, receipt: Receipt) -> bool:
+        # New, this event's receipt, or one of an earlier (or simultaneous) event.
+        return await self._put(receipt, "attribute_not_exists(key_hash) OR #e = :e OR event_time <= :t")
+
+    async def _put(self, receipt: Receipt, condition: str) -> bool:
         item = to_item(receipt)
         item["retain_until"] = {"N": str(int((receipt.completed_at + self._retention).timestamp()))}
         return await self._call(
             self._put_if,
             TableName=self._table,
             Item=item,
-            # New, or a receipt of another, earlier (or simultaneous: AWS rounds to the second) event.
-            ConditionExpression="attribute_not_exists(key_hash) OR (#e <> :e AND event_time <= :t)",
+            ConditionExpression=condition,
             ExpressionAttributeNames={"#e": "event"},
             ExpressionAttributeValues={":e": item["event"], ":t": item["event_time"]},
         )
@@ -98,6 +112,7 @@ def to_item(receipt: Receipt) -> dict[str, Any]:
         "verified_at": receipt.verified_at and _time(receipt.verified_at),
         "dead_letter_id": receipt.dead_letter_id,
         "dead_letter_kind": receipt.dead_letter_kind,
+        "dead_letter_status": receipt.dead_letter_status,
     }
     item.update({name: {"S": value} for name, value in optional.items() if value})
     return item
@@ -107,9 +122,12 @@ def from_item(raw: dict[str, Any]) -> Receipt:
     item = decode_image(raw)
     counts = cast("dict[str, decimal.Decimal]", item["counts"])
     kind = item.get("dead_letter_kind")
+    # Receipts written before the status was stored held pending letters only.
+    status = item.get("dead_letter_status", "pending" if kind else None)
     verification = str(item["verification"])
     assert verification in get_args(Verification)  # noqa: S101 - written by to_item
     assert kind is None or kind in get_args(LetterKind)  # noqa: S101 - written by to_item
+    assert status is None or status in get_args(ReceiptLetterStatus)  # noqa: S101 - written by to_item
     return Receipt(
         table=str(item["source_table"]),
         key=cast("dict[str, object]", item["item_key"]),
@@ -124,6 +142,7 @@ def from_item(raw: dict[str, Any]) -> Receipt:
         verified_at=_parsed(item["verified_at"]) if "verified_at" in item else None,
         dead_letter_id=cast("str | None", item.get("dead_letter_id")),
         dead_letter_kind=cast("LetterKind | None", kind),
+        dead_letter_status=cast("ReceiptLetterStatus | None", status),
         objects=tuple(S3Location.parse(o) for o in cast("list[str]", item["objects"])),
         prefixes=tuple(S3Location.parse(p) for p in cast("list[str]", item["prefixes"])),
         items=tuple(ItemKey(str(i["table"]), i["key"]) for i in cast("list[dict[str, Any]]", item["items"])),

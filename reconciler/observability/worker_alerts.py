@@ -35,6 +35,9 @@ UNCOVERED_SECONDS = 5 * MINUTE
 CHURN_WINDOW_SECONDS = 30 * MINUTE
 CHURN_PER_SHARD = 2
 CHURN_FLOOR = 4
+# ReconcilerVerificationFailed: a receipt's re-check found targets again, in a window this long. A ticket:
+# the receipt says so itself, and the leftover was written after the deletion by someone a person must find.
+VERIFICATION_WINDOW_SECONDS = 15 * MINUTE
 
 
 def worker_alerts(scope: Scope, scale: float) -> list[Rule]:
@@ -245,6 +248,18 @@ def _deletion_alerts(scope: Scope, scale: float) -> list[Rule]:
             summary="Dead letters of kind {{ $labels.kind }} were written",
             description="{{ $value }} dead letter(s) of kind {{ $labels.kind }} in the last hour: work the"
             " worker could not finish and recorded for an operator.",
+        ),
+        alert(
+            "ReconcilerVerificationFailed",
+            f"sum {scope.by('table')} (increase({scope.select('reconciler_verification_failures_total')}"
+            f"[{duration(VERIFICATION_WINDOW_SECONDS * scale)}])) > 0",
+            hold=5 * MINUTE * scale,
+            severity="ticket",
+            summary="Deleted items of {{ $labels.table }} have targets that are there again",
+            description='{{ $value | printf "%.0f" }} receipt(s) in the last'
+            f" {words(VERIFICATION_WINDOW_SECONDS)} whose re-check right after the deletion found some of its"
+            " S3 objects or linked items again: something wrote them after the deletion's last listing. The"
+            " receipts say `leftover`; the data stays until a person finds the writer and deletes it.",
         ),
     ]
 
