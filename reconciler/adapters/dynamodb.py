@@ -108,15 +108,7 @@ class DynamoDBItemStore:
             "ExpressionAttributeNames": names,
             "ReturnConsumedCapacity": "TOTAL",
         }
-        if start is not None:
-            params["ExclusiveStartKey"] = encode_key(start)
-        page = await self._call(self._client.scan, **params)
-        last = page.get("LastEvaluatedKey")
-        return CandidatePage(
-            items=[decode_image(item) for item in page.get("Items", [])],
-            start=decode_image(last) if last else None,
-            read_units=float(page.get("ConsumedCapacity", {}).get("CapacityUnits", 0.0)),
-        )
+        return await scan_page(self._call, self._client, params, start)
 
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         """A conditional ``DeleteItem`` returning ``ALL_OLD``: an item re-linked meanwhile is left alone."""
@@ -141,6 +133,22 @@ class DynamoDBItemStore:
 
 
 _Ident = tuple[tuple[str, object], ...]
+
+
+async def scan_page(
+    call: Caller, client: DynamoDBClient, params: dict[str, Any], start: Image | None
+) -> CandidatePage:
+    """One ``Scan`` page from ``start`` (None: the table's beginning): its items, where the next page
+    starts (None at the end) and the read units it consumed (``ReturnConsumedCapacity`` in ``params``)."""
+    if start is not None:
+        params = params | {"ExclusiveStartKey": encode_key(start)}
+    page = await call(client.scan, **params)
+    last = page.get("LastEvaluatedKey")
+    return CandidatePage(
+        items=[decode_image(item) for item in page.get("Items", [])],
+        start=decode_image(last) if last else None,
+        read_units=float(page.get("ConsumedCapacity", {}).get("CapacityUnits", 0.0)),
+    )
 
 
 def _ident(item: Mapping[str, object], names: Sequence[str]) -> _Ident:

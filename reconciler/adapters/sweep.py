@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from reconciler.adapters.aws import Caller, error_code
+from reconciler.adapters.dynamodb import scan_page
 from reconciler.core.dynamodb_json import Image, decode_image, encode_key
 from reconciler.core.leases import Lease
 from reconciler.errors import LeaseLostError
@@ -81,15 +82,7 @@ class DynamoDBExpiredItems:
             "ExpressionAttributeValues": _window_values(window),
             "ReturnConsumedCapacity": "TOTAL",
         }
-        if start is not None:
-            params["ExclusiveStartKey"] = encode_key(start)
-        page = await self._call(self._client.scan, **params)
-        last = page.get("LastEvaluatedKey")
-        return CandidatePage(
-            items=[decode_image(item) for item in page.get("Items", [])],
-            start=decode_image(last) if last else None,
-            read_units=float(page.get("ConsumedCapacity", {}).get("CapacityUnits", 0.0)),
-        )
+        return await scan_page(self._call, self._client, params, start)
 
     async def enforce(self, table: str, key: Image, window: ExpiryWindow) -> Image | None:
         async def attempt() -> Any:
