@@ -73,6 +73,7 @@ def local_settings(endpoint: str, **overrides: object) -> Settings:
         "lease_seconds": LEASE_SECONDS,
         "heartbeat_seconds": 0.5,
         "enforce_expiry": False,  # the demo plays DynamoDB's TTL service itself and counts who deleted what
+        "orphan_sweep": False,  # every demo object is younger than the minimum age: a sweep would only list
     }
     return Settings.model_validate(fast | overrides)
 
