@@ -109,16 +109,22 @@ async def test_two_replicas_never_run_a_sweep_at_once_and_together_run_it_once_p
     running, most = 0, 0
     go = asyncio.Event()
 
-    async def slow(_: asyncio.Event) -> None:
+    async def counted(*, wait: bool) -> None:
         nonlocal running, most
         running += 1
         most = max(most, running)
         try:
-            await go.wait()
+            await go.wait() if wait else await asyncio.sleep(0)
         finally:
             running -= 1
 
-    a, b = sched.scheduler("a", sched.job(run=slow)), sched.scheduler("b", sched.job(run=slow))
+    async def slow(_: asyncio.Event) -> None:
+        await counted(wait=True)
+
+    async def quick(_: asyncio.Event) -> None:
+        await counted(wait=False)
+
+    a, b = sched.scheduler("a", sched.job(run=slow)), sched.scheduler("b", sched.job(run=quick))
     first = asyncio.create_task(a.run_due(asyncio.Event()))
     try:
         await eventually(lambda: running == 1)
