@@ -117,6 +117,9 @@ class Scheduler:
             except ReconcilerError as exc:  # the lease table: the next look tries again
                 self._metrics.failures.labels("schedule", type(exc).__name__).inc()
                 log.warning("schedule.claim_failed", job=job.name, error=str(exc))
+            except Exception as exc:  # a bug here must not stop the worker either: the next look tries again
+                self._metrics.failures.labels("schedule", type(exc).__name__).inc()
+                log.exception("schedule.crashed", job=job.name, error_type=type(exc).__name__)
         return ran
 
     async def _claimed(self, job: Job, stopping: asyncio.Event) -> bool:
