@@ -83,6 +83,7 @@ def build(slo: Slo | None = None, job: str = JOB, keep: Sequence[str] = ()) -> m
         "Shards and replicas": [*_replica_panels(), *_lease_panels(), *_shard_panels()],
         "Shadow mode (dry run)": _shadow_panels(),
         "Receipts and verification": _receipt_panels(),
+        "Scheduled jobs (orphan sweep)": _scheduled_panels(),
     }
     for title, panels in rows.items():
         board.with_row(dashboard_builders.Row(title))
@@ -389,3 +390,26 @@ def _receipt_panels() -> Panels:
         ),
     )
     return [written, red_above_zero(failures.draw_style(common.GraphDrawStyle.BARS))]
+
+
+def _scheduled_panels() -> Panels:
+    """The jobs the worker runs on a schedule, one replica at a time (the orphan sweep, ``orphans``)."""
+    runs = series(
+        "Scheduled runs by job and outcome",
+        "Runs of the worker's scheduled jobs (orphans: the orphan sweep, every orphan_sweep_seconds and"
+        " after a trimmed gap), by outcome, summed over replicas (one runs a job at a time). Good is a"
+        " succeeded bar per interval; failed is tried at the next due time (schedule.run_failed).",
+        "short",
+        targets(
+            (rate_by("job, outcome", "reconciler_scheduled_runs_total", "increase"), "{{job}} {{outcome}}")
+        ),
+    )
+    last = selector("reconciler_scheduled_last_run_timestamp_seconds")
+    since = stat_panel(
+        "Since the last successful scheduled run",
+        "Time since a replica last finished a successful run of each job (the latest over replicas). Good"
+        " is under the job's interval (a day for the orphan sweep by default).",
+        "s",
+        targets((f"time() - max by (job) ({last} > 0)", "{{job}}")),
+    )
+    return [runs.draw_style(common.GraphDrawStyle.BARS), since]

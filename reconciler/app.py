@@ -27,12 +27,13 @@ from reconciler.core.reverse import reachable_tables
 from reconciler.core.spec import RuleSet
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
-from reconciler.orphans import OrphanSweep
+from reconciler.orphans import OrphanSweep, orphan_job
 from reconciler.ports import ArtifactStore, DeadLetterStore, ItemStore
 from reconciler.preflight import OwnTable, Preflight, requirements
 from reconciler.processing import RecordProcessor
 from reconciler.receipts import ReceiptWriter
 from reconciler.rules import Rules
+from reconciler.schedule import Scheduler
 from reconciler.settings import Settings
 from reconciler.shadow import ReadOnlyArtifacts, ReadOnlyItems, ShadowDeadLetters, ShadowReport
 from reconciler.sweeper import ReadBudget, Sweeper, sweepable
@@ -146,6 +147,9 @@ async def build_worker(
             if _enforcing(settings):
                 sweeper = _sweeper(settings, spec, clients, call, processor, metrics, leases, owner)
             letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
+            scheduler = None
+            if settings.orphan_sweep:
+                scheduler = _scheduler(settings, spec, clients, call, metrics, leases, owner)
             parts = Collaborators(
                 source=DynamoDBStreamSource(
                     clients.dynamodb, clients.streams, call, settings.describe_stream_per_second
@@ -158,6 +162,7 @@ async def build_worker(
                 preflight=_preflight(settings, spec, clients, call) if settings.preflight else None,
                 receipts=receipts,
                 sweeper=sweeper if sweeper is not None and sweeper.tables else None,
+                scheduler=scheduler,
             )
             yield Worker(settings, spec, parts, clock=utcnow)
 
@@ -260,15 +265,50 @@ async def build_orphan_sweep(
     spec, metrics, call = _one_shot(rules, registry)
     aws = aws or AwsSettings.of(settings)
     async with AwsClients(aws) as clients:
-        items = DynamoDBItemStore(clients.dynamodb, call)
-        yield OrphanSweep(
-            spec,
-            await key_types(clients.dynamodb, call, reachable_tables(spec)),
-            S3ArtifactStore(clients.s3, call),
-            items,
-            metrics,
-            clock,
-            dt.timedelta(seconds=settings.orphan_min_age_seconds),
-            linked=items,
-            read_budget=ReadBudget(settings.sweep_read_units_per_second),
-        )
+        yield await _orphan_sweep(settings, spec, clients, call, metrics, clock)
+
+
+async def _orphan_sweep(  # noqa: PLR0917 - the sweep's collaborators, passed through
+    settings: Settings,
+    spec: RuleSet,
+    clients: AwsClients,
+    call: Caller,
+    metrics: Metrics,
+    clock: Callable[[], dt.datetime],
+) -> OrphanSweep:
+    """The orphan sweep on AWS; ``DescribeTable`` gives the key types of every table the worker reads. In a
+    dry run its stores refuse deletes too, beside the sweep's own ``dry_run``."""
+    artifacts: ArtifactStore = S3ArtifactStore(clients.s3, call)
+    linked = DynamoDBItemStore(clients.dynamodb, call)  # reads only: the Scan of linked tables
+    items: ItemStore = linked
+    if settings.dry_run:
+        artifacts, items = ReadOnlyArtifacts(artifacts), ReadOnlyItems(items)
+    return OrphanSweep(
+        spec,
+        await key_types(clients.dynamodb, call, reachable_tables(spec)),
+        artifacts,
+        items,
+        metrics,
+        clock,
+        dt.timedelta(seconds=settings.orphan_min_age_seconds),
+        linked=linked,
+        read_budget=ReadBudget(settings.sweep_read_units_per_second),
+    )
+
+
+def _scheduler(  # noqa: PLR0917 - the jobs' collaborators, passed through
+    settings: Settings,
+    spec: RuleSet,
+    clients: AwsClients,
+    call: Caller,
+    metrics: Metrics,
+    leases: DynamoDBLeaseStore,
+    owner: str,
+) -> Scheduler:
+    """The worker's scheduled jobs, leased in its lease table (a dry run's own, in shadow mode)."""
+
+    async def orphans() -> OrphanSweep:
+        return await _orphan_sweep(settings, spec, clients, call, metrics, utcnow)
+
+    positions = DynamoDBSweepPositions(clients.leases, call, settings.lease_table)
+    return Scheduler([orphan_job(settings, orphans)], leases, positions, metrics, settings, owner, utcnow)

@@ -22,8 +22,9 @@ stays. Logs carry bucket, key, owner table and key hash only, never item content
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -35,6 +36,8 @@ from reconciler.core.spec import RuleSet
 from reconciler.observability.metrics import Metrics
 from reconciler.orphan_items import ItemOrphanReport, ItemOrphanSweep
 from reconciler.ports import ArtifactStore, ItemStore, LinkedItemScan, ObjectVersion
+from reconciler.schedule import Job
+from reconciler.settings import Settings
 from reconciler.sweeper import ReadBudget
 
 log = structlog.get_logger("reconciler.orphans")
@@ -70,6 +73,8 @@ class OrphanReport:
     read."""
     items: ItemOrphanReport = field(default_factory=ItemOrphanReport)
     """The linked DynamoDB items swept (``reconciler.orphan_items``)."""
+    stopped: bool = False
+    """The sweep was stopped (between batches) before it had listed every walk root."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +117,25 @@ class OrphanSweep:
         self._min_age = min_age
 
     async def sweep(self, *, dry_run: bool, stopping: asyncio.Event | None = None) -> OrphanReport:
-        """One pass over every linked table, then every walk root; in a dry run, nothing is deleted.
-        ``stopping`` ends the pass early (between pages). Items go first: an orphan item's files go with it,
-        through its scope checks, and the walk then finds them gone."""
+        """One pass over every linked table, then every walk root; in a dry run, nothing is deleted. Once
+        ``stopping`` is set, the sweep stops after the page or batch in hand (``report.stopped``). Items go
+        first: an orphan item's files go with it, through its scope checks, and the walk then finds them
+        gone."""
         report = OrphanReport()
         cutoff = self._clock() - self._min_age
+        halt = stopping or asyncio.Event()
         if self._item_sweep is not None:
-            await self._item_sweep.sweep(cutoff, report.items, dry_run=dry_run, stopping=stopping)
+            await self._item_sweep.sweep(cutoff, report.items, dry_run=dry_run, stopping=halt)
         for bucket, prefixes in walk_roots(self._rules).items():
             for prefix in prefixes:
-                if stopping is not None and stopping.is_set():
+                if halt.is_set():
+                    report.stopped = True
                     break
-                await self._walk(S3Location(bucket, prefix), cutoff, report, dry_run=dry_run)
+                await self._walk(S3Location(bucket, prefix), cutoff, report, dry_run=dry_run, stopping=halt)
         log.info(
             "orphans.swept",
             dry_run=dry_run,
+            stopped=report.stopped,
             pages=report.pages,
             objects=report.objects,
             orphans=len(report.orphans),
@@ -147,20 +156,31 @@ class OrphanSweep:
         return report
 
     async def _walk(
-        self, root: S3Location, cutoff: dt.datetime, report: OrphanReport, *, dry_run: bool
+        self,
+        root: S3Location,
+        cutoff: dt.datetime,
+        report: OrphanReport,
+        *,
+        dry_run: bool,
+        stopping: asyncio.Event,
     ) -> None:
         """List ``root``; a key's versions may run on to the next page, so the last key waits for it."""
         pending: dict[str, list[ObjectVersion]] = {}
-        async for page in self._artifacts.list_versions(root, exact=False):
-            report.pages += 1
-            self._metrics.orphan_pages.inc()
-            for version in page.versions:
-                pending.setdefault(version.key, []).append(version)
-            last = page.versions[-1].key if page.versions and page.more else None
-            done = [_Listed(root.bucket, k, tuple(v)) for k, v in pending.items() if k != last]
-            pending = {last: pending[last]} if last is not None else {}
-            for start in range(0, len(done), OBJECTS_PER_BATCH):
-                await self._batch(done[start : start + OBJECTS_PER_BATCH], cutoff, report, dry_run=dry_run)
+        async with contextlib.aclosing(self._artifacts.list_versions(root, exact=False)) as pages:
+            async for page in pages:
+                report.pages += 1
+                self._metrics.orphan_pages.inc()
+                for version in page.versions:
+                    pending.setdefault(version.key, []).append(version)
+                last = page.versions[-1].key if page.versions and page.more else None
+                done = [_Listed(root.bucket, k, tuple(v)) for k, v in pending.items() if k != last]
+                pending = {last: pending[last]} if last is not None else {}
+                for start in range(0, len(done), OBJECTS_PER_BATCH):
+                    if stopping.is_set():
+                        report.stopped = True
+                        return  # the next sweep lists from the top again: nothing half-done is left
+                    batch = done[start : start + OBJECTS_PER_BATCH]
+                    await self._batch(batch, cutoff, report, dry_run=dry_run)
         rest = [_Listed(root.bucket, k, tuple(v)) for k, v in pending.items()]
         await self._batch(rest, cutoff, report, dry_run=dry_run)
 
@@ -273,6 +293,27 @@ class OrphanSweep:
                 key=orphan.key,
                 versions=len(orphan.versions),
             )
+
+
+def orphan_job(settings: Settings, build: Callable[[], Awaitable[OrphanSweep]]) -> Job:
+    """The orphan sweep as the worker's scheduled job ``orphans``: every ``orphan_sweep_seconds``, at once
+    after a ``trimmed`` gap and once more a minimum age later (objects younger than that are skipped, so only
+    then are the gap's last uploads old enough); a dry run in shadow mode. ``build`` (the key types come from
+    ``DescribeTable``) is called once, at the first run, which is after the pre-flight."""
+    built: list[OrphanSweep] = []
+
+    async def run(stopping: asyncio.Event) -> None:
+        if not built:
+            built.append(await build())
+        await built[0].sweep(dry_run=settings.dry_run, stopping=stopping)
+
+    return Job(
+        "orphans",
+        settings.orphan_sweep_seconds,
+        run,
+        after_gaps=True,
+        settle=settings.orphan_min_age_seconds,
+    )
 
 
 def _ident(owner: Owner) -> tuple[str, str]:

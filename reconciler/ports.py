@@ -359,6 +359,8 @@ class SweepPosition:
     page: int
     start: Image | None = None
     finished_at: float | None = None
+    started_at: float | None = None
+    """A scheduled job's: when its last run that finished had started (what that run covered)."""
 
     @property
     def order(self) -> tuple[int, int]:

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("reconciler.redrive")
 
 NOT_REDRIVABLE: dict[LetterKind, str] = {
-    "trimmed": "stream records expired unread: there is no record, so no plan; sweep the gap by hand",
+    "trimmed": "stream records expired unread: there is no record, so no plan; the worker's orphan sweep"
+    " covers the gap's files (at once, and again a minimum age later): resolve it after that sweep",
     "undecodable": "the record could not be decoded: there is no image, so no plan",
     "no_image": "the REMOVE carried no old image: its artifacts cannot be named",
     "recreated": "the item was written again under its key and its artifacts share the scope: ask the"

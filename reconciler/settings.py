@@ -146,10 +146,15 @@ class Settings(BaseSettings):
         description="An orphan's newest version must be older than this to be deleted (an upload racing its"
         " item's creation is never touched).",
     )
+    orphan_sweep: bool = Field(
+        default=True,
+        description="Run the orphan sweep inside the worker, leased, every orphan_sweep_seconds and after a"
+        " trimmed gap (a dry run in shadow mode).",
+    )
     orphan_sweep_seconds: float = Field(
         default=86400.0,
         gt=0,
-        description="Wait between two orphan sweeps (reconciler sweep --once --orphans).",
+        description="Wait between the end of one orphan sweep and the start of the next.",
     )
 
     # Shadow mode: reconciler run --dry-run (reconciler/shadow.py). After every table it must differ from.

@@ -24,14 +24,15 @@ import decimal
 import hashlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
+from reconciler.claims import Claims, Holding
 from reconciler.core.classify import Cause
 from reconciler.core.dynamodb_json import Image
-from reconciler.core.leases import Lease, open_to
+from reconciler.core.leases import Lease
 from reconciler.core.outcomes import Deleted, Filtered
 from reconciler.core.plan import key_hash
 from reconciler.core.records import EventName, StreamRecord, StreamViewType
@@ -144,7 +145,6 @@ class Sweeper:
         self._rules = rules
         self._found = found
         self._positions = positions
-        self._leases = leases
         self._processor = processor
         self._metrics = metrics
         self.owner = owner
@@ -152,8 +152,7 @@ class Sweeper:
         self._budget = budget or ReadBudget(settings.sweep_read_units_per_second)
         self._monotonic = monotonic
         self._page_items = page_items
-        self._seen: dict[tuple[str, str], tuple[int, str | None, float]] = {}
-        self._started = monotonic()
+        self._claims = Claims(leases, settings, owner, monotonic)
         self._sequence = itertools.count()
         self.tables = tuple(t for t in rules.sources if sweepable(rules.tables[t]))
 
@@ -194,36 +193,18 @@ class Sweeper:
         return report
 
     # -- leases ----------------------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _claim(self, table: str, segment: int, force: bool) -> AsyncIterator[_Holding | None]:  # noqa: FBT001 - internal
+    def _claim(
+        self,
+        table: str,
+        segment: int,
+        force: bool,  # noqa: FBT001 - internal
+    ) -> contextlib.AbstractAsyncContextManager[Holding | None]:
         """The segment's lease, held (renewed) for the block, released after it; None if not due or taken."""
-        stub = Lease(sweep_arn(table), segment_id(segment), table)
-        row = await self._leases.get(*stub.key)
-        if row is None:
-            await self._leases.create(stub)
-            row = await self._leases.get(*stub.key)
-        taken = None
-        free = row is not None and open_to(row, self._reclaiming(), self._expired(row))
-        if row is not None and free and (force or self._due(await self._positions.load(row))):
-            taken = await self._leases.take(row, self.owner)
-        if taken is None:
-            yield None
-            return
-        holding = _Holding(self._leases, taken, self._settings, self._monotonic)
-        async with holding.renewing():
-            yield holding
 
-    def _expired(self, row: Lease) -> set[tuple[str, str]]:
-        """``{row.key}`` if its owner's counter stood still for a lease period, as this replica saw it."""
-        now, seen = self._monotonic(), self._seen.get(row.key)
-        if seen is None or seen[:2] != (row.counter, row.owner):
-            self._seen[row.key] = seen = (row.counter, row.owner, now)
-        stale = row.owner is not None and now - seen[2] >= self._settings.lease_seconds
-        return {row.key} if stale else set()
+        async def due(row: Lease) -> bool:
+            return force or self._due(await self._positions.load(row))
 
-    def _reclaiming(self) -> str | None:
-        """As the coordinator: in its first lease period a replica takes back leases in its own name."""
-        return self.owner if self._monotonic() - self._started < self._settings.lease_seconds else None
+        return self._claims.claim(Lease(sweep_arn(table), segment_id(segment), table), due)
 
     def _due(self, position: SweepPosition | None) -> bool:
         if position is None or position.finished_at is None:
@@ -243,7 +224,7 @@ class Sweeper:
         self,
         table: str,
         segment: int,
-        holding: _Holding | None,
+        holding: Holding | None,
         stopping: asyncio.Event,
         how: Pass,
         report: SweepReport,
@@ -278,7 +259,7 @@ class Sweeper:
                 self._finished(table, segment, position)
                 return
 
-    async def _start(self, holding: _Holding | None) -> SweepPosition:
+    async def _start(self, holding: Holding | None) -> SweepPosition:
         """Where to go on: the stored position of an unfinished pass, else page 0 of the next pass."""
         stored = await self._positions.load(holding.lease) if holding is not None else None
         if stored is None:
@@ -362,49 +343,3 @@ class Sweeper:
 def _seconds(ttl: object) -> float:
     """A due item's TTL (a DynamoDB Number, so a Decimal) as epoch seconds."""
     return float(decimal.Decimal(str(ttl)))
-
-
-class _Holding:
-    """A segment lease held for a pass: renewed every heartbeat; ``lost`` once taken by another or not
-    renewable for a lease period; released at the end unless lost."""
-
-    def __init__(
-        self, leases: LeaseStore, lease: Lease, settings: Settings, monotonic: Callable[[], float]
-    ) -> None:
-        self._leases = leases
-        self.lease = lease
-        self._settings = settings
-        self._monotonic = monotonic
-        self.lost = False
-
-    @contextlib.asynccontextmanager
-    async def renewing(self) -> AsyncIterator[None]:
-        task = asyncio.create_task(self._renew(), name=f"sweep-lease:{self.lease.shard_id}")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if not self.lost:
-                try:
-                    await self._leases.release(self.lease)
-                except ReconcilerError as exc:  # it expires after a lease period instead
-                    log.warning("sweep.release_failed", segment=self.lease.shard_id, error=str(exc))
-
-    async def _renew(self) -> None:
-        renewed_at = self._monotonic()
-        while True:
-            await asyncio.sleep(self._settings.heartbeat_seconds)
-            try:
-                renewed = await self._leases.renew(self.lease)
-            except ReconcilerError as exc:
-                log.warning("sweep.renew_failed", segment=self.lease.shard_id, error=str(exc))
-                if self._monotonic() - renewed_at < self._settings.lease_seconds:
-                    continue
-                renewed = None
-            if renewed is None:
-                self.lost = True
-                log.warning("sweep.lease_lost", segment=self.lease.shard_id)
-                return
-            self.lease, renewed_at = renewed, self._monotonic()

@@ -6,7 +6,8 @@ leases are taken; a shard that ends wakes the loop so its children start at once
 stop claiming work, let consumers finish and checkpoint what is in flight under ``shutdown_grace_seconds``,
 cancel what is left, then release every lease so peers take the shards at their next heartbeat. A second
 signal cancels at once. Work that was not checkpointed is delivered again to whoever reads the shard next.
-Beside them, every ``dead_letter_count_seconds`` the pending dead letters are counted by kind for the gauge.
+Beside them, every ``dead_letter_count_seconds`` the pending dead letters are counted by kind for the gauge;
+pending ``trimmed`` letters ask the scheduled jobs that cover gaps (the orphan sweep) to run.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from reconciler.observability.metrics import Metrics
 from reconciler.ports import DeadLetterStore, LeaseStore, LetterKind, ReceiptStore, StreamSource
 from reconciler.preflight import Preflight
 from reconciler.processing import Origin, RecordProcessor
+from reconciler.schedule import Scheduler
 from reconciler.settings import Settings
 from reconciler.sweeper import Sweeper
 
 log = structlog.get_logger("reconciler.worker")
 SWEEPER = ("#sweep", "sweeper")  # the sweeper's task among the shard tasks
+SCHEDULER = ("#sweep", "schedule")  # the scheduled jobs' task, drained as the sweeper's
 
 SHADOW = "SHADOW MODE (dry run: nothing is deleted): "
 """Leads every /readyz answer of a dry run, so nobody mistakes it for the worker that deletes."""
@@ -56,6 +59,8 @@ class Collaborators:
     """Served on the HTTP port (``/deletions/{table}/{key}``); None serves none."""
     sweeper: Sweeper | None = None
     """Expiry enforcement, one more task; it stops with the consumers (between pages) and drains with them."""
+    scheduler: Scheduler | None = None
+    """Scheduled jobs (the orphan sweep), one more task; a run stops between batches and drains the same."""
 
 
 class Worker:
@@ -162,6 +167,9 @@ class Worker:
                 if self._parts.sweeper is not None:  # drained, or cancelled by a second signal, as a shard is
                     task = group.create_task(self._parts.sweeper.run(self._stopping), name="sweeper")
                     self._tasks[SWEEPER] = task
+                if self._parts.scheduler is not None:
+                    task = group.create_task(self._parts.scheduler.run(self._stopping), name="scheduler")
+                    self._tasks[SCHEDULER] = task
                 if self._parts.dead_letters is not None:
                     group.create_task(self._count_letters(self._parts.dead_letters), name="dead-letter-count")
                 await self._supervise(group)
@@ -258,11 +266,21 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 for kind in typing.get_args(LetterKind):
-                    self._parts.metrics.dead_letters_pending.labels(kind).set(await store.count_pending(kind))
+                    pending = await store.count_pending(kind)
+                    self._parts.metrics.dead_letters_pending.labels(kind).set(pending)
+                    if kind == "trimmed" and pending and self._parts.scheduler is not None:
+                        await self._gaps(store, self._parts.scheduler)
             except Exception as exc:  # noqa: BLE001 - a count must never stop the worker; the next one tries
                 self._parts.metrics.failures.labels("dead_letter_count", type(exc).__name__).inc()
                 log.warning("dead_letter.count_failed", error_type=type(exc).__name__)
             await _wait_any(self._stopping, seconds=self._settings.dead_letter_count_seconds)
+
+    @staticmethod
+    async def _gaps(store: DeadLetterStore, scheduler: Scheduler) -> None:
+        """Every pending ``trimmed`` letter asks for a run that starts after it: durable, so every replica
+        sees it, and a run already started after it satisfies it (the scheduler keeps when runs started)."""
+        async for letter in store.list(kind="trimmed", status="pending"):
+            scheduler.gap(letter.created_at)
 
     async def _coordinate(self, group: asyncio.TaskGroup) -> None:
         """Take what the share allows and start it."""

@@ -335,6 +335,7 @@ def test_layout_is_tidy() -> None:
         "Shards and replicas",
         "Shadow mode (dry run)",
         "Receipts and verification",
+        "Scheduled jobs (orphan sweep)",
     ]
 
 

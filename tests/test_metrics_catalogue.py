@@ -33,6 +33,7 @@ def _exported(rules: Rules) -> dict[str, tuple[str, frozenset[str]]]:
     for histogram in (metrics.deletion_lag, metrics.ttl_service_lag, metrics.pipeline_lag):
         histogram.labels("ttl").observe(1.0)
     metrics.observe_enforced("transcripts", 1.0)  # the sweeper's; its series start at zero per source
+    metrics.initialize_job("orphans")  # the worker's scheduled job, as its scheduler starts it
     exported = {}
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

@@ -57,7 +57,10 @@ def _now() -> dt.datetime:
 async def _worker(
     endpoint: str, rules: Rules, registry: CollectorRegistry, *, dry_run: bool = False
 ) -> AsyncIterator[Worker]:
-    settings = local_settings(endpoint, idle_poll_seconds=0.05, max_idle_poll_seconds=0.2, dry_run=dry_run)
+    # The orphan sweep too (it finds nothing old enough to delete), so its panels have data.
+    settings = local_settings(
+        endpoint, idle_poll_seconds=0.05, max_idle_poll_seconds=0.2, dry_run=dry_run, orphan_sweep=True
+    )
     aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
     async with build_worker(settings, rules, registry, RetryPolicy(attempts=3), aws) as worker:
         task = asyncio.create_task(worker.run())

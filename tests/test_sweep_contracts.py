@@ -136,7 +136,7 @@ async def test_positions_are_kept_with_the_lease_and_never_move_back(ports: Port
     await ports.positions.save(lease, SweepPosition(2, 1, {"transcript_id": "due-1"}))  # behind: ignored
     await ports.positions.save(lease, SweepPosition(1, 9, None, 5.0))
     assert await ports.positions.load(lease) == middle
-    done = SweepPosition(2, 4, None, 1_767_225_600.5)
+    done = SweepPosition(2, 4, None, 1_767_225_600.5, started_at=1_767_225_000.25)
     await ports.positions.save(lease, done)
     assert await ports.positions.load(lease) == done
     renewed = await ports.leases.renew(lease)  # the lease's own writes leave the position alone

@@ -123,11 +123,13 @@ class DynamoDBSweepPositions:
             return None
         start = item.get("sweep_start")
         finished = item.get("sweep_finished_at")
+        started = item.get("sweep_started_at")
         return SweepPosition(
             number=int(item["sweep_pass"]["N"]),
             page=int(item["sweep_page"]["N"]),
             start=decode_image(start["M"]) if start else None,
             finished_at=float(decimal.Decimal(finished["N"])) if finished else None,
+            started_at=float(decimal.Decimal(started["N"])) if started else None,
         )
 
     async def save(self, lease: Lease, position: SweepPosition) -> None:
@@ -141,6 +143,7 @@ class DynamoDBSweepPositions:
         for name, placeholder, value in (
             ("sweep_start", ":s", {"M": encode_key(position.start)} if position.start else None),
             ("sweep_finished_at", ":f", {"N": repr(position.finished_at)} if position.finished_at else None),
+            ("sweep_started_at", ":b", {"N": repr(position.started_at)} if position.started_at else None),
         ):
             if value is None:
                 removes.append(name)

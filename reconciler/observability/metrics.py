@@ -47,6 +47,7 @@ SWEEP_OUTCOMES = ("enforced", "skipped", "left_to_stream")
 SHADOW_TARGET_KINDS = ("object_version", "delete_marker", "item")
 LEASE_TRANSITIONS = ("taken", "expired", "stolen", "released", "lost")
 REDRIVE_OUTCOMES = ("resolved", "refused", "failed", "skipped", "not_redrivable")
+SCHEDULED_OUTCOMES = ("succeeded", "failed", "stopped", "lease_lost")
 RECORD_OUTCOMES = ("deleted", "ignored", "filtered", "dead_lettered", "retry")
 RECORD_EVENTS = (
     ("INSERT", "none"),
@@ -268,6 +269,27 @@ class Metrics:
             registry=registry,
         )
         self._orphan_metrics(registry)
+        self._scheduled_metrics(registry)
+
+    def _scheduled_metrics(self, registry: CollectorRegistry) -> None:
+        self.scheduled_runs = Counter(
+            "reconciler_scheduled_runs_total",
+            "Runs of a scheduled job (the orphan sweep) by this replica, by job and outcome.",
+            ["job", "outcome"],
+            registry=registry,
+        )
+        self.scheduled_last_run = Gauge(
+            "reconciler_scheduled_last_run_timestamp_seconds",
+            "When this replica last finished a successful run of the job (0 until it has).",
+            ["job"],
+            registry=registry,
+        )
+
+    def initialize_job(self, job: str) -> None:
+        """A scheduled job's series at zero (the worker's scheduler creates them for its jobs)."""
+        self.scheduled_last_run.labels(job)
+        for outcome in SCHEDULED_OUTCOMES:
+            self.scheduled_runs.labels(job, outcome)
 
     def _orphan_metrics(self, registry: CollectorRegistry) -> None:
         self.orphans_found = Counter(
