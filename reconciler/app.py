@@ -23,6 +23,7 @@ from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.sweep import DynamoDBExpiredItems, DynamoDBSweepPositions
 from reconciler.adapters.tables import CHECKPOINTS, DEAD_LETTERS, create_table, create_worker_tables
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
+from reconciler.core.parents import ParentIndex
 from reconciler.core.reverse import reachable_tables
 from reconciler.core.spec import RuleSet
 from reconciler.execution import Executor
@@ -80,6 +81,7 @@ def _preflight(settings: Settings, spec: RuleSet, clients: AwsClients, call: Cal
             spec,
             own,
             swept=[t for t in spec.sources if sweepable(spec.tables[t])] if _enforcing(settings) else (),
+            scanned=ParentIndex.of(spec).linked if settings.orphan_sweep else (),
         ),
         AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, call, read_only=settings.dry_run),
         create_tables=create if settings.create_tables else None,

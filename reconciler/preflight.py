@@ -12,7 +12,8 @@ What is checked (``reconciler/adapters/probes.py`` makes the calls, all read-onl
   ``GetShardIterator`` and ``GetRecords``, and ``BatchGetItem`` (the re-creation check); with expiry
   enforcement on, ``Scan`` (``Limit=1``) and the impossible conditional ``DeleteItem`` (below) too;
 - linked tables: ``DescribeTable`` (exists, with every index a link names), ``Query`` on each, and
-  ``DeleteItem`` with a condition that can never hold, so the grant is proven and nothing is deleted;
+  ``DeleteItem`` with a condition that can never hold, so the grant is proven and nothing is deleted; with
+  the orphan sweep on, ``Scan`` (``Limit=1``) of each linked table it reads;
 - buckets: ``ListObjectVersions`` (``MaxKeys=1``) under each scope's static prefix: the bucket exists and the
   worker may list versions there;
 - the worker's own tables, unless it creates them: ``DescribeTable``.
@@ -81,10 +82,15 @@ class Requirements:
     own_tables: Mapping[str, OwnTable] = field(default_factory=dict)
     swept: frozenset[str] = frozenset()
     """Sources whose expiry the sweeper enforces: Scan and DeleteItem are checked too."""
+    scanned: frozenset[str] = frozenset()
+    """Linked tables the orphan sweep reads whole: Scan is checked too."""
 
 
 def requirements(
-    rules: RuleSet, own_tables: Mapping[str, OwnTable] | None = None, swept: Iterable[str] = ()
+    rules: RuleSet,
+    own_tables: Mapping[str, OwnTable] | None = None,
+    swept: Iterable[str] = (),
+    scanned: Iterable[str] = (),
 ) -> Requirements:
     """Every resource the rules can make the worker touch: the sources, the tables linked from them
     (directly or not), and the buckets of their scopes, each with the prefixes to list. Pure."""
@@ -98,6 +104,7 @@ def requirements(
         buckets=walk_roots(rules),
         own_tables=dict(own_tables or {}),
         swept=frozenset(swept),
+        scanned=frozenset(scanned),
     )
 
 
@@ -107,7 +114,7 @@ class ResourceProbe(Protocol):
 
     async def source(self, table: str, *, sweep: bool = False) -> list[Problem]: ...
 
-    async def linked(self, table: str, indexes: frozenset[str]) -> list[Problem]: ...
+    async def linked(self, table: str, indexes: frozenset[str], *, scan: bool = False) -> list[Problem]: ...
 
     async def bucket(self, bucket: str, prefixes: tuple[str, ...]) -> list[Problem]: ...
 
@@ -143,7 +150,9 @@ class Preflight:
                 probe.source, table, sweep=table in needs.swept
             )
         for table, indexes in needs.linked.items():
-            checks[f"linked table {table!r}"] = functools.partial(probe.linked, table, indexes)
+            checks[f"linked table {table!r}"] = functools.partial(
+                probe.linked, table, indexes, scan=table in needs.scanned
+            )
         for bucket, prefixes in needs.buckets.items():
             checks[f"bucket {bucket!r}"] = functools.partial(probe.bucket, bucket, prefixes)
         for table, own in needs.own_tables.items():

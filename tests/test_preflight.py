@@ -255,6 +255,17 @@ async def test_with_expiry_enforcement_the_sweep_grants_on_sources_are_checked(
     assert expected not in await problems_of(preflight(clients, rules))  # enforcement off: not needed
 
 
+async def test_with_the_orphan_sweep_on_the_scan_of_each_linked_table_it_reads_is_checked(
+    clients: AwsClients, rules: Rules
+) -> None:
+    refuse(clients, "before-call.dynamodb.Scan", "AccessDeniedException")
+    probe = AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, Caller(RetryPolicy()))
+    scanned = Preflight(requirements(rules.compile(), {}, scanned=["llm_requests"]), probe, first_wait=0.01)
+    expected = Problem("linked table 'llm_requests'", "not allowed: dynamodb:Scan")
+    assert expected in await problems_of(scanned)
+    assert expected not in await problems_of(preflight(clients, rules))  # the sweep off: not needed
+
+
 @pytest.mark.parametrize("code", ["ExpiredIteratorException", "TrimmedDataAccessException"])
 async def test_a_shard_read_at_an_awkward_moment_still_proves_the_grant(
     clients: AwsClients, rules: Rules, code: str

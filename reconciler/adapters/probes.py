@@ -151,7 +151,7 @@ class AwsResourceProbe:
             return [refused.problem]
         return []
 
-    async def linked(self, table: str, indexes: frozenset[str]) -> list[Problem]:
+    async def linked(self, table: str, indexes: frozenset[str], *, scan: bool = False) -> list[Problem]:
         resource = f"linked table {table!r}"
         try:
             description = await self._describe(table, resource)
@@ -169,6 +169,8 @@ class AwsResourceProbe:
             ] or [(None, description["KeySchema"])]
             for index, schema in targets:
                 await self._query(resource, table, index, _partition(schema), types)
+            if scan:  # the orphan sweep's read of the whole table
+                await self._ask(resource, "dynamodb:Scan", self._dynamodb.scan, TableName=table, Limit=1)
             if not self._read_only:
                 await self._impossible_delete(resource, table, description)
         except _Refused as refused:
