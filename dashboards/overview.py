@@ -28,6 +28,7 @@ from dashboards.panels import (
     thresholds,
     with_lines,
 )
+from dashboards.sweeps import sweep_panels
 from reconciler.observability.promql import Scope, duration
 from reconciler.observability.slo import JOB, Slo
 from reconciler.observability.worker_alerts import (
@@ -84,6 +85,7 @@ def build(slo: Slo | None = None, job: str = JOB, keep: Sequence[str] = ()) -> m
         "Shadow mode (dry run)": _shadow_panels(),
         "Receipts and verification": _receipt_panels(),
         "Scheduled jobs (orphan sweep)": _scheduled_panels(),
+        "Sweeps: expiry enforcement and orphans": sweep_panels(),
     }
     for title, panels in rows.items():
         board.with_row(dashboard_builders.Row(title))

@@ -336,6 +336,7 @@ def test_layout_is_tidy() -> None:
         "Shadow mode (dry run)",
         "Receipts and verification",
         "Scheduled jobs (orphan sweep)",
+        "Sweeps: expiry enforcement and orphans",
     ]
 
 

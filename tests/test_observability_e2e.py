@@ -57,9 +57,16 @@ def _now() -> dt.datetime:
 async def _worker(
     endpoint: str, rules: Rules, registry: CollectorRegistry, *, dry_run: bool = False
 ) -> AsyncIterator[Worker]:
-    # The orphan sweep too (it finds nothing old enough to delete), so its panels have data.
+    # The orphan sweep too (it finds nothing old enough to delete), and the expiry sweeper with a grace
+    # longer than any TTL here (it enforces nothing: the TTL service plays its part): their panels have data.
     settings = local_settings(
-        endpoint, idle_poll_seconds=0.05, max_idle_poll_seconds=0.2, dry_run=dry_run, orphan_sweep=True
+        endpoint,
+        idle_poll_seconds=0.05,
+        max_idle_poll_seconds=0.2,
+        dry_run=dry_run,
+        orphan_sweep=True,
+        enforce_expiry=True,
+        expiry_grace_seconds=3 * 86400.0,
     )
     aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
     async with build_worker(settings, rules, registry, RetryPolicy(attempts=3), aws) as worker:
