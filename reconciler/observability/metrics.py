@@ -30,6 +30,9 @@ LAG_BUCKETS = (
 )  # fmt: skip
 
 
+# Why an age rule kept an object past its age (or refused an account value): reconciler_age_kept_total.
+AGE_KEPT_REASONS = ("unsafe", "other_account", "refused", "invalid_account")
+
 # Every (kind, outcome) pair of reconciler_artifacts_total, created at start so rates exist before traffic.
 ARTIFACT_OUTCOMES = (
     ("object_version", "deleted"),
@@ -265,6 +268,35 @@ class Metrics:
             registry=registry,
         )
         self._orphan_metrics(registry)
+        self._age_metrics(registry)
+
+    def _age_metrics(self, registry: CollectorRegistry) -> None:
+        """The age sweep (``reconciler.age``): objects deleted by an age rule, whatever item they were of."""
+        self.age_deletions = Counter(
+            "reconciler_age_deletions_total",
+            "Objects an age rule deleted (every version and delete marker), by rule.",
+            ["rule"],
+            registry=registry,
+        )
+        self.age_versions_deleted = Counter(
+            "reconciler_age_versions_deleted_total",
+            "Object versions and delete markers an age rule deleted, by rule.",
+            ["rule"],
+            registry=registry,
+        )
+        self.age_kept = Counter(
+            "reconciler_age_kept_total",
+            "Objects past an age rule's age that were kept, by rule and reason (unsafe, other_account,"
+            " refused), and account values that render no prefix (invalid_account).",
+            ["rule", "reason"],
+            registry=registry,
+        )
+        self.age_pages = Counter(
+            "reconciler_age_pages_total",
+            "ListObjectVersions pages the age sweep read, by rule.",
+            ["rule"],
+            registry=registry,
+        )
 
     def _orphan_metrics(self, registry: CollectorRegistry) -> None:
         self.orphans_found = Counter(
@@ -316,6 +348,15 @@ class Metrics:
         for kind, outcome in ARTIFACT_OUTCOMES:
             self.artifacts.labels(kind, outcome)
         self._initialize_orphans(rules)
+        self._initialize_age(rules)
+
+    def _initialize_age(self, rules: RuleSet) -> None:
+        for rule in rules.age_rules:
+            self.age_deletions.labels(rule.name)
+            self.age_versions_deleted.labels(rule.name)
+            self.age_pages.labels(rule.name)
+            for reason in AGE_KEPT_REASONS:
+                self.age_kept.labels(rule.name, reason)
 
     def _initialize_orphans(self, rules: RuleSet) -> None:
         for table in rules.tables:
