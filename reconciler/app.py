@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from reconciler.adapters.accounts import DynamoDBAccountDirectory
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy, translate
 from reconciler.adapters.dynamodb import DynamoDBItemStore
 from reconciler.adapters.keys import key_types
@@ -22,6 +23,7 @@ from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.sweep import DynamoDBExpiredItems, DynamoDBSweepPositions
 from reconciler.adapters.tables import CHECKPOINTS, DEAD_LETTERS, create_table, create_worker_tables
+from reconciler.age import AgeSweep
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
 from reconciler.core.reverse import reachable_tables
 from reconciler.core.spec import RuleSet
@@ -267,4 +269,25 @@ async def build_orphan_sweep(
             metrics,
             clock,
             dt.timedelta(seconds=settings.orphan_min_age_seconds),
+        )
+
+
+@contextlib.asynccontextmanager
+async def build_age_sweep(
+    settings: Settings,
+    rules: Rules,
+    registry: CollectorRegistry,
+    aws: AwsSettings | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> AsyncIterator[AgeSweep]:
+    """The age rules' sweep on AWS (``reconciler sweep --once --age``)."""
+    spec, metrics, call = _one_shot(rules, registry)
+    aws = aws or AwsSettings.of(settings)
+    async with AwsClients(aws) as clients:
+        yield AgeSweep(
+            spec,
+            S3ArtifactStore(clients.s3, call),
+            DynamoDBAccountDirectory(clients.dynamodb, call),
+            metrics,
+            clock,
         )

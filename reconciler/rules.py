@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -364,7 +365,7 @@ class AgeRule(_Frozen):
         description="s3://bucket/static/{account}/ : one {placeholder} at most, a whole path segment, after a"
         " fixed first segment; the bucket must be in buckets."
     )
-    max_age: str | int = Field(
+    max_age: str | StrictInt = Field(
         description="Objects whose newest version is older than this are deleted: seconds, or a number with"
         " a unit s, m, h or d ('1h', '30d')."
     )
@@ -396,7 +397,7 @@ class AgeRule(_Frozen):
     @field_validator("max_age")
     @classmethod
     def _positive_age(cls, value: str | int) -> str | int:
-        if isinstance(value, bool) or _seconds(value) is None:
+        if _seconds(value) is None:
             raise ValueError(f"max_age {value!r} is not a positive number of seconds or like '1h', '30d'")
         return value
 
