@@ -19,8 +19,10 @@ from reconciler.core.age import Prefix, Verdict, account_of, account_prefixes, d
 from reconciler.core.scope import S3Location
 from reconciler.core.spec import AgeRuleSpec
 from reconciler.errors import ConfigError
+from reconciler.iam import policy
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import ObjectVersion, VersionPage
+from reconciler.preflight import requirements
 from reconciler.rules import Rules, load_rules
 from reconciler.sweep_once import age_text
 from reconciler.testing import FakeAccountDirectory, FakeArtifactStore
@@ -351,3 +353,27 @@ async def test_account_values_that_cannot_be_a_segment_are_counted_and_list_noth
     assert (report.prefixes, report.invalid_accounts, report.deleted) == (1, 2, 2)
     labels = {"rule": "llm-hourly", "reason": "invalid_account"}
     assert registry.get_sample_value("reconciler_age_kept_total", labels) == 2
+
+
+# What the deployment must grant, and the pre-flight checks
+
+EXAMPLE_RULES = DEMO_RULES.parent.parent.parent / "deploy" / "example" / "rules.toml"
+
+
+def test_the_iam_policy_lets_an_age_rule_list_and_delete_under_its_static_prefix_and_scan_its_accounts() -> (
+    None
+):
+    data = tomllib.loads(EXAMPLE_RULES.read_text())
+    hourly = _rule(scope=f"s3://{BUCKET}/hourly/{{account_id}}/", accounts_table=HOURLY)
+    rules = Rules.model_validate({**data, "age_rules": [hourly]})
+    names = {"checkpoint_table": "c-table", "dead_letter_table": "d-table", "receipt_table": "r-table"}
+    document = policy(rules, account_id="123456789012", region="eu-west-1", partition="aws", **names)
+    grants = {(a, r) for s in document["Statement"] for a in s["Action"] for r in s["Resource"]}
+    assert ("s3:DeleteObjectVersion", f"arn:aws:s3:::{BUCKET}/hourly/*") in grants
+    assert ("dynamodb:Scan", "arn:aws:dynamodb:eu-west-1:123456789012:table/accounts") in grants
+    listing = [s for s in document["Statement"] if s["Action"] == ["s3:ListBucketVersions"]]
+    prefixes = {p for s in listing for p in s["Condition"]["StringLike"]["s3:prefix"]}
+    assert {"hourly/*", "requests/*"} <= prefixes
+    checks = requirements(rules.compile())
+    assert checks.buckets[BUCKET] == ("hourly/", "requests/")
+    assert checks.accounts_tables == {"accounts"}

@@ -13,12 +13,14 @@ from conftest import DEMO_RULES, worker_env
 from moto.s3.models import s3_backends
 from prometheus_client import CollectorRegistry
 
-from reconciler.adapters.aws import AwsClients, AwsSettings
+from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
+from reconciler.adapters.probes import AwsResourceProbe
 from reconciler.adapters.tables import create_table
 from reconciler.app import build_age_sweep
 from reconciler.cli import main
 from reconciler.demo.moto_server import ACCOUNT_ID, CREDENTIALS, REGION, reset
 from reconciler.demo.run import local_settings
+from reconciler.preflight import Problem
 from reconciler.rules import load_rules
 
 pytestmark = pytest.mark.integration
@@ -119,3 +121,15 @@ async def test_age_rules_delete_exactly_the_objects_past_their_age_only_for_the_
     assert (report.deleted, report.versions_deleted, report.kept) == (3, 3 + 1 + 1, 0)
     assert registry.get_sample_value("reconciler_age_deletions_total", {"rule": "llm-hourly"}) == 2
     assert registry.get_sample_value("reconciler_age_versions_deleted_total", {"rule": "exports"}) == 1
+
+
+async def test_the_preflight_checks_an_age_rules_accounts_table_and_prefix(
+    s3_world: tuple[AwsClients, Path],
+) -> None:
+    clients, _ = s3_world
+    probe = AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, Caller(RetryPolicy()))
+    assert await probe.accounts_table("accounts") == []
+    assert await probe.accounts_table("no-accounts") == [
+        Problem("accounts table 'no-accounts'", "does not exist")
+    ]
+    assert await probe.bucket(BUCKET, ("requests/",)) == []
