@@ -334,6 +334,7 @@ def test_layout_is_tidy() -> None:
         "Failures and refusals",
         "Shards and replicas",
         "Shadow mode (dry run)",
+        "Age rules",
     ]
 
 
