@@ -14,10 +14,10 @@ import pytest
 from conftest import DEMO_RULES
 from prometheus_client import CollectorRegistry
 
-from reconciler.age import AgeReport, AgeSweep
+from reconciler.age import AgeReport, AgeSweep, read_accounts_file
 from reconciler.core.age import Prefix, Verdict, account_of, account_prefixes, decide, parse_accounts_file
 from reconciler.core.scope import S3Location
-from reconciler.core.spec import AgeRuleSpec
+from reconciler.core.spec import AccountsFile, AgeRuleSpec
 from reconciler.errors import ConfigError
 from reconciler.iam import policy
 from reconciler.observability.metrics import Metrics
@@ -34,8 +34,13 @@ BUCKET = "stt-llm-gateway"
 HOURLY = {"table": "accounts", "attribute": "account_id", "filter_attribute": "llm_ttl", "filter_value": "1h"}
 
 
+def demo_without_age_rules() -> str:
+    """The demo rules' text without their own age rules, for a test's to follow."""
+    return DEMO_RULES.read_text().split("[[age_rules]]", 1)[0]
+
+
 def _rules(*age_rules: dict[str, Any], base: Path | None = None) -> Rules:
-    data = tomllib.loads(DEMO_RULES.read_text())
+    data = tomllib.loads(demo_without_age_rules())
     return Rules.model_validate({**data, "age_rules": list(age_rules)}, context={"base": base})
 
 
@@ -95,7 +100,7 @@ def test_an_unsafe_age_rule_is_refused_when_the_rules_are_loaded(
 ) -> None:
     rule = _rule(accounts_table={"table": "accounts", "attribute": "account_id"}) | fields
     path = tmp_path / "rules.toml"
-    path.write_text(DEMO_RULES.read_text() + "\n" + _toml_age_rule(rule))
+    path.write_text(demo_without_age_rules() + "\n" + _toml_age_rule(rule))
     with pytest.raises(ConfigError, match="is not a valid rules file") as raised:
         load_rules(path)
     assert message in str(raised.value)
@@ -128,7 +133,7 @@ def test_max_age_reads_units_and_seconds_and_an_accounts_file_is_read_from_the_r
         7200,
     ]
     path = tmp_path / "rules.toml"
-    path.write_text(DEMO_RULES.read_text() + "\n" + _toml_age_rule(_rule(accounts_file="hourly.txt")))
+    path.write_text(demo_without_age_rules() + "\n" + _toml_age_rule(_rule(accounts_file="hourly.txt")))
     accounts = load_rules(path).compile().age_rules[0].accounts
     assert accounts is not None
     assert getattr(accounts, "path", None) == str(tmp_path / "hourly.txt")
@@ -377,3 +382,9 @@ def test_the_iam_policy_lets_an_age_rule_list_and_delete_under_its_static_prefix
     checks = requirements(rules.compile())
     assert checks.buckets[BUCKET] == ("hourly/", "requests/")
     assert checks.accounts_tables == {"accounts"}
+
+
+async def test_the_demo_rules_age_rule_reads_its_accounts_file_beside_them() -> None:
+    [rule] = load_rules(DEMO_RULES).compile().age_rules
+    assert isinstance(rule.accounts, AccountsFile)
+    assert await read_accounts_file(Path(rule.accounts.path)) == ["acct-1"]

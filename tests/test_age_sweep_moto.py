@@ -56,6 +56,11 @@ OBJECTS = [
 GONE = {"requests/907/r1/input.json", "requests/90/r1/input.json", "exports/9070/e1.csv"}
 
 
+def demo_without_age_rules() -> str:
+    """The demo rules' text without their own age rules, for a test's to follow."""
+    return DEMO_RULES.read_text().split("[[age_rules]]", 1)[0]
+
+
 @pytest.fixture
 async def s3_world(endpoint: str, tmp_path: Path) -> AsyncIterator[tuple[AwsClients, Path]]:
     reset(endpoint)
@@ -75,7 +80,7 @@ async def s3_world(endpoint: str, tmp_path: Path) -> AsyncIterator[tuple[AwsClie
                 await clients.s3.delete_object(Bucket=BUCKET, Key=key)
         _backdate({key for key, *_, old in OBJECTS if old}, dt.timedelta(hours=2))
         (tmp_path / "exports.txt").write_text("# hourly exports\n9070\n")
-        (tmp_path / "rules.toml").write_text(DEMO_RULES.read_text() + AGE_RULES)
+        (tmp_path / "rules.toml").write_text(demo_without_age_rules() + AGE_RULES)
         yield clients, tmp_path / "rules.toml"
 
 

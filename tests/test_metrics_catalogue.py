@@ -33,9 +33,6 @@ def _exported(rules: Rules) -> dict[str, tuple[str, frozenset[str]]]:
     for histogram in (metrics.deletion_lag, metrics.ttl_service_lag, metrics.pipeline_lag):
         histogram.labels("ttl").observe(1.0)
     metrics.observe_enforced("transcripts", 1.0)  # the sweeper's; its series start at zero per source
-    for counter in (metrics.age_deletions, metrics.age_versions_deleted, metrics.age_pages):
-        counter.labels("llm-hourly")  # the age rules'; the demo rules have none
-    metrics.age_kept.labels("llm-hourly", "unsafe")
     exported = {}
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
