@@ -187,6 +187,25 @@ def test_the_verdict_on_one_listed_object(
     assert decide(rule, prefix, key, written, NOW) is verdict
 
 
+@pytest.mark.parametrize(
+    ("scope", "key", "verdict"),
+    [
+        ("requests/{account_id}/", "requests/907/r1/in.json", Verdict.EXPIRED),
+        ("requests/{account_id}/", "requests/loose.txt", Verdict.OUT_OF_SCOPE),
+        ("requests/{account_id}/inputs/", "requests/907/inputs/in.json", Verdict.EXPIRED),
+        ("requests/{account_id}/inputs/", "requests/907/outputs/out.json", Verdict.OUT_OF_SCOPE),
+        ("requests/", "requests/loose.txt", Verdict.EXPIRED),
+    ],
+)
+def test_without_a_list_an_object_must_lie_under_some_rendering_of_the_scope(
+    scope: str, key: str, verdict: Verdict
+) -> None:
+    rule = _spec(scope=f"s3://{BUCKET}/{scope}")
+    [prefix], _ = account_prefixes(rule, None)
+    assert prefix.location.key == "requests/"
+    assert decide(rule, prefix, key, [OLD], NOW) is verdict
+
+
 def test_an_object_listed_under_an_account_prefix_but_naming_another_account_is_kept() -> None:
     """A prefix without the trailing '/' (never rendered by the rules, but a listing can be wrong) still
     yields only the account's own objects."""
@@ -269,10 +288,14 @@ async def test_age_rules_delete_exactly_the_objects_past_their_age_only_for_the_
 
 async def test_an_age_rule_without_accounts_deletes_every_old_object_under_its_static_prefix() -> None:
     artifacts = _world()
-    sweep, _ = _sweep(_rules(_rule()), artifacts)
+    artifacts.put(BUCKET, "requests/loose.txt", modified=OLD)  # under no rendering of the scope
+    sweep, registry = _sweep(_rules(_rule()), artifacts)
     report = await sweep.sweep(dry_run=False)
-    assert report.deleted == 4
+    assert (report.deleted, report.kept) == (4, 1)
+    labels = {"rule": "llm-hourly", "reason": "out_of_scope"}
+    assert registry.get_sample_value("reconciler_age_kept_total", labels) == 1
     assert _kept_after(report, artifacts) == {
+        "requests/loose.txt",
         *(f"requests/{account}/r2/output.json" for account in ("907", "9070", "90")),
         *(f"responses/{account}/r1/output.json" for account in ("907", "9070", "90")),
     }

@@ -4,7 +4,8 @@ An age rule deletes objects by their age alone, for the accounts it lists (``Age
 template with at most one placeholder, the account: each listed account renders one prefix, and only
 objects under that prefix, whose key names that very account in the placeholder's segment (``/907/`` is
 never ``/9070/``), are that account's. Without a list, the scope's static prefix (its text before the
-placeholder) is what is listed. An object is past its age when its newest version (or delete marker) was
+placeholder) is what is listed, and an object there is in scope if it lies under some rendering of the scope
+(any account). An object is past its age when its newest version (or delete marker) was
 written more than ``max_age`` before ``now``; a version whose time is unknown is never old.
 
 Pure: no I/O, no clock (``now`` is passed in).
@@ -34,6 +35,9 @@ class Verdict(StrEnum):
     """Its key names another account than the prefix it was listed under (never deleted)."""
     UNSAFE = "unsafe"
     """Outside the prefix, or a key with empty, '.' or '..' segments or control characters."""
+    OUT_OF_SCOPE = "out_of_scope"
+    """Under the static prefix of a rule without a list, but under no rendering of its scope
+    (``requests/loose.txt`` for ``requests/{account_id}/``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +107,13 @@ def decide(
         check_in_scope(S3Location(prefix.location.bucket, key), [prefix.location])
     except ScopeViolation:
         return Verdict.UNSAFE
-    if prefix.account is not None and account_of(rule, key) != prefix.account:
-        return Verdict.OTHER_ACCOUNT
     if not past_age(written, now, dt.timedelta(seconds=rule.max_age_seconds)):
         return Verdict.YOUNG
+    account = account_of(rule, key)
+    if placeholder(rule) is not None and account is None:
+        return Verdict.OUT_OF_SCOPE
+    if prefix.account is not None and account != prefix.account:
+        return Verdict.OTHER_ACCOUNT
     return Verdict.EXPIRED
 
 

@@ -31,7 +31,7 @@ LAG_BUCKETS = (
 
 
 # Why an age rule kept an object past its age (or refused an account value): reconciler_age_kept_total.
-AGE_KEPT_REASONS = ("unsafe", "other_account", "refused", "invalid_account")
+AGE_KEPT_REASONS = ("unsafe", "out_of_scope", "other_account", "refused", "invalid_account")
 
 # Every (kind, outcome) pair of reconciler_artifacts_total, created at start so rates exist before traffic.
 ARTIFACT_OUTCOMES = (
@@ -286,8 +286,8 @@ class Metrics:
         )
         self.age_kept = Counter(
             "reconciler_age_kept_total",
-            "Objects past an age rule's age that were kept, by rule and reason (unsafe, other_account,"
-            " refused), and account values that render no prefix (invalid_account).",
+            "Objects past an age rule's age that were kept, by rule and reason (unsafe, out_of_scope,"
+            " other_account, refused), and account values that render no prefix (invalid_account).",
             ["rule", "reason"],
             registry=registry,
         )
