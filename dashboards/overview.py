@@ -86,6 +86,7 @@ def build(slo: Slo | None = None, job: str = JOB, keep: Sequence[str] = ()) -> m
         "Receipts and verification": _receipt_panels(),
         "Scheduled jobs (orphan sweep)": _scheduled_panels(),
         "Sweeps: expiry enforcement and orphans": sweep_panels(),
+        "Age rules": _age_panels(),
     }
     for title, panels in rows.items():
         board.with_row(dashboard_builders.Row(title))
@@ -415,3 +416,30 @@ def _scheduled_panels() -> Panels:
         targets((f"time() - max by (job) ({last} > 0)", "{{job}}")),
     )
     return [runs.draw_style(common.GraphDrawStyle.BARS), since]
+
+
+def _age_panels() -> Panels:
+    """The age rules' sweep: objects deleted by age for the listed accounts, and those kept."""
+    deleted = series(
+        "Age rules: objects and versions deleted",
+        "Objects whose newest version was older than their age rule's max_age, deleted with every version"
+        " and delete marker, by rule. Good is a steady pattern that follows the accounts' traffic; no data"
+        " until the age sweep runs.",
+        "short",
+        targets(
+            (rate_by("rule", "reconciler_age_deletions_total", "increase"), "objects {{rule}}"),
+            (rate_by("rule", "reconciler_age_versions_deleted_total", "increase"), "versions {{rule}}"),
+        ),
+    )
+    kept = series(
+        "Age rules: objects kept past their age",
+        "Objects past their age that were kept (outside their listed prefix or unsafe, another account's,"
+        " refused by S3) and account values that render no prefix, by rule and reason. Good is zero; each"
+        " object is in an age.kept or age.refused log event.",
+        "short",
+        targets((rate_by("rule, reason", "reconciler_age_kept_total", "increase"), "{{rule}} {{reason}}")),
+    )
+    return [
+        deleted.draw_style(common.GraphDrawStyle.BARS),
+        red_above_zero(kept.draw_style(common.GraphDrawStyle.BARS)),
+    ]

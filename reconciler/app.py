@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from reconciler.adapters.accounts import DynamoDBAccountDirectory
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy, translate
 from reconciler.adapters.dynamodb import DynamoDBItemStore
 from reconciler.adapters.keys import key_types
@@ -22,6 +23,7 @@ from reconciler.adapters.s3 import S3ArtifactStore
 from reconciler.adapters.streams import DynamoDBStreamSource
 from reconciler.adapters.sweep import DynamoDBExpiredItems, DynamoDBSweepPositions
 from reconciler.adapters.tables import CHECKPOINTS, DEAD_LETTERS, create_table, create_worker_tables
+from reconciler.age import AgeSweep, age_job
 from reconciler.batching import CoalescingArtifactStore, CoalescingItemStore
 from reconciler.core.parents import ParentIndex
 from reconciler.core.reverse import reachable_tables
@@ -149,9 +151,7 @@ async def build_worker(
             if _enforcing(settings):
                 sweeper = _sweeper(settings, spec, clients, call, processor, metrics, leases, owner)
             letters = DynamoDBDeadLetterStore(clients.dynamodb, call, settings.dead_letter_table)
-            scheduler = None
-            if settings.orphan_sweep:
-                scheduler = _scheduler(settings, spec, clients, call, metrics, leases, owner)
+            scheduler = _scheduler(settings, spec, clients, call, metrics, leases, owner)
             parts = Collaborators(
                 source=DynamoDBStreamSource(
                     clients.dynamodb, clients.streams, call, settings.describe_stream_per_second
@@ -306,11 +306,42 @@ def _scheduler(  # noqa: PLR0917 - the jobs' collaborators, passed through
     metrics: Metrics,
     leases: DynamoDBLeaseStore,
     owner: str,
-) -> Scheduler:
-    """The worker's scheduled jobs, leased in its lease table (a dry run's own, in shadow mode)."""
+) -> Scheduler | None:
+    """The worker's scheduled jobs, leased in its lease table (a dry run's own, in shadow mode); None
+    without any."""
 
     async def orphans() -> OrphanSweep:
         return await _orphan_sweep(settings, spec, clients, call, metrics, utcnow)
 
+    jobs = [orphan_job(settings, orphans)] if settings.orphan_sweep else []
+    if settings.age_sweep and spec.age_rules:
+        artifacts: ArtifactStore = S3ArtifactStore(clients.s3, call)
+        if settings.dry_run:
+            artifacts = ReadOnlyArtifacts(artifacts)
+        accounts = DynamoDBAccountDirectory(clients.dynamodb, call)
+        jobs.append(age_job(settings, AgeSweep(spec, artifacts, accounts, metrics, utcnow)))
+    if not jobs:
+        return None
     positions = DynamoDBSweepPositions(clients.leases, call, settings.lease_table)
-    return Scheduler([orphan_job(settings, orphans)], leases, positions, metrics, settings, owner, utcnow)
+    return Scheduler(jobs, leases, positions, metrics, settings, owner, utcnow)
+
+
+@contextlib.asynccontextmanager
+async def build_age_sweep(
+    settings: Settings,
+    rules: Rules,
+    registry: CollectorRegistry,
+    aws: AwsSettings | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> AsyncIterator[AgeSweep]:
+    """The age rules' sweep on AWS (``reconciler sweep --once --age``)."""
+    spec, metrics, call = _one_shot(rules, registry)
+    aws = aws or AwsSettings.of(settings)
+    async with AwsClients(aws) as clients:
+        yield AgeSweep(
+            spec,
+            S3ArtifactStore(clients.s3, call),
+            DynamoDBAccountDirectory(clients.dynamodb, call),
+            metrics,
+            clock,
+        )

@@ -146,6 +146,11 @@ def _add_sweep(commands: Any) -> None:
         action="store_true",
         help="the orphan sweep instead: delete old objects whose every owner item is gone",
     )
+    which.add_argument(
+        "--age",
+        action="store_true",
+        help="the age rules instead: delete objects past their rule's age, for the accounts it lists",
+    )
     add_settings_flags(sweep, Settings.model_fields)
 
 
@@ -284,13 +289,24 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from reconciler.observability.logs import configure_logging  # noqa: PLC0415 - aiobotocore stays lazy
-    from reconciler.sweep_once import orphans_text, sweep_once, sweep_orphans, to_text  # noqa: PLC0415
+    from reconciler.sweep_once import (  # noqa: PLC0415 - aiobotocore stays lazy
+        age_text,
+        orphans_text,
+        sweep_age,
+        sweep_once,
+        sweep_orphans,
+        to_text,
+    )
 
     settings = settings_from(args)  # --dry-run is the setting's flag: RECONCILER_DRY_RUN holds here too
     configure_logging(json=settings.log_json, level=settings.log_level)
     if args.orphans:
         found = asyncio.run(sweep_orphans(settings, load_rules(settings.config), dry_run=settings.dry_run))
         print(orphans_text(found, dry_run=settings.dry_run))
+        return 0
+    if args.age:
+        aged = asyncio.run(sweep_age(settings, load_rules(settings.config), dry_run=settings.dry_run))
+        print(age_text(aged, dry_run=settings.dry_run))
         return 0
     report = asyncio.run(
         sweep_once(settings, load_rules(settings.config), dry_run=settings.dry_run, expired=args.expired)

@@ -32,9 +32,10 @@ worker can reach (the sources and the tables linked from them; a table that noth
   table: ``PutItem`` (a deletion's receipt, conditional) and ``GetItem`` (``/deletions``); all three:
   ``DescribeTable``, for the pre-flight.
 - S3: ``ListObjectVersions`` (IAM action ``s3:ListBucketVersions``) on each bucket, only for prefixes under a
-  scope (condition key ``s3:prefix``); ``DeleteObjects`` by ``VersionId``, which S3 authorizes per key as
-  ``s3:DeleteObject`` and ``s3:DeleteObjectVersion``, only under each scope's static prefix. ``ListObjectsV2``
-  is never called, so ``s3:ListBucket`` is not granted.
+  scope or an age rule's scope (condition key ``s3:prefix``); ``DeleteObjects`` by ``VersionId``, which S3
+  authorizes per key as ``s3:DeleteObject`` and ``s3:DeleteObjectVersion``, only under each scope's (and age
+  rule's) static prefix. ``ListObjectsV2`` is never called, so ``s3:ListBucket`` is not granted.
+- age rules (``reconciler sweep --once --age``): ``Scan`` and ``DescribeTable`` on each accounts table.
 
 Not granted on purpose: ``CreateTable`` on the worker's own tables. Production creates them from
 ``deploy/aws/tables.cfn.yaml``; ``run --create-tables`` and ``init-tables`` are for local and test use with
@@ -147,6 +148,7 @@ def policy(
             "WorkerDeadLettersCount", ["dynamodb:Query"], [arns.index(dead_letter_table, DEAD_LETTER_INDEX)]
         ),
         _statement("WorkerReceipts", RECEIPT_ACTIONS, [arns.table(receipt_table)]),
+        *_age_statements(rules, arns),
         *_s3_statements(rules, arns),
     ]
     return {"Version": "2012-10-17", "Statement": sorted(statements, key=lambda s: str(s["Sid"]))}
@@ -259,8 +261,29 @@ def _checked_prefix(template: Template) -> str:
     return prefix
 
 
+def _age_statements(rules: Rules, arns: _Arns) -> list[Statement]:
+    """An age rule's accounts table is read with a Scan (``adapters/accounts.py``) and described by the
+    pre-flight."""
+    tables = [r.accounts_table.table for r in rules.age_rules if r.accounts_table is not None]
+    if not tables:
+        return []
+    return [
+        _statement("AgeRuleAccounts", ["dynamodb:DescribeTable", "dynamodb:Scan"], map(arns.table, tables))
+    ]
+
+
+def granted_prefixes(rules: Rules) -> dict[str, list[str]]:
+    """Per bucket, the prefixes the worker may list and delete under: the scopes' static prefixes and the age
+    rules' (every account an age rule may list renders under its static prefix), leaving out those under
+    another."""
+    found = {bucket: list(prefixes) for bucket, prefixes in scope_prefixes(rules).items()}
+    for rule in rules.compile().age_rules:
+        found.setdefault(rule.scope.bucket, []).append(_checked_prefix(rule.scope))
+    return {bucket: list(reverse.outermost(prefixes)) for bucket, prefixes in sorted(found.items())}
+
+
 def _s3_statements(rules: Rules, arns: _Arns) -> list[Statement]:
-    prefixes = scope_prefixes(rules)
+    prefixes = granted_prefixes(rules)
     sids = _bucket_sids(prefixes)
     statements = [
         # ListObjectVersions is authorized as s3:ListBucketVersions; s3:prefix is the request's Prefix.

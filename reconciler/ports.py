@@ -17,6 +17,7 @@ from reconciler.core.letters import LetterPlan
 from reconciler.core.plan import LinkQuery, key_hash
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
+from reconciler.core.spec import AccountsTable
 
 LetterKind = Literal["undecodable", "no_image", "unsafe", "failed", "recreated", "trimmed"]
 """Why a dead letter was written; also the ``kind`` label of ``reconciler_dead_letters_total``."""
@@ -63,6 +64,14 @@ class ArtifactStore(Protocol):
 
     async def delete_versions(self, bucket: str, versions: Sequence[ObjectVersion]) -> DeleteReport:
         """Delete these versions for good; transient per-key errors are retried inside."""
+        ...
+
+
+class AccountDirectory(Protocol):
+    def accounts(self, source: AccountsTable) -> AsyncIterator[object]:
+        """The value of ``source.attribute`` of every item of ``source.table`` that has it (and whose filter
+        attribute equals the filter value, if set), decoded (a string, a ``Decimal``...), read with a Scan
+        that projects only those attributes, page by page. A missing table is an ``AccessError``."""
         ...
 
 

@@ -14,8 +14,9 @@ What is checked (``reconciler/adapters/probes.py`` makes the calls, all read-onl
 - linked tables: ``DescribeTable`` (exists, with every index a link names), ``Query`` on each, and
   ``DeleteItem`` with a condition that can never hold, so the grant is proven and nothing is deleted; with
   the orphan sweep on, ``Scan`` (``Limit=1``) of each linked table it reads;
-- buckets: ``ListObjectVersions`` (``MaxKeys=1``) under each scope's static prefix: the bucket exists and the
-  worker may list versions there;
+- buckets: ``ListObjectVersions`` (``MaxKeys=1``) under each scope's (and each age rule's) static prefix: the
+  bucket exists and the worker may list versions there;
+- age rules' accounts tables: ``DescribeTable`` and a one-item ``Scan``;
 - the worker's own tables, unless it creates them: ``DescribeTable``.
 
 S3 deletion grants are not checked: S3 has no call that proves ``s3:DeleteObjectVersion`` without deleting.
@@ -35,8 +36,8 @@ from typing import Protocol
 
 import structlog
 
-from reconciler.core.reverse import reachable_tables, walk_roots
-from reconciler.core.spec import RuleSet
+from reconciler.core.reverse import outermost, reachable_tables, static_prefix, walk_roots
+from reconciler.core.spec import AccountsTable, RuleSet
 from reconciler.errors import MissingCredentialsError, ReconcilerError
 
 log = structlog.get_logger("reconciler.preflight")
@@ -84,6 +85,8 @@ class Requirements:
     """Sources whose expiry the sweeper enforces: Scan and DeleteItem are checked too."""
     scanned: frozenset[str] = frozenset()
     """Linked tables the orphan sweep reads whole: Scan is checked too."""
+    accounts_tables: frozenset[str] = frozenset()
+    """Tables the age rules read their accounts from (a Scan)."""
 
 
 def requirements(
@@ -98,13 +101,19 @@ def requirements(
     for name in reachable_tables(rules):
         for link in (link for entity in rules.tables[name].entities for link in entity.links):
             linked.setdefault(link.table, set()).update([link.index] if link.index else [])
+    buckets = {bucket: list(prefixes) for bucket, prefixes in walk_roots(rules).items()}
+    for rule in rules.age_rules:
+        buckets.setdefault(rule.scope.bucket, []).append(static_prefix(rule.scope))
     return Requirements(
         sources=rules.sources,
         linked={table: frozenset(indexes) for table, indexes in sorted(linked.items())},
-        buckets=walk_roots(rules),
+        buckets={bucket: outermost(prefixes) for bucket, prefixes in sorted(buckets.items())},
         own_tables=dict(own_tables or {}),
         swept=frozenset(swept),
         scanned=frozenset(scanned),
+        accounts_tables=frozenset(
+            rule.accounts.table for rule in rules.age_rules if isinstance(rule.accounts, AccountsTable)
+        ),
     )
 
 
@@ -119,6 +128,8 @@ class ResourceProbe(Protocol):
     async def bucket(self, bucket: str, prefixes: tuple[str, ...]) -> list[Problem]: ...
 
     async def own_table(self, table: str, own: OwnTable) -> list[Problem]: ...
+
+    async def accounts_table(self, table: str) -> list[Problem]: ...
 
 
 Check = Callable[[], Awaitable[list[Problem]]]
@@ -157,6 +168,8 @@ class Preflight:
             checks[f"bucket {bucket!r}"] = functools.partial(probe.bucket, bucket, prefixes)
         for table, own in needs.own_tables.items():
             checks[f"{own.role} {table!r}"] = functools.partial(probe.own_table, table, own)
+        for table in sorted(needs.accounts_tables):
+            checks[f"accounts table {table!r}"] = functools.partial(probe.accounts_table, table)
         return checks
 
     async def run(self, stopping: asyncio.Event, beat: Callable[[], None] = lambda: None) -> bool:

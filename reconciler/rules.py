@@ -20,10 +20,12 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from reconciler.age_rules import AgeRule
 from reconciler.core.classify import Cause
 from reconciler.core.graph import find_cycle
 from reconciler.core.scope import ScopeViolation, Template
@@ -343,10 +345,14 @@ class Rules(_Frozen):
         min_length=1, description="Tables whose streams are read (NEW_AND_OLD_IMAGES or OLD_IMAGE)."
     )
     tables: dict[_Name, TableRules] = Field(description="Rules per table, sources and linked tables alike.")
+    age_rules: tuple[AgeRule, ...] = Field(
+        default=(),
+        description="Objects deleted by age for listed accounts (reconciler sweep --once --age).",
+    )
     _compiled: RuleSet | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _consistent(self, info: ValidationInfo) -> Self:
         for name in self.sources:
             if name not in self.tables:
                 raise ValueError(f"source table {name!r} has no rules under [tables]")
@@ -356,10 +362,23 @@ class Rules(_Frozen):
         self._check_own_scopes()
         self._check_acyclic()
         self._check_created_attributes()
+        self._check_age_rules()
+        base = (info.context or {}).get("base") if info is not None else None
         self._compiled = RuleSet.of(
-            frozenset(self.buckets), self.sources, {n: t.compile(n) for n, t in self.tables.items()}
+            frozenset(self.buckets),
+            self.sources,
+            {n: t.compile(n) for n, t in self.tables.items()},
+            tuple(rule.compile(base) for rule in self.age_rules),
         )
         return self
+
+    def _check_age_rules(self) -> None:
+        names = [rule.name for rule in self.age_rules]
+        for rule in self.age_rules:
+            if names.count(rule.name) > 1:
+                raise ValueError(f"two age rules are named {rule.name!r}")
+            if rule.bucket not in self.buckets:
+                raise ValueError(f"age rule {rule.name!r}: bucket {rule.bucket!r} is not in buckets")
 
     def _check_kind(self, name: str, table: TableRules, kind: str, rules: _Artifacts) -> None:
         where = f"table {name!r}" + (f" entity {kind!r}" if kind else "")
@@ -500,6 +519,6 @@ def load_rules(path: Path) -> Rules:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     try:
-        return Rules.model_validate(data)
+        return Rules.model_validate(data, context={"base": path.parent})
     except ValidationError as exc:
         raise ConfigError(f"{path} is not a valid rules file:\n{exc}") from exc

@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         description="Run the orphan sweep inside the worker, leased, every orphan_sweep_seconds and after a"
         " trimmed gap (a dry run in shadow mode).",
     )
+    age_sweep: bool = Field(
+        default=True,
+        description="Run the rules file's age rules inside the worker, one replica at a time.",
+    )
+    age_sweep_seconds: float = Field(
+        default=3600.0, gt=0, description="Wait between two age-rule sweeps (reconciler sweep --once --age)."
+    )
     orphan_sweep_seconds: float = Field(
         default=86400.0,
         gt=0,

@@ -2,7 +2,8 @@
 
 Segments another replica is sweeping are left to it. ``--dry-run`` only lists what would be enforced (a
 Scan, no lease, no delete); ``--expired`` drops the grace (every item whose TTL has passed). ``--orphans``
-runs the orphan sweep instead (``reconciler.orphans``): objects whose every owner item is gone.
+runs the orphan sweep instead (``reconciler.orphans``): objects whose every owner item is gone; ``--age``
+the age rules (``reconciler.age``): objects past their rule's age, for the accounts it lists.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 
 from prometheus_client import CollectorRegistry
 
+from reconciler.age import AgeReport
 from reconciler.core.plan import key_hash
 from reconciler.orphans import OrphanReport
 from reconciler.rules import Rules
@@ -90,5 +92,33 @@ def orphans_text(report: OrphanReport, *, dry_run: bool) -> str:
         f" read units: {items.read_units:g}, kept as unresolvable: {items.unresolvable},"
         f" younger than the minimum age: {items.young}, without a created attribute: {items.unaged},"
         f" otherwise kept: {items.kept}"
+    )
+    return "\n".join(lines)
+
+
+async def sweep_age(settings: Settings, rules: Rules, *, dry_run: bool) -> AgeReport:
+    from reconciler.app import build_age_sweep  # noqa: PLC0415 - keeps the CLI's other commands light
+
+    async with build_age_sweep(settings, rules, CollectorRegistry()) as sweep:
+        return await sweep.sweep(dry_run=dry_run)
+
+
+def age_text(report: AgeReport, *, dry_run: bool) -> str:
+    """One line per object past its age (rule, bucket, key, versions, age), then the counts."""
+    verb = "would delete" if dry_run else "expired"
+    lines = [
+        f"{verb}: s3://{aged.bucket}/{aged.key} ({len(aged.versions)} versions) age {aged.age}"
+        f" rule {aged.rule}"
+        for aged in report.expired
+    ]
+    done = (
+        "dry run: nothing deleted"
+        if dry_run
+        else f"deleted: {report.deleted} ({report.versions_deleted} versions)"
+    )
+    lines.append(
+        f"past their age: {len(report.expired)} ({done}), objects listed: {report.objects},"
+        f" prefixes: {report.prefixes}, pages: {report.pages}, younger: {report.young},"
+        f" kept: {report.kept}, invalid accounts: {report.invalid_accounts}"
     )
     return "\n".join(lines)

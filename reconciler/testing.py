@@ -24,11 +24,12 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 
-from reconciler.core.dynamodb_json import Image, encode_key
+from reconciler.core.dynamodb_json import Image, decode_image, encode_key
 from reconciler.core.leases import SHARD_END, Lease
 from reconciler.core.plan import LinkQuery, key_hash
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
+from reconciler.core.spec import AccountsTable
 from reconciler.errors import (
     AccessError,
     ConfigError,
@@ -107,6 +108,34 @@ class FakeArtifactStore:
         gone = [v for v in versions if v.key not in self.refuse]
         self.buckets[bucket] = [v for v in held if v not in set(gone)]
         return DeleteReport(deleted=tuple(gone), refused=refused)
+
+
+@dataclass
+class FakeAccountDirectory:
+    """Tables of items naming accounts, stored as DynamoDB would give them back (numbers as Decimal)."""
+
+    tables: dict[str, list[Image]] = field(default_factory=dict)
+    scans: int = 0
+
+    def put(self, table: str, item: Mapping[str, object]) -> None:
+        self.tables.setdefault(table, []).append(decode_image(encode_key(item)))
+
+    async def accounts(self, source: AccountsTable) -> AsyncIterator[object]:
+        if source.table not in self.tables:
+            raise AccessError(f"AWS refused the request: ResourceNotFoundException (scan on {source.table})")
+        self.scans += 1
+        for item in list(self.tables[source.table]):
+            wanted = source.filter_attribute is None or _same_value(
+                item.get(source.filter_attribute), source.filter_value
+            )
+            if wanted and source.attribute in item:
+                yield item[source.attribute]
+
+
+def _same_value(actual: object, expected: object) -> bool:
+    """DynamoDB's ``=``: the same type and value (a number is never a string, ``true`` is never 1)."""
+    decoded = decode_image(encode_key({"v": expected}))["v"]
+    return type(actual) is type(decoded) and actual == decoded
 
 
 @dataclass

@@ -93,6 +93,7 @@ def worker_env(endpoint: str, **variables: str) -> dict[str, str]:
         "RECONCILER_CREATE_TABLES": "true",
         "RECONCILER_LOG_JSON": "true",
         "RECONCILER_ORPHAN_SWEEP": "false",  # a test that wants it says so; the others list no bucket for it
+        "RECONCILER_AGE_SWEEP": "false",  # likewise
         **{f"RECONCILER_{name.upper()}": value for name, value in variables.items()},
     }
 

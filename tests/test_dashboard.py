@@ -337,6 +337,7 @@ def test_layout_is_tidy() -> None:
         "Receipts and verification",
         "Scheduled jobs (orphan sweep)",
         "Sweeps: expiry enforcement and orphans",
+        "Age rules",
     ]
 
 

@@ -231,6 +231,7 @@ def test_each_kind_of_resource_gets_only_its_own_actions() -> None:
         f"{table}dead-letters": {"dynamodb:UpdateItem", "dynamodb:DescribeTable"},
         f"{table}dead-letters/index/by-kind-status": {"dynamodb:Query"},
         f"{table}receipts": {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DescribeTable"},
+        f"{table}accounts": {"dynamodb:Scan", "dynamodb:DescribeTable"},  # an age rule's accounts
         **{f"arn:aws:s3:::{b}": {"s3:ListBucketVersions"} for b in rules.buckets},
         **{
             f"arn:aws:s3:::{b}/{p}*": {"s3:DeleteObject", "s3:DeleteObjectVersion"}

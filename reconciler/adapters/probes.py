@@ -229,6 +229,16 @@ class AwsResourceProbe:
             return [problem]
         return []
 
+    async def accounts_table(self, table: str) -> list[Problem]:
+        """An age rule's accounts: the table exists and a Scan is allowed (one item, keys only)."""
+        resource = f"accounts table {table!r}"
+        try:
+            await self._describe(table, resource)
+            await self._ask(resource, "dynamodb:Scan", self._dynamodb.scan, TableName=table, Limit=1)
+        except _Refused as refused:
+            return [refused.problem]
+        return []
+
     async def own_table(self, table: str, own: OwnTable) -> list[Problem]:
         resource = f"{own.role} {table!r}"
         hint = "create it from deploy/aws/tables.cfn.yaml, or run with --create-tables"

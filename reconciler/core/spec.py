@@ -141,13 +141,47 @@ class TableSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountsTable:
+    """The accounts an age rule applies to: the ``attribute`` of every item of ``table`` (read with a Scan
+    that projects it), only of the items whose ``filter_attribute`` equals ``filter_value`` if one is set."""
+
+    table: str
+    attribute: str
+    filter_attribute: str | None = None
+    filter_value: str | int | bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountsFile:
+    """The accounts an age rule applies to: one a line of a text file (``#`` starts a comment line)."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgeRuleSpec:
+    """Objects under ``scope`` whose newest version is older than ``max_age`` are deleted: under each listed
+    account's rendering of the scope when ``accounts`` is set, else under the scope's static prefix."""
+
+    name: str
+    scope: Template
+    max_age_seconds: int
+    accounts: AccountsTable | AccountsFile | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSet:
     buckets: frozenset[str]
     sources: tuple[str, ...]
     tables: Mapping[str, TableSpec]
+    age_rules: tuple[AgeRuleSpec, ...] = ()
 
     @classmethod
     def of(
-        cls, buckets: frozenset[str], sources: tuple[str, ...], tables: Mapping[str, TableSpec]
+        cls,
+        buckets: frozenset[str],
+        sources: tuple[str, ...],
+        tables: Mapping[str, TableSpec],
+        age_rules: tuple[AgeRuleSpec, ...] = (),
     ) -> RuleSet:
-        return cls(buckets, sources, MappingProxyType(dict(tables)))
+        return cls(buckets, sources, MappingProxyType(dict(tables)), age_rules)

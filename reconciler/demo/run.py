@@ -91,6 +91,7 @@ def local_settings(endpoint: str, **overrides: object) -> Settings:
         "heartbeat_seconds": 0.5,
         "enforce_expiry": False,  # the demo plays DynamoDB's TTL service itself and counts who deleted what
         "orphan_sweep": False,  # tests' objects are younger than the minimum age: a sweep would only list
+        "age_sweep": False,  # likewise
     }
     return Settings.model_validate(fast | overrides)
 

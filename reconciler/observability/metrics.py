@@ -33,6 +33,10 @@ LAG_BUCKETS = (
 
 ORPHAN_KINDS = ("object", "item")
 """The ``kind`` label of the orphan sweep's counters: an S3 object, or a linked DynamoDB item."""
+
+# Why an age rule kept an object past its age (or refused an account value): reconciler_age_kept_total.
+AGE_KEPT_REASONS = ("unsafe", "out_of_scope", "other_account", "refused", "invalid_account")
+
 # Every (kind, outcome) pair of reconciler_artifacts_total, created at start so rates exist before traffic.
 ARTIFACT_OUTCOMES = (
     ("object_version", "deleted"),
@@ -270,6 +274,7 @@ class Metrics:
         )
         self._orphan_metrics(registry)
         self._scheduled_metrics(registry)
+        self._age_metrics(registry)
 
     def _scheduled_metrics(self, registry: CollectorRegistry) -> None:
         self.scheduled_runs = Counter(
@@ -290,6 +295,34 @@ class Metrics:
         self.scheduled_last_run.labels(job)
         for outcome in SCHEDULED_OUTCOMES:
             self.scheduled_runs.labels(job, outcome)
+
+    def _age_metrics(self, registry: CollectorRegistry) -> None:
+        """The age sweep (``reconciler.age``): objects deleted by an age rule, whatever item they were of."""
+        self.age_deletions = Counter(
+            "reconciler_age_deletions_total",
+            "Objects an age rule deleted (every version and delete marker), by rule.",
+            ["rule"],
+            registry=registry,
+        )
+        self.age_versions_deleted = Counter(
+            "reconciler_age_versions_deleted_total",
+            "Object versions and delete markers an age rule deleted, by rule.",
+            ["rule"],
+            registry=registry,
+        )
+        self.age_kept = Counter(
+            "reconciler_age_kept_total",
+            "Objects past an age rule's age that were kept, by rule and reason (unsafe, out_of_scope,"
+            " other_account, refused), and account values that render no prefix (invalid_account).",
+            ["rule", "reason"],
+            registry=registry,
+        )
+        self.age_pages = Counter(
+            "reconciler_age_pages_total",
+            "ListObjectVersions pages the age sweep read, by rule.",
+            ["rule"],
+            registry=registry,
+        )
 
     def _orphan_metrics(self, registry: CollectorRegistry) -> None:
         self.orphans_found = Counter(
@@ -349,6 +382,15 @@ class Metrics:
         for kind, outcome in ARTIFACT_OUTCOMES:
             self.artifacts.labels(kind, outcome)
         self._initialize_orphans(rules)
+        self._initialize_age(rules)
+
+    def _initialize_age(self, rules: RuleSet) -> None:
+        for rule in rules.age_rules:
+            self.age_deletions.labels(rule.name)
+            self.age_versions_deleted.labels(rule.name)
+            self.age_pages.labels(rule.name)
+            for reason in AGE_KEPT_REASONS:
+                self.age_kept.labels(rule.name, reason)
 
     def _initialize_orphans(self, rules: RuleSet) -> None:
         reasons = dict.fromkeys([*(r.value for r in UnresolvableReason), *(r.value for r in ParentReason)])

@@ -26,7 +26,7 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED = frozenset(
     {
         "job", "instance", "le", "table", "shard", "cause", "stage", "error", "kind", "outcome", "reason",
-        "event", "transition", "version", "python", "severity", "alertname", "verification",
+        "event", "transition", "version", "python", "severity", "alertname", "verification", "rule",
     }
 )  # fmt: skip
 
