@@ -16,7 +16,8 @@ import stamina
 import structlog
 from prometheus_client import CollectorRegistry
 
-from reconciler.adapters.aws import AwsClients, AwsSettings
+from reconciler.adapters.aws import AwsClients, AwsSettings, RetryPolicy
+from reconciler.app import build_worker
 from reconciler.consumer import ShardConsumer
 from reconciler.core.spec import RuleSet
 from reconciler.demo.layout import Layout
@@ -34,6 +35,7 @@ from reconciler.testing import (
     FakeLeaseStore,
     FakeStreamSource,
     FixedClock,
+    eventually,
     stream_record,
 )
 
@@ -237,3 +239,22 @@ def closed_shard(world: World, removals: int) -> tuple[FakeStreamSource, Shard]:
             "shardId-1", stream_record(n, old_image=world.image("acct-1", f"tr-{n}"), identity="botocore")
         )
     return source, shard
+
+
+async def until_scheduled_run(endpoint: str, settings: Settings, rules: Rules, job: str) -> CollectorRegistry:
+    """Run a worker on the moto server until its scheduled ``job`` has succeeded once, then stop it; its
+    metrics registry, to read what the run counted."""
+    registry = CollectorRegistry()
+    aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
+    runs = {"job": job, "outcome": "succeeded"}
+    async with build_worker(settings, rules, registry, RetryPolicy(attempts=3), aws) as worker:
+        task = asyncio.create_task(worker.run())
+        try:
+            await eventually(
+                lambda: (registry.get_sample_value("reconciler_scheduled_runs_total", runs) or 0) >= 1,
+                seconds=60,
+            )
+        finally:
+            worker.handle_exit()
+            await asyncio.wait_for(task, timeout=30)
+    return registry

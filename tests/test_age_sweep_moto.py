@@ -9,21 +9,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_RULES, worker_env
+from conftest import DEMO_RULES, until_scheduled_run, worker_env
 from moto.s3.models import s3_backends
 from prometheus_client import CollectorRegistry
 
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
 from reconciler.adapters.probes import AwsResourceProbe
 from reconciler.adapters.tables import create_table
-from reconciler.app import build_age_sweep, build_worker
+from reconciler.app import build_age_sweep
 from reconciler.cli import main
 from reconciler.demo.layout import Layout
 from reconciler.demo.moto_server import ACCOUNT_ID, CREDENTIALS, REGION, reset
 from reconciler.demo.run import local_settings
 from reconciler.preflight import Problem
 from reconciler.rules import load_rules
-from reconciler.testing import eventually
 
 pytestmark = pytest.mark.integration
 BUCKET = "stt-llm-gateway"
@@ -155,22 +154,8 @@ async def test_the_worker_runs_the_age_rules_on_their_schedule_one_replica_at_a_
     for key in keys:
         await layout.s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
     _backdate({key for key, old in keys.items() if old}, dt.timedelta(hours=2))
-    registry = CollectorRegistry()
     settings = local_settings(endpoint, config=rules_file, age_sweep=True)
-    aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
-    runs = {"job": "age", "outcome": "succeeded"}
-    async with build_worker(
-        settings, load_rules(rules_file), registry, RetryPolicy(attempts=3), aws
-    ) as worker:
-        task = asyncio.create_task(worker.run())
-        try:
-            await eventually(
-                lambda: (registry.get_sample_value("reconciler_scheduled_runs_total", runs) or 0) >= 1,
-                seconds=60,
-            )
-        finally:
-            worker.handle_exit()
-            await asyncio.wait_for(task, timeout=30)
+    registry = await until_scheduled_run(endpoint, settings, load_rules(rules_file), "age")
     listed = await layout.s3.list_object_versions(Bucket=BUCKET, Prefix="exports/")
     assert {v["Key"] for v in listed.get("Versions", [])} == {"exports/907/e1.csv", "exports/9070/e2.csv"}
     assert registry.get_sample_value("reconciler_age_deletions_total", {"rule": "exports"}) == 1

@@ -11,13 +11,13 @@ import tomllib
 from collections.abc import Mapping
 
 import pytest
-from conftest import DEMO_RULES, worker_env
+from conftest import DEMO_RULES, until_scheduled_run, worker_env
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from reconciler.adapters.aws import AwsSettings, RetryPolicy
+from reconciler.adapters.aws import AwsSettings
 from reconciler.adapters.dynamodb import DynamoDBItemStore
-from reconciler.app import build_orphan_sweep, build_worker
+from reconciler.app import build_orphan_sweep
 from reconciler.cli import main
 from reconciler.core.dynamodb_json import Image
 from reconciler.core.plan import LinkQuery
@@ -25,7 +25,6 @@ from reconciler.demo.layout import BUCKETS, Layout, Transcript, artifacts_of, ex
 from reconciler.demo.moto_server import CREDENTIALS, REGION
 from reconciler.demo.run import local_settings
 from reconciler.rules import Rules
-from reconciler.testing import eventually
 
 pytestmark = pytest.mark.integration
 DAY = 86400
@@ -201,20 +200,8 @@ async def test_the_worker_runs_the_orphan_sweep_on_its_schedule_with_no_cli_call
     ghost = "acct-4/ghost/audio.wav"  # no item ever named it: no stream record will
     await layout.s3.put_object(Bucket="stt-uploads", Key=ghost, Body=b"left behind")
     before = await layout.snapshot([live])
-    registry = CollectorRegistry()
     settings = local_settings(endpoint, orphan_sweep=True, orphan_min_age_seconds=0)
-    aws = AwsSettings(region=REGION, endpoint_url=endpoint, credentials=CREDENTIALS)
-    runs = {"job": "orphans", "outcome": "succeeded"}
-    async with build_worker(settings, rules, registry, RetryPolicy(attempts=3), aws) as worker:
-        task = asyncio.create_task(worker.run())
-        try:
-            await eventually(
-                lambda: (registry.get_sample_value("reconciler_scheduled_runs_total", runs) or 0) >= 1,
-                seconds=60,
-            )
-        finally:
-            worker.handle_exit()
-            await asyncio.wait_for(task, timeout=30)
+    registry = await until_scheduled_run(endpoint, settings, rules, "orphans")
     assert await layout.versions("stt-uploads", ghost) == set()
     assert await layout.snapshot([live]) == before
     assert (
