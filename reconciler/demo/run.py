@@ -15,14 +15,12 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -39,35 +37,20 @@ from reconciler.demo.layout import (
     items_of,
 )
 from reconciler.demo.moto_server import CREDENTIALS, REGION, BackendSeeder, moto_server, reset, ttl_delete
+from reconciler.demo.report import Replicas, Samples, sample, summary
 from reconciler.observability.logs import configure_logging
-from reconciler.observability.metrics import LAG_BUCKETS
 from reconciler.rules import load_rules
 from reconciler.settings import Settings
 from reconciler.worker import Worker
 
 Print = Callable[[str], None]
 WAIT_SECONDS = 60.0
-ARTIFACTS = "reconciler_artifacts_total"
 SWEPT = "reconciler_sweep_items_total"
 LEASE_SECONDS = 3.0
 GRACE_SECONDS = 3 * 3600.0
 """The demo's enforcement grace: the TTL service's deletions (an hour or two after expiry) fall inside it,
 the overdue transcripts (days after) outside."""
 ORPHAN_AGE = dt.timedelta(days=2)
-
-
-class Samples(Protocol):
-    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None: ...
-
-
-class Replicas:
-    """The replicas' registries read as one: every figure is summed over them."""
-
-    def __init__(self, registries: list[CollectorRegistry]) -> None:
-        self._registries = registries
-
-    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
-        return sum(r.get_sample_value(name, labels) or 0.0 for r in self._registries)
 
 
 def rules_path() -> Path:
@@ -149,31 +132,6 @@ def populate(count: int, now: dt.datetime, seed: int = 7, *, overdue: bool = Fal
     return Population(ttl, expired, requested, live, late, orphan)
 
 
-def _sample(registry: Samples, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
-
-
-def quantile(registry: Samples, name: str, q: float, **labels: str) -> float:
-    """``histogram_quantile`` over the worker's own histogram (linear within a bucket, as Prometheus does)."""
-    bounds = [*LAG_BUCKETS, math.inf]
-    counts = [_sample(registry, f"{name}_bucket", **labels, le=_le(b)) for b in bounds]
-    total = counts[-1]
-    if total == 0:
-        return math.nan
-    rank, lower, below = q * total, 0.0, 0.0
-    for bound, cumulative in zip(bounds, counts, strict=True):
-        if cumulative >= rank:
-            if math.isinf(bound):
-                return lower
-            return lower + (bound - lower) * ((rank - below) / max(cumulative - below, 1e-9))
-        lower, below = bound, cumulative
-    return lower
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if math.isinf(bound) else repr(float(bound))
-
-
 async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR") -> int:
     configure_logging(json=False, level=log_level)
     started = time.monotonic()
@@ -248,7 +206,7 @@ async def run_demo(count: int = 40, echo: Print = print, log_level: str = "ERROR
                 remaining += left
             changed = await touched(layout, population.live, live_before)
             refused = await _unsafe_letters(layout, local_settings(endpoint).dead_letter_table)
-    _summary(registry, out, remaining, changed, time.monotonic() - started, refused)
+    summary(registry, out, remaining, changed, time.monotonic() - started, refused)
     # The promise, checked against moto's state: all gone, nothing else touched, the tampered URI refused.
     return 0 if finished and remaining == 0 and changed == 0 and refused == 1 else 1
 
@@ -260,7 +218,7 @@ async def _enforced(layout: Layout, overdue: list[Transcript], registry: Samples
         left = [t for t in overdue if await layout.exists(t)]
         if not left:
             outcomes = {
-                o: int(_sample(registry, SWEPT, table="transcripts", outcome=o))
+                o: int(sample(registry, SWEPT, table="transcripts", outcome=o))
                 for o in ("enforced", "skipped", "left_to_stream")
             }
             # Only the sweeper deletes overdue items here; one it deleted but never counted was the killed
@@ -284,11 +242,11 @@ async def _orphaned(layout: Layout, orphan: Transcript, registry: Samples, out: 
     deadline = time.monotonic() + WAIT_SECONDS
     runs = {"job": "orphans", "outcome": "succeeded"}
     while time.monotonic() < deadline:
-        swept = _sample(registry, "reconciler_scheduled_runs_total", **runs)
+        swept = sample(registry, "reconciler_scheduled_runs_total", **runs)
         if swept and not await layout.remaining(orphan):
             deleted = {
                 kind: sum(
-                    _sample(registry, "reconciler_orphans_deleted_total", kind=kind, table=table)
+                    sample(registry, "reconciler_orphans_deleted_total", kind=kind, table=table)
                     for table in ("transcripts", "speech_outputs", "llm_requests")
                 )
                 for kind in ("item", "object")
@@ -364,7 +322,7 @@ async def _failover(
 
 def _done(registry: Samples) -> float:
     return sum(
-        _sample(registry, "reconciler_record_outcomes_total", table="transcripts", outcome=o)
+        sample(registry, "reconciler_record_outcomes_total", table="transcripts", outcome=o)
         for o in ("deleted", "dead_lettered")
     )
 
@@ -398,58 +356,3 @@ async def touched(layout: Layout, live: list[Transcript], before: Snapshot) -> i
     """Versions and items of live transcripts that differ from ``before``: objects, the transcript item,
     its speech outputs and its LLM requests, compared whole."""
     return changes(before, await layout.snapshot(live))
-
-
-def _summary(  # noqa: PLR0917 - the figures the summary prints
-    registry: Samples, out: Print, remaining: int, touched: int, elapsed: float, letters: int
-) -> None:
-    """Print the summary. A record delivered again after the kill is refused again (and counted again in
-    the refusals), but its dead letter is the same one."""
-    out("")
-    out("records by cause (both replicas: what the killed one had not checkpointed was read again):")
-    for cause in ("ttl", "expired", "requested"):
-        n = _sample(
-            registry,
-            "reconciler_stream_records_total",
-            table="transcripts",
-            event="REMOVE",
-            cause=cause,
-        )
-        out(f"  {cause:<10} {int(n)}")
-    ignored = sum(
-        _sample(registry, "reconciler_stream_records_total", table="transcripts", event=e, cause="none")
-        for e in ("INSERT", "MODIFY")
-    )
-    out(f"  {'ignored':<10} {int(ignored)} (INSERT/MODIFY)")
-    out("artifacts deleted by kind:")
-    for kind in ("object_version", "delete_marker", "item"):
-        out(f"  {kind:<15} {int(_sample(registry, ARTIFACTS, kind=kind, outcome='deleted'))}")
-    unsafe = sum(
-        _sample(registry, "reconciler_unsafe_targets_total", table="transcripts", reason=r)
-        for r in ("out_of_scope", "not_an_s3_uri", "unsafe_identifier", "unusable_link_value")
-    )
-    out(
-        f"unsafe targets refused (never executed): {int(unsafe)}, in {int(letters)} dead letter"
-        " (1 expected: the tampered audio_url)"
-    )
-    out("lag percentiles, seconds (estimated from histogram buckets):")
-    for cause in ("ttl", "expired", "requested"):
-        parts = []
-        for metric in ("deletion_lag", "ttl_service_lag", "pipeline_lag"):
-            name = f"reconciler_{metric}_seconds"
-            p50, p99 = (
-                quantile(registry, name, 0.5, cause=cause),
-                quantile(registry, name, 0.99, cause=cause),
-            )
-            if not math.isnan(p50):
-                parts.append(f"{metric} p50={p50:.1f} p99={p99:.1f}")
-        out(f"  {cause:<10} " + ("; ".join(parts) or "-"))
-    enforced = quantile(registry, "reconciler_enforcement_lag_seconds", 0.5, table="transcripts")
-    if not math.isnan(enforced):
-        out(
-            f"  enforcement lag p50={enforced:.1f} (from expiry plus the grace: the overdue ones were due"
-            " days before the worker started)"
-        )
-    out(f"artifacts remaining for deleted items: {remaining}")
-    out(f"artifacts of live items touched: {touched}")
-    out(f"finished in {elapsed:.1f}s")
