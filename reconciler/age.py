@@ -25,7 +25,7 @@ import structlog
 
 from reconciler.core.age import Prefix, Verdict, account_prefixes, decide, parse_accounts_file
 from reconciler.core.spec import AccountsFile, AgeRuleSpec, RuleSet
-from reconciler.errors import ConfigError
+from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import AccountDirectory, ArtifactStore, ObjectVersion
 from reconciler.schedule import Job
@@ -85,21 +85,28 @@ class AgeSweep:
 
     async def sweep(self, *, dry_run: bool, stopping: asyncio.Event | None = None) -> AgeReport:
         """One pass over every age rule; in a dry run, nothing is deleted. Once ``stopping`` is set, the pass
-        ends before the next account's prefix (``report.stopped``)."""
+        ends before the next account's prefix (``report.stopped``). A rule that fails (an unreadable accounts
+        file, a listing AWS refused) is logged and counted and the other rules still run; the pass then
+        raises the first such error, so the run counts as failed."""
         report = AgeReport()
-        now = self._clock()
+        halt = stopping or asyncio.Event()
+        failed: list[ReconcilerError] = []
         for rule in self._rules.age_rules:
+            if halt.is_set():
+                report.stopped = True
+                break
             report.rules += 1
-            for prefix in await self._prefixes(rule, report):
-                if stopping is not None and stopping.is_set():
-                    report.stopped = True
-                    return report
-                report.prefixes += 1
-                walk = _RuleWalk(self._artifacts, self._metrics, rule, prefix, now, report)
-                await walk.run(dry_run=dry_run)
+            try:
+                await self._rule(rule, report, halt, dry_run=dry_run)
+            except ReconcilerError as exc:
+                failed.append(exc)
+                self._metrics.failures.labels("age", type(exc).__name__).inc()
+                log.error("age.rule_failed", rule=rule.name, error=str(exc), error_type=type(exc).__name__)
         log.info(
             "age.swept",
             dry_run=dry_run,
+            stopped=report.stopped,
+            failed_rules=len(failed),
             rules=report.rules,
             prefixes=report.prefixes,
             pages=report.pages,
@@ -110,7 +117,21 @@ class AgeSweep:
             young=report.young,
             kept=report.kept,
         )
+        if failed:
+            raise failed[0]
         return report
+
+    async def _rule(
+        self, rule: AgeRuleSpec, report: AgeReport, halt: asyncio.Event, *, dry_run: bool
+    ) -> None:
+        now = self._clock()
+        for prefix in await self._prefixes(rule, report):
+            if halt.is_set():
+                report.stopped = True
+                return
+            report.prefixes += 1
+            walk = _RuleWalk(self._artifacts, self._metrics, rule, prefix, now, report)
+            await walk.run(dry_run=dry_run)
 
     async def _prefixes(self, rule: AgeRuleSpec, report: AgeReport) -> list[Prefix]:
         values = await self._account_values(rule)

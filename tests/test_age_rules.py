@@ -319,6 +319,19 @@ async def test_accounts_from_a_file_are_read_again_on_every_pass(tmp_path: Path)
         await sweep.sweep(dry_run=True)
 
 
+async def test_an_age_rule_that_fails_leaves_the_others_to_run_and_the_pass_fails(tmp_path: Path) -> None:
+    artifacts = _world()
+    first = _rule(name="exports", accounts_file="missing.txt")  # cannot be read
+    sweep, registry = _sweep(_rules(first, _rule(accounts_file="hourly.txt"), base=tmp_path), artifacts)
+    (tmp_path / "hourly.txt").write_text("9070\n")
+    with pytest.raises(ConfigError, match="cannot read accounts file"):
+        await sweep.sweep(dry_run=False)
+    assert artifacts.keys(BUCKET) >= {"requests/907/r1/input.json"}
+    assert "requests/9070/r1/input.json" not in artifacts.keys(BUCKET)  # the second rule ran
+    labels = {"stage": "age", "error": "ConfigError"}
+    assert registry.get_sample_value("reconciler_failures_total", labels) == 1
+
+
 async def test_an_object_refused_by_s3_is_kept_and_counted_and_the_rest_deleted() -> None:
     artifacts = _world()
     artifacts.refuse["requests/907/r1/input.json"] = "AccessDenied"
