@@ -3,6 +3,7 @@ sweep deletes exactly the objects past their age, only for the listed accounts."
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import decimal
 import tomllib
@@ -14,7 +15,7 @@ import pytest
 from conftest import DEMO_RULES
 from prometheus_client import CollectorRegistry
 
-from reconciler.age import AgeReport, AgeSweep, read_accounts_file
+from reconciler.age import AgeReport, AgeSweep, age_job, read_accounts_file
 from reconciler.core.age import Prefix, Verdict, account_of, account_prefixes, decide, parse_accounts_file
 from reconciler.core.scope import S3Location
 from reconciler.core.spec import AccountsFile, AgeRuleSpec
@@ -24,6 +25,7 @@ from reconciler.observability.metrics import Metrics
 from reconciler.ports import ObjectVersion, VersionPage
 from reconciler.preflight import requirements
 from reconciler.rules import Rules, load_rules
+from reconciler.settings import Settings
 from reconciler.sweep_once import age_text
 from reconciler.testing import FakeAccountDirectory, FakeArtifactStore
 
@@ -424,3 +426,15 @@ async def test_the_demo_rules_age_rule_reads_its_accounts_file_beside_them() -> 
     [rule] = load_rules(DEMO_RULES).compile().age_rules
     assert isinstance(rule.accounts, AccountsFile)
     assert await read_accounts_file(Path(rule.accounts.path)) == ["acct-1"]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+async def test_the_worker_s_age_job_deletes_only_outside_a_dry_run(dry_run: bool) -> None:
+    """The scheduled job ``age`` runs the sweep as the settings say: a shadow worker lists, never deletes."""
+    artifacts = _world()
+    before = list(artifacts.buckets[BUCKET])
+    sweep, _ = _sweep(_rules(_rule()), artifacts)
+    job = age_job(Settings(config=DEMO_RULES, dry_run=dry_run), sweep)
+    assert (job.name, job.interval) == ("age", 3600.0)
+    await job.run(asyncio.Event())
+    assert (artifacts.buckets[BUCKET] == before) is dry_run
