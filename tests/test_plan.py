@@ -29,6 +29,8 @@ def _changed(rules: Rules, table: str, **changes: object) -> TableSpec:
     """``table``'s compiled rules with ``changes`` to its entry in the rules file."""
     data = rules.model_dump()
     data["tables"][table].update(changes)
+    for spec in data["tables"].values():
+        spec["created_attribute"] = None  # it dates linked items only, and the changes may unlink a table
     return Rules.model_validate(data).compile().tables[table]
 
 
