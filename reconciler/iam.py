@@ -193,6 +193,11 @@ def _source_statements(rules: Rules, arns: _Arns) -> list[Statement]:
         statements.append(
             _statement("SourceExpirySweep", ["dynamodb:Scan", "dynamodb:DeleteItem"], map(arns.table, swept))
         )
+    indexed = [(t, index.name) for t in swept if (index := rules.tables[t].expiry_index) is not None]
+    if indexed:  # a big table's sweep Queries its sparse expiry index instead of Scanning
+        statements.append(
+            _statement("SourceExpiryIndex", ["dynamodb:Query"], [arns.index(t, name) for t, name in indexed])
+        )
     return statements
 
 

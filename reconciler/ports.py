@@ -17,7 +17,7 @@ from reconciler.core.letters import LetterPlan
 from reconciler.core.plan import LinkQuery, key_hash
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
-from reconciler.core.spec import AccountsTable
+from reconciler.core.spec import AccountsTable, ExpiryIndex
 
 LetterKind = Literal["undecodable", "no_image", "unsafe", "failed", "recreated", "trimmed"]
 """Why a dead letter was written; also the ``kind`` label of ``reconciler_dead_letters_total``."""
@@ -351,6 +351,20 @@ class ExpiredItems(Protocol):
         limit: int,
     ) -> CandidatePage:
         """Evaluate at most ``limit`` items of ``segment`` after ``start``; return those inside ``window``."""
+        ...
+
+    async def query(
+        self,
+        table: str,
+        window: ExpiryWindow,
+        *,
+        index: ExpiryIndex,
+        value: str | int,
+        start: Image | None,
+        limit: int,
+    ) -> CandidatePage:
+        """At most ``limit`` items of the sparse ``index``'s partition ``value`` after ``start`` whose TTL
+        (the index's sort key) is inside ``window``: their keys and TTL only."""
         ...
 
     async def enforce(self, table: str, key: Image, window: ExpiryWindow) -> Image | None:

@@ -37,7 +37,7 @@ from typing import Protocol
 import structlog
 
 from reconciler.core.reverse import outermost, reachable_tables, static_prefix, walk_roots
-from reconciler.core.spec import AccountsTable, RuleSet
+from reconciler.core.spec import AccountsTable, ExpiryIndex, RuleSet, TableSpec
 from reconciler.errors import MissingCredentialsError, ReconcilerError
 
 log = structlog.get_logger("reconciler.preflight")
@@ -82,6 +82,8 @@ class Requirements:
     buckets: Mapping[str, tuple[str, ...]]
     own_tables: Mapping[str, OwnTable] = field(default_factory=dict)
     swept: frozenset[str] = frozenset()
+    tables: Mapping[str, TableSpec] = field(default_factory=dict)
+    """The rules' tables: a swept source's expiry index is checked instead of a Scan."""
     """Sources whose expiry the sweeper enforces: Scan and DeleteItem are checked too."""
     scanned: frozenset[str] = frozenset()
     """Linked tables the orphan sweep reads whole: Scan is checked too."""
@@ -110,6 +112,7 @@ def requirements(
         buckets={bucket: outermost(prefixes) for bucket, prefixes in sorted(buckets.items())},
         own_tables=dict(own_tables or {}),
         swept=frozenset(swept),
+        tables=rules.tables,
         scanned=frozenset(scanned),
         accounts_tables=frozenset(
             rule.accounts.table for rule in rules.age_rules if isinstance(rule.accounts, AccountsTable)
@@ -121,7 +124,9 @@ class ResourceProbe(Protocol):
     """Read-only checks of one resource each: the problems found (empty when fine). Raises a retriable
     ``ReconcilerError`` when AWS could not answer (throttled, unavailable, no credentials yet)."""
 
-    async def source(self, table: str, *, sweep: bool = False) -> list[Problem]: ...
+    async def source(
+        self, table: str, *, sweep: bool = False, index: ExpiryIndex | None = None, ttl: str | None = None
+    ) -> list[Problem]: ...
 
     async def linked(self, table: str, indexes: frozenset[str], *, scan: bool = False) -> list[Problem]: ...
 
@@ -157,8 +162,13 @@ class Preflight:
         needs, probe = self._needs, self._probe
         checks: dict[str, Check] = {}
         for table in needs.sources:
+            spec = needs.tables.get(table)
             checks[f"source table {table!r}"] = functools.partial(
-                probe.source, table, sweep=table in needs.swept
+                probe.source,
+                table,
+                sweep=table in needs.swept,
+                index=spec.expiry_index if spec is not None else None,
+                ttl=spec.ttl_attribute if spec is not None else None,
             )
         for table, indexes in needs.linked.items():
             checks[f"linked table {table!r}"] = functools.partial(

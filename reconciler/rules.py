@@ -32,6 +32,7 @@ from reconciler.core.scope import ScopeViolation, Template
 from reconciler.core.spec import (
     CascadeSpec,
     EntitySpec,
+    ExpiryIndex,
     IdentityCondition,
     ImageCondition,
     LinkSpec,
@@ -262,6 +263,27 @@ class CascadeRules(_Frozen):
         )
 
 
+class ExpiryIndexRule(_Frozen):
+    """A sparse GSI whose sort key is the TTL attribute: the sweeper Queries it per partition value."""
+
+    name: _Name = Field(description="The index name.")
+    partition_attribute: _Attribute = Field(description="The index's partition key.")
+    partition_values: tuple[str | int, ...] = Field(
+        min_length=1,
+        max_length=1000,
+        description="Every value the partition key takes (each a sweep segment: one lease, one Query).",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        if len(set(self.partition_values)) != len(self.partition_values):
+            raise ValueError(f"expiry index {self.name!r}: partition_values repeat a value")
+        return self
+
+    def compile(self) -> ExpiryIndex:
+        return ExpiryIndex(self.name, self.partition_attribute, self.partition_values)
+
+
 class TableRules(_Artifacts):
     """What is linked to one item of a table, the scope every linked S3 target must lie in, and (for
     single-table designs) entity types with rules of their own."""
@@ -278,12 +300,26 @@ class TableRules(_Artifacts):
         " own rules above.",
     )
     cascade: CascadeRules = Field(default_factory=CascadeRules, description="Which removals cascade.")
+    expiry_index: ExpiryIndexRule | None = Field(
+        default=None,
+        description="A sparse GSI (partition key with known values, sort key the TTL attribute) the sweeper"
+        " Queries instead of Scanning the table: it reads only the items that are due.",
+    )
     created_attribute: _Attribute | None = Field(
         default=None,
         description="When an item was written: a Number of epoch seconds or an ISO 8601 string with a time"
         " zone. Only on a linked table: the orphan sweep deletes its items whose parents are all gone only"
         " once they are older than orphan_min_age_seconds by it, and keeps those without one.",
     )
+
+    @model_validator(mode="after")
+    def _expiry_index_sorts_by_ttl(self) -> Self:
+        index = self.expiry_index
+        if index is not None and self.ttl_attribute is None:
+            raise ValueError(f"expiry index {index.name!r} needs the table's ttl_attribute (its sort key)")
+        if index is not None and index.partition_attribute == self.ttl_attribute:
+            raise ValueError(f"expiry index {index.name!r}: its partition key cannot be the TTL attribute")
+        return self
 
     @model_validator(mode="after")
     def _scopes_name_the_item(self) -> Self:
@@ -331,6 +367,7 @@ class TableRules(_Artifacts):
             entities=tuple(entities),
             cascade=self.cascade.compile(),
             created_attribute=self.created_attribute,
+            expiry_index=self.expiry_index.compile() if self.expiry_index is not None else None,
         )
 
 

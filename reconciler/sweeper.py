@@ -39,7 +39,14 @@ from reconciler.core.records import EventName, StreamRecord, StreamViewType
 from reconciler.core.spec import RuleSet, TableSpec
 from reconciler.errors import LeaseLostError, ReconcilerError
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import ExpiredItems, ExpiryWindow, LeaseStore, SweepPosition, SweepPositions
+from reconciler.ports import (
+    CandidatePage,
+    ExpiredItems,
+    ExpiryWindow,
+    LeaseStore,
+    SweepPosition,
+    SweepPositions,
+)
 from reconciler.processing import Origin, RecordProcessor
 from reconciler.settings import Settings
 
@@ -217,7 +224,31 @@ class Sweeper:
         def spread(segment: int) -> str:
             return hashlib.sha256(f"{self.owner}\0{table}\0{segment}".encode()).hexdigest()
 
-        return sorted(range(self._settings.sweep_segments), key=spread)
+        return sorted(range(self._segments(table)), key=spread)
+
+    def _segments(self, table: str) -> int:
+        """A Scan's ``sweep_segments``, or one per partition value of the table's sparse expiry index."""
+        index = self._rules.tables[table].expiry_index
+        return len(index.partition_values) if index is not None else self._settings.sweep_segments
+
+    async def _page(
+        self, table: str, window: ExpiryWindow, segment: int, start: Image | None
+    ) -> CandidatePage:
+        """The next page of a segment: a Scan segment, or a Query of one partition of the expiry index."""
+        index = self._rules.tables[table].expiry_index
+        if index is not None:
+            value = index.partition_values[segment]
+            return await self._found.query(
+                table, window, index=index, value=value, start=start, limit=self._page_items
+            )
+        return await self._found.scan(
+            table,
+            window,
+            segment=segment,
+            segments=self._settings.sweep_segments,
+            start=start,
+            limit=self._page_items,
+        )
 
     # -- pages -----------------------------------------------------------------------------------------
     async def _pages(  # noqa: PLR0917 - one segment's context
@@ -234,14 +265,7 @@ class Sweeper:
         while not stopping.is_set() and (holding is None or not holding.lost):
             window = self._window(table, how)
             await self._budget.wait()
-            page = await self._found.scan(
-                table,
-                window,
-                segment=segment,
-                segments=self._settings.sweep_segments,
-                start=position.start,
-                limit=self._page_items,
-            )
+            page = await self._page(table, window, segment, position.start)
             self._budget.spend(page.read_units)
             self._metrics.sweep_pages.labels(table).inc()
             self._metrics.sweep_read_units.labels(table).inc(page.read_units)

@@ -29,7 +29,7 @@ from reconciler.core.leases import SHARD_END, Lease
 from reconciler.core.plan import LinkQuery, key_hash
 from reconciler.core.records import StreamViewType
 from reconciler.core.scope import S3Location
-from reconciler.core.spec import AccountsTable
+from reconciler.core.spec import AccountsTable, ExpiryIndex
 from reconciler.errors import (
     AccessError,
     ConfigError,
@@ -525,6 +525,7 @@ class FakeExpiredItems:
     units_per_item: float = 0.5
     after_scan: Callable[[CandidatePage], None] | None = None
     scans: int = 0
+    queries: int = 0
     deletes: int = 0
 
     def segment_of(self, table: str, item: Mapping[str, object], segments: int) -> int:
@@ -560,6 +561,39 @@ class FakeExpiredItems:
         if self.after_scan is not None:
             self.after_scan(page)
         return page
+
+    async def query(
+        self,
+        table: str,
+        window: ExpiryWindow,
+        *,
+        index: ExpiryIndex,
+        value: str | int,
+        start: Image | None,
+        limit: int,
+    ) -> CandidatePage:
+        """A sparse index: only items holding the partition attribute are in it, in TTL order; each item
+        read costs ``units_per_item`` (only the due ones are read)."""
+        self.queries += 1
+        key_of = self._key_of(table)
+
+        def order(row: Mapping[str, object]) -> tuple[object, str]:
+            return (row[window.ttl_attribute], repr(key_of(row)))
+
+        rows = sorted(
+            (
+                r
+                for r in self.items.tables.get(table, [])
+                if r.get(index.partition_attribute) == value and _due(r, window)
+            ),
+            key=order,
+        )
+        if start is not None:
+            rows = [r for r in rows if order(r) > (start[window.ttl_attribute], repr(key_of(start)))]
+        page = rows[:limit]
+        found = [{**key_of(r), window.ttl_attribute: r[window.ttl_attribute]} for r in page]
+        last = found[-1] if len(rows) > limit else None
+        return CandidatePage(found, last, len(page) * self.units_per_item)
 
     async def enforce(self, table: str, key: Image, window: ExpiryWindow) -> Image | None:
         rows = self.items.tables.get(table, [])

@@ -18,6 +18,7 @@ from conftest import DEMO_RULES, worker_env
 from reconciler import cli
 from reconciler.adapters.aws import AwsClients, AwsSettings, Caller, RetryPolicy
 from reconciler.adapters.probes import AwsResourceProbe
+from reconciler.core.spec import ExpiryIndex
 from reconciler.demo.layout import Layout
 from reconciler.demo.moto_server import CREDENTIALS, REGION
 from reconciler.preflight import OwnTable, Preflight, PreflightError, Problem, requirements
@@ -290,4 +291,51 @@ async def test_a_dead_letter_table_without_its_index_is_a_problem(clients: AwsCl
             "index 'by-kind-status' of dead-letter table 'reconciler-dead-letters'",
             "does not exist (add it: create it from deploy/aws/tables.cfn.yaml, or run with --create-tables)",
         ),
+    )
+
+
+async def test_a_swept_source_with_an_expiry_index_needs_the_index_keyed_by_the_ttl(
+    clients: AwsClients,
+) -> None:
+    probe = AwsResourceProbe(clients.dynamodb, clients.streams, clients.s3, Caller(RetryPolicy()))
+    index = ExpiryIndex("by-expiry", "expiry_shard", ("s0", "s1"))
+    where = "expiry index 'by-expiry' of source table 'transcripts'"
+
+    async def checked() -> list[Problem]:
+        return await probe.source("transcripts", sweep=True, index=index, ttl="expires_at")
+
+    assert await checked() == [Problem(where, "does not exist")]
+    await _add_index(clients, "by-expiry", "expiry_shard", "created_at")
+    wanted = "must have partition key 'expiry_shard' and sort key 'expires_at'"
+    assert await checked() == [Problem(where, wanted)]
+    await clients.dynamodb.update_table(
+        TableName="transcripts", GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": "by-expiry"}}]
+    )
+    await _add_index(clients, "by-expiry", "expiry_shard", "expires_at")
+    assert await checked() == []
+    refuse(clients, "before-call.dynamodb.Query", "AccessDeniedException")
+    assert await checked() == [Problem(where, "not allowed: dynamodb:Query")]
+
+
+async def _add_index(clients: AwsClients, name: str, partition: str, sort: str) -> None:
+    """A KEYS_ONLY index on ``partition`` (a String) and ``sort`` (a Number) of the transcripts table."""
+    await clients.dynamodb.update_table(
+        TableName="transcripts",
+        AttributeDefinitions=[  # the table's own key too: moto replaces the definitions
+            {"AttributeName": "transcript_id", "AttributeType": "S"},
+            {"AttributeName": partition, "AttributeType": "S"},
+            {"AttributeName": sort, "AttributeType": "N"},
+        ],
+        GlobalSecondaryIndexUpdates=[
+            {
+                "Create": {
+                    "IndexName": name,
+                    "KeySchema": [
+                        {"AttributeName": partition, "KeyType": "HASH"},
+                        {"AttributeName": sort, "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                }
+            }
+        ],
     )

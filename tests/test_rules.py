@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from reconciler.core.classify import Cause
 from reconciler.core.graph import find_cycle
+from reconciler.core.spec import ExpiryIndex
 from reconciler.errors import ConfigError
 from reconciler.rules import Rules, load_rules
 
@@ -124,7 +125,7 @@ def test_the_json_schema_documents_every_field() -> None:
     table = schema["$defs"]["TableRules"]["properties"]
     assert set(table) == {
         "key", "ttl_attribute", "scopes", "object_attributes", "prefixes", "links", "entities", "cascade",
-        "created_attribute",
+        "created_attribute", "expiry_index",
     }  # fmt: skip
     assert all("description" in field for field in table.values())
     link = schema["$defs"]["LinkRule"]["properties"]
@@ -301,3 +302,27 @@ def test_a_cycle_of_links_that_hand_on_scopes_is_refused_not_followed_forever() 
     }
     with pytest.raises(ValidationError, match="hands on this item's scopes, but it has none"):
         Rules.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({}, "needs the table's ttl_attribute"),
+        ({"ttl_attribute": "shard"}, "its partition key cannot be the TTL attribute"),
+        ({"ttl_attribute": "ttl", "values": ["a", "a"]}, "partition_values repeat a value"),
+        ({"ttl_attribute": "ttl", "values": []}, "at least 1 item"),
+    ],
+)
+def test_an_expiry_index_needs_a_ttl_to_sort_by_and_distinct_partitions(
+    table: dict[str, Any], message: str
+) -> None:
+    values = table.pop("values", ["a", "b"])
+    index = {"name": "by-expiry", "partition_attribute": "shard", "partition_values": values}
+    with pytest.raises(ValidationError, match=message):
+        Rules.model_validate(_rules(expiry_index=index, **table))
+
+
+def test_an_expiry_index_compiles_with_its_partition_values_in_order() -> None:
+    index = {"name": "by-expiry", "partition_attribute": "shard", "partition_values": ["b", 3, "a"]}
+    compiled = Rules.model_validate(_rules(ttl_attribute="ttl", expiry_index=index)).compile()
+    assert compiled.tables["t"].expiry_index == ExpiryIndex("by-expiry", "shard", ("b", 3, "a"))

@@ -13,6 +13,7 @@ from conftest import World, fast_settings
 
 from reconciler.core.classify import Cause
 from reconciler.core.dynamodb_json import Image
+from reconciler.core.spec import ExpiryIndex
 from reconciler.ports import CandidatePage, ExpiryWindow
 from reconciler.settings import Settings
 from reconciler.sweeper import Pass, ReadBudget, Sweeper, segment_id, sweep_arn, sweepable
@@ -248,3 +249,24 @@ def test_a_table_whose_expired_removals_do_not_cascade_is_not_swept(world: World
     )
     assert not sweepable(narrowed)
     assert not sweepable(dataclasses.replace(table, ttl_attribute=None))
+
+
+async def test_a_sweep_of_a_table_with_an_expiry_index_queries_each_partition_and_never_scans(
+    sweep: Sweep,
+) -> None:
+    """One segment (one lease) per partition value; an item outside the sparse index is left to TTL."""
+    index = ExpiryIndex("by-expiry", "expiry_shard", ("s0", "s1", "s2"))
+    table = dataclasses.replace(sweep.world.rules.tables["transcripts"], expiry_index=index)
+    rules = dataclasses.replace(sweep.world.rules, tables={**sweep.world.rules.tables, "transcripts": table})
+    sweep.world.rules = rules
+    for n, shard in enumerate(["s0", "s1", "s1", None]):
+        sweep.add(f"old-{n}", -3 * DAY)
+        if shard is not None:
+            row = next(r for r in sweep.world.items.tables["transcripts"] if r["transcript_id"] == f"old-{n}")
+            row["expiry_shard"] = shard
+    report = await sweep.sweeper().sweep(asyncio.Event())
+    assert (report.enforced, report.segments, sweep.found.scans) == (3, 3, 0)
+    assert [sweep.present(f"old-{n}") for n in range(4)] == [False, False, False, True]
+    assert {key[1] for key in sweep.leases.rows if key[0] == sweep_arn("transcripts")} == {
+        segment_id(n) for n in range(3)
+    }

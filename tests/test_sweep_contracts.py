@@ -17,6 +17,7 @@ from reconciler.adapters.sweep import DynamoDBExpiredItems, DynamoDBSweepPositio
 from reconciler.adapters.tables import create_table
 from reconciler.core.dynamodb_json import encode_key
 from reconciler.core.leases import Lease
+from reconciler.core.spec import ExpiryIndex
 from reconciler.demo.layout import Layout
 from reconciler.demo.moto_server import CREDENTIALS, REGION, reset
 from reconciler.errors import LeaseLostError
@@ -25,6 +26,8 @@ from reconciler.sweeper import segment_id, sweep_arn
 from reconciler.testing import FakeExpiredItems, FakeItemStore, FakeLeaseStore, FakeSweepPositions
 
 NOW = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp())
+INDEXED = "big_transcripts"  # a table with a sparse expiry index
+INDEX = ExpiryIndex("by-expiry", "expiry_shard", ("s0", "s1"))
 WINDOW = ExpiryWindow("expires_at", NOW - 5 * 365 * 86400, NOW - 900)
 
 
@@ -45,6 +48,28 @@ class Ports:
             return
         assert self.layout is not None
         await self.layout.dynamodb.put_item(TableName="transcripts", Item=encode_key(item))
+
+    async def put_indexed(self, transcript: str, shard: str | None, ttl: int) -> None:
+        item: dict[str, object] = {"transcript_id": transcript, "expires_at": decimal.Decimal(ttl)}
+        if shard is not None:  # without it, the item is not in the sparse index
+            item["expiry_shard"] = shard
+        if self.fake_items is not None:
+            self.fake_items.put(INDEXED, item)
+            return
+        assert self.layout is not None
+        await self.layout.dynamodb.put_item(TableName=INDEXED, Item=encode_key(item))
+
+    async def indexed_ids(self, value: str) -> list[str]:
+        """The ids a Query of partition ``value`` finds, page by page (one item a page), in order."""
+        ids: list[str] = []
+        start = None
+        while True:
+            page = await self.found.query(INDEXED, WINDOW, index=INDEX, value=value, start=start, limit=1)
+            assert all(set(item) == {"transcript_id", "expires_at"} for item in page.items)  # never the image
+            ids += [str(item["transcript_id"]) for item in page.items]
+            if page.start is None:
+                return ids
+            start = page.start
 
     async def ids(self, segments: int = 1) -> list[set[str]]:
         found = []
@@ -67,7 +92,7 @@ class Ports:
 async def ports(request: pytest.FixtureRequest) -> AsyncIterator[Ports]:
     if request.param == "fake":
         items, leases = FakeItemStore(), FakeLeaseStore()
-        found = FakeExpiredItems(items, {"transcripts": ("transcript_id",)})
+        found = FakeExpiredItems(items, {"transcripts": ("transcript_id",), INDEXED: ("transcript_id",)})
         yield Ports(found, FakeSweepPositions(leases), leases, items, None)
         return
     endpoint = request.getfixturevalue("endpoint")
@@ -77,6 +102,26 @@ async def ports(request: pytest.FixtureRequest) -> AsyncIterator[Ports]:
         layout = Layout(clients.s3, clients.dynamodb)
         await create_table(clients.dynamodb, "transcripts", ("transcript_id",), poll_seconds=0.05)
         await create_table(clients.dynamodb, "checkpoints", ("stream_arn", "shard_id"), poll_seconds=0.05)
+        await clients.dynamodb.create_table(
+            TableName=INDEXED,
+            BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "transcript_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[
+                {"AttributeName": "transcript_id", "AttributeType": "S"},
+                {"AttributeName": "expiry_shard", "AttributeType": "S"},
+                {"AttributeName": "expires_at", "AttributeType": "N"},
+            ],
+            GlobalSecondaryIndexes=[
+                {
+                    "IndexName": INDEX.name,
+                    "KeySchema": [
+                        {"AttributeName": "expiry_shard", "KeyType": "HASH"},
+                        {"AttributeName": "expires_at", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                }
+            ],
+        )
         call = Caller(RetryPolicy(attempts=3))
         yield Ports(
             DynamoDBExpiredItems(clients.dynamodb, call),
@@ -153,3 +198,16 @@ async def test_a_position_is_not_written_once_the_lease_is_lost(ports: Ports) ->
     with pytest.raises(LeaseLostError):
         await ports.positions.save(lease, SweepPosition(1, 1, {"transcript_id": "x"}))
     assert await ports.positions.load(lease) is None
+
+
+async def test_the_expiry_index_query_finds_the_due_items_of_one_partition_in_ttl_order(ports: Ports) -> None:
+    await ports.put_indexed("late", "s0", NOW - 86400)
+    await ports.put_indexed("later", "s0", NOW - 3 * 86400)
+    await ports.put_indexed("other-shard", "s1", NOW - 86400)
+    await ports.put_indexed("in-grace", "s0", NOW - 60)
+    await ports.put_indexed("live", "s0", NOW + 86400)
+    await ports.put_indexed("ancient", "s0", NOW - 6 * 365 * 86400)  # TTL ignores it, so does the sweep
+    await ports.put_indexed("unindexed", None, NOW - 86400)  # not in the sparse index: left to TTL
+    assert await ports.indexed_ids("s0") == ["later", "late"]
+    assert await ports.indexed_ids("s1") == ["other-shard"]
+    assert await ports.indexed_ids("s9") == []

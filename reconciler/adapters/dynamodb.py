@@ -8,7 +8,7 @@ https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_DeleteItem.ht
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -108,7 +108,7 @@ class DynamoDBItemStore:
             "ExpressionAttributeNames": names,
             "ReturnConsumedCapacity": "TOTAL",
         }
-        return await scan_page(self._call, self._client, params, start)
+        return await read_page(self._call, self._client.scan, params, start)
 
     async def delete_linked(self, query: LinkQuery, key: Mapping[str, object]) -> Image | None:
         """A conditional ``DeleteItem`` returning ``ALL_OLD``: an item re-linked meanwhile is left alone."""
@@ -135,14 +135,14 @@ class DynamoDBItemStore:
 _Ident = tuple[tuple[str, object], ...]
 
 
-async def scan_page(
-    call: Caller, client: DynamoDBClient, params: dict[str, Any], start: Image | None
+async def read_page(
+    call: Caller, operation: Callable[..., Awaitable[Any]], params: dict[str, Any], start: Image | None
 ) -> CandidatePage:
-    """One ``Scan`` page from ``start`` (None: the table's beginning): its items, where the next page
+    """One ``Scan`` or ``Query`` page from ``start`` (None: the beginning): its items, where the next page
     starts (None at the end) and the read units it consumed (``ReturnConsumedCapacity`` in ``params``)."""
     if start is not None:
         params = params | {"ExclusiveStartKey": encode_key(start)}
-    page = await call(client.scan, **params)
+    page = await call(operation, **params)
     last = page.get("LastEvaluatedKey")
     return CandidatePage(
         items=[decode_image(item) for item in page.get("Items", [])],

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from reconciler.adapters.aws import Caller, error_code
+from reconciler.core.dynamodb_json import encode_value
 from reconciler.core.records import StreamViewType
+from reconciler.core.spec import ExpiryIndex
 from reconciler.errors import AccessError, CredentialsError, PermanentError, ReconcilerError
 from reconciler.preflight import OwnTable, Problem
 
@@ -93,7 +95,9 @@ class AwsResourceProbe:
         )
         return dict(response["Table"])
 
-    async def source(self, table: str, *, sweep: bool = False) -> list[Problem]:
+    async def source(
+        self, table: str, *, sweep: bool = False, index: ExpiryIndex | None = None, ttl: str | None = None
+    ) -> list[Problem]:
         resource = f"source table {table!r}"
         try:
             description = await self._describe(table, resource)
@@ -106,12 +110,40 @@ class AwsResourceProbe:
                 return [Problem(resource, f"streams {view}; OLD_IMAGE or NEW_AND_OLD_IMAGES is needed")]
             problems = await self._stream(f"stream of table {table!r}", arn)
             await self._read(resource, table, _dummy_key(description))
-            if sweep:  # the expiry sweeper's calls: a one-item Scan, and a delete that can never match
-                await self._ask(resource, "dynamodb:Scan", self._dynamodb.scan, TableName=table, Limit=1)
+            if sweep:  # the expiry sweeper's calls: a one-item Scan (or Query), and an impossible delete
+                if index is not None and ttl is not None:
+                    await self._expiry_index(resource, table, description, index, ttl)
+                else:
+                    await self._ask(resource, "dynamodb:Scan", self._dynamodb.scan, TableName=table, Limit=1)
                 await self._impossible_delete(resource, table, description)
         except _Refused as refused:
             return [refused.problem]
         return problems
+
+    async def _expiry_index(
+        self, resource: str, table: str, description: dict[str, Any], index: ExpiryIndex, ttl: str
+    ) -> None:
+        """The sparse index exists with the partition key named and the TTL as its sort key, and may be
+        queried."""
+        where = f"expiry index {index.name!r} of {resource}"
+        found = {i["IndexName"]: i["KeySchema"] for i in description.get("GlobalSecondaryIndexes", [])}
+        if index.name not in found:
+            raise _Refused(Problem(where, "does not exist"))
+        schema = {k["KeyType"]: k["AttributeName"] for k in found[index.name]}
+        if schema != {"HASH": index.partition_attribute, "RANGE": ttl}:
+            wanted = f"partition key {index.partition_attribute!r} and sort key {ttl!r}"
+            raise _Refused(Problem(where, f"must have {wanted}"))
+        await self._ask(
+            where,
+            "dynamodb:Query",
+            self._dynamodb.query,
+            TableName=table,
+            IndexName=index.name,
+            KeyConditionExpression="#p = :p",
+            ExpressionAttributeNames={"#p": index.partition_attribute},
+            ExpressionAttributeValues={":p": encode_value(index.partition_values[0])},
+            Limit=1,
+        )
 
     async def _read(self, resource: str, table: str, key: dict[str, Any]) -> None:
         await self._ask(

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from reconciler.adapters.aws import Caller, error_code
-from reconciler.adapters.dynamodb import scan_page
-from reconciler.core.dynamodb_json import Image, decode_image, encode_key
+from reconciler.adapters.dynamodb import read_page
+from reconciler.core.dynamodb_json import Image, decode_image, encode_key, encode_value
 from reconciler.core.leases import Lease
+from reconciler.core.spec import ExpiryIndex
 from reconciler.errors import LeaseLostError
 from reconciler.ports import CandidatePage, ExpiryWindow, SweepPosition
 
@@ -82,7 +83,38 @@ class DynamoDBExpiredItems:
             "ExpressionAttributeValues": _window_values(window),
             "ReturnConsumedCapacity": "TOTAL",
         }
-        return await scan_page(self._call, self._client, params, start)
+        return await read_page(self._call, self._client.scan, params, start)
+
+    async def query(
+        self,
+        table: str,
+        window: ExpiryWindow,
+        *,
+        index: ExpiryIndex,
+        value: str | int,
+        start: Image | None,
+        limit: int,
+    ) -> CandidatePage:
+        """One page of the sparse index's partition ``value``: the items whose TTL (its sort key) is due.
+        A Query is charged for what it reads, so only due items cost read units.
+        https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Query.html"""
+        keys = await self.key_attributes(table)
+        names = {f"#k{n}": name for n, name in enumerate(keys)} | {"#ttl": window.ttl_attribute}
+        params: dict[str, Any] = {
+            "TableName": table,
+            "IndexName": index.name,
+            "Limit": limit,
+            "KeyConditionExpression": "#part = :part AND #ttl BETWEEN :after AND :last",
+            "ProjectionExpression": ", ".join(names),
+            "ExpressionAttributeNames": names | {"#part": index.partition_attribute},
+            "ExpressionAttributeValues": {
+                ":part": encode_value(value),
+                ":after": {"N": str(window.after)},
+                ":last": {"N": str(window.before - 1)},  # epoch seconds: before the window's end
+            },
+            "ReturnConsumedCapacity": "TOTAL",
+        }
+        return await read_page(self._call, self._client.query, params, start)
 
     async def enforce(self, table: str, key: Image, window: ExpiryWindow) -> Image | None:
         async def attempt() -> Any:

@@ -123,6 +123,17 @@ class CascadeSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpiryIndex:
+    """A sparse global secondary index for the expiry sweeper: its partition key ``partition_attribute``
+    takes each of ``partition_values`` (one Query each, in place of a Scan segment) and its sort key is the
+    table's TTL attribute, so a Query reads only the items that are due."""
+
+    name: str
+    partition_attribute: str
+    partition_values: tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TableSpec:
     name: str
     key: tuple[str, ...]
@@ -131,6 +142,8 @@ class TableSpec:
     """Named entities first, in file order; the table's own rules last (the entity named "")."""
     cascade: CascadeSpec = field(default_factory=CascadeSpec)
     created_attribute: str | None = None
+    expiry_index: ExpiryIndex | None = None
+    """Where the sweeper finds due items of a big table: a Query per partition value instead of a Scan."""
     """When an item was written (epoch seconds or ISO 8601): the orphan sweep deletes only older items."""
 
     def entity_of(self, image: Image) -> EntitySpec | None:
