@@ -36,7 +36,7 @@ from reconciler.core.leases import Lease
 from reconciler.core.outcomes import Deleted, Filtered
 from reconciler.core.plan import key_hash
 from reconciler.core.records import EventName, StreamRecord, StreamViewType
-from reconciler.core.spec import RuleSet, TableSpec
+from reconciler.core.spec import ExpiryIndex, RuleSet, TableSpec
 from reconciler.errors import LeaseLostError, ReconcilerError
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import (
@@ -57,9 +57,10 @@ TTL_HORIZON = dt.timedelta(days=5 * 365)  # TTL ignores expiries older than this
 Clock = Callable[[], dt.datetime]
 
 
-def sweep_arn(table: str) -> str:
-    """The lease table's partition of a table's sweep segments (never a real stream ARN)."""
-    return f"#sweep/expiry/{table}"
+def sweep_arn(table: str, index: ExpiryIndex | None = None) -> str:
+    """The lease table's partition of a table's sweep segments (never a real stream ARN). A table swept
+    through its expiry index has its own: a Scan's start key means nothing to a Query, and back."""
+    return f"#sweep/expiry/{table}" if index is None else f"#sweep/expiry/{table}/index/{index.name}"
 
 
 def segment_id(segment: int) -> str:
@@ -211,7 +212,8 @@ class Sweeper:
         async def due(row: Lease) -> bool:
             return force or self._due(await self._positions.load(row))
 
-        return self._claims.claim(Lease(sweep_arn(table), segment_id(segment), table), due)
+        arn = sweep_arn(table, self._rules.tables[table].expiry_index)
+        return self._claims.claim(Lease(arn, segment_id(segment), table), due)
 
     def _due(self, position: SweepPosition | None) -> bool:
         if position is None or position.finished_at is None:
@@ -261,7 +263,7 @@ class Sweeper:
         report: SweepReport,
     ) -> None:
         position = await self._start(holding)
-        origin = Origin(table, sweep_arn(table), segment_id(segment))
+        origin = Origin(table, sweep_arn(table, self._rules.tables[table].expiry_index), segment_id(segment))
         while not stopping.is_set() and (holding is None or not holding.lost):
             window = self._window(table, how)
             await self._budget.wait()
