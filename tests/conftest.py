@@ -24,8 +24,10 @@ from reconciler.demo.layout import Layout
 from reconciler.demo.moto_server import CREDENTIALS, REGION, moto_server, reset
 from reconciler.execution import Executor
 from reconciler.observability.metrics import Metrics
-from reconciler.ports import Shard
+from reconciler.ports import ReceiptStore, Shard
 from reconciler.processing import Origin, RecordProcessor
+from reconciler.receipts import ReceiptWriter
+from reconciler.redrive import Redriver
 from reconciler.rules import Rules, load_rules
 from reconciler.settings import Settings
 from reconciler.testing import (
@@ -175,6 +177,26 @@ class World:
             "expires_at": decimal.Decimal(expires_at),
             "audio_url": f"s3://stt-uploads/{account}/{transcript}/audio.wav",
         }
+
+    def redriver(self, *, dry_run: bool = False, receipts: ReceiptStore | None = None) -> Redriver:
+        """A redrive over this world's letters and stores (deleting nothing in a ``dry_run``); with
+        ``receipts`` it writes the items' receipts there."""
+        executor = self.executor
+        if dry_run:
+            executor = Executor(self.rules, self.artifacts, self.items, self.metrics, dry_run=True)
+        writer = None
+        if receipts is not None:
+            writer = ReceiptWriter(receipts, self.artifacts, self.items, self.rules, self.metrics, self.clock)
+        return Redriver(
+            rules=self.rules,
+            store=self.dead_letters,
+            executor=executor,
+            items=self.items,
+            metrics=self.metrics,
+            clock=self.clock,
+            dry_run=dry_run,
+            receipts=writer,
+        )
 
     def held_by(self, account: str, transcript: str) -> int:
         """Versions and items of one transcript still present."""

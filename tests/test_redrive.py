@@ -14,29 +14,13 @@ from reconciler.core.letters import LetterPlan
 from reconciler.core.outcomes import Deleted, Pending
 from reconciler.core.records import StreamRecord, decode_record
 from reconciler.core.scope import S3Location
-from reconciler.execution import Executor
 from reconciler.ports import DeadLetter, LetterKind
 from reconciler.processing import Attempts, Origin
-from reconciler.redrive import Redriver, Verdict
+from reconciler.redrive import Verdict
 from reconciler.testing import stream_record
 
 ORIGIN = Origin("transcripts", "arn:aws:dynamodb:us-east-1:1:table/transcripts/stream/x", "shardId-1")
 PLANTED = "PLANTED-5c1e-never-in-a-letter"
-
-
-def _redriver(world: World, *, dry_run: bool = False) -> Redriver:
-    executor = world.executor
-    if dry_run:
-        executor = Executor(world.rules, world.artifacts, world.items, world.metrics, dry_run=True)
-    return Redriver(
-        rules=world.rules,
-        store=world.dead_letters,
-        executor=executor,
-        items=world.items,
-        metrics=world.metrics,
-        clock=world.clock,
-        dry_run=dry_run,
-    )
 
 
 def _record(world: World, sequence: int, transcript: str, **image: object) -> StreamRecord:
@@ -73,7 +57,7 @@ async def test_a_failed_letter_is_redriven_deleting_its_remaining_targets_then_r
     assert PLANTED not in repr(letter)  # identifiers and URIs only
     world.clock.advance(3600)
 
-    outcome = await _redriver(world).redrive(letter.letter_id)
+    outcome = await world.redriver().redrive(letter.letter_id)
 
     assert (outcome.verdict, outcome.detail) == (Verdict.RESOLVED, "every target is gone")
     # 3 audio + 2x3 files + 2 outputs + 1 LLM input versions, and 3 linked items.
@@ -84,7 +68,7 @@ async def test_a_failed_letter_is_redriven_deleting_its_remaining_targets_then_r
     assert (held.status, held.resolved_at) == ("resolved", world.clock.now)
     assert _redriven(world, "failed", "resolved") == 1
 
-    again = await _redriver(world).redrive(letter.letter_id)
+    again = await world.redriver().redrive(letter.letter_id)
     assert again.verdict is Verdict.SKIPPED
     assert again.detail.startswith("resolved already")
     assert again.tally.object_versions == again.tally.items == 0
@@ -132,7 +116,7 @@ async def test_an_unsafe_tampered_plan_is_refused_before_any_call_and_stays_pend
     world.dead_letters.letters[letter.letter_id] = dataclasses.replace(letter, plan=tamper(letter.plan))
     held = {t: world.held_by(a, t) for a, t in (("acct-1", "tr-1"), ("acct-2", "tr-9"), ("acct-1", "tr-10"))}
 
-    outcome = await _redriver(world).redrive(letter.letter_id)
+    outcome = await world.redriver().redrive(letter.letter_id)
 
     assert outcome.verdict is Verdict.REFUSED
     assert outcome.detail.startswith("plan refused by the scope check, nothing ran")
@@ -154,7 +138,7 @@ async def test_an_unsafe_letter_is_checked_again_its_refused_target_stays_refuse
     (letter,) = world.dead_letters.letters.values()
     assert letter.kind == "unsafe"
 
-    outcome = await _redriver(world).redrive(letter.letter_id)
+    outcome = await world.redriver().redrive(letter.letter_id)
 
     assert outcome.verdict is Verdict.REFUSED
     assert "s3://stt-uploads/acct-2/tr-9/audio.wav: out_of_scope" in outcome.detail
@@ -178,7 +162,7 @@ async def test_kinds_without_a_plan_to_run_are_not_redriven_and_nothing_runs(
     )  # fmt: skip
     await world.dead_letters.put(letter)
 
-    outcome = await _redriver(world).redrive(letter.letter_id)
+    outcome = await world.redriver().redrive(letter.letter_id)
 
     assert outcome.verdict is Verdict.NOT_REDRIVABLE
     assert world.held_by("acct-1", "tr-1") == before
@@ -191,7 +175,7 @@ async def test_an_item_written_again_under_its_key_is_refused_and_nothing_runs(w
     world.items.put("transcripts", {"transcript_id": "tr-1", "account_id": "acct-1"})
     before = world.held_by("acct-1", "tr-1")
 
-    outcome = await _redriver(world).redrive(letter.letter_id)
+    outcome = await world.redriver().redrive(letter.letter_id)
 
     assert outcome.verdict is Verdict.REFUSED
     assert world.held_by("acct-1", "tr-1") == before
@@ -202,7 +186,7 @@ async def test_a_redrive_that_fails_leaves_the_letter_pending_and_a_later_one_fi
     letter = await _failed_letter(world)
     world.artifacts.refuse["acct-1/tr-1/audio.wav"] = "AccessDenied"  # a legal hold, say
 
-    failed = await _redriver(world).redrive(letter.letter_id)
+    failed = await world.redriver().redrive(letter.letter_id)
 
     assert failed.verdict is Verdict.FAILED
     assert "S3 refused 3 versions under s3://stt-uploads/acct-1/tr-1/audio.wav" in failed.detail
@@ -210,7 +194,7 @@ async def test_a_redrive_that_fails_leaves_the_letter_pending_and_a_later_one_fi
     assert _redriven(world, "failed", "failed") == 1
 
     del world.artifacts.refuse["acct-1/tr-1/audio.wav"]  # the hold is lifted
-    assert (await _redriver(world).redrive(letter.letter_id)).verdict is Verdict.RESOLVED
+    assert (await world.redriver().redrive(letter.letter_id)).verdict is Verdict.RESOLVED
     assert world.held_by("acct-1", "tr-1") == 0
 
 
@@ -218,7 +202,7 @@ async def test_a_dry_run_names_what_would_go_and_changes_nothing(world: World) -
     letter = await _failed_letter(world)
     before = world.held_by("acct-1", "tr-1")
 
-    outcome = await _redriver(world, dry_run=True).redrive(letter.letter_id)
+    outcome = await world.redriver(dry_run=True).redrive(letter.letter_id)
 
     assert outcome.verdict is Verdict.PLANNED
     assert {p.where for p in outcome.planned} >= {"s3://stt-uploads/acct-1/tr-1/audio.wav", "speech_outputs"}
@@ -231,8 +215,8 @@ async def test_only_pending_letters_of_a_kind_are_found_for_a_redrive_by_kind(wo
     first = await _failed_letter(world, "tr-1", 1)
     second = await _failed_letter(world, "tr-2", 2)
     await world.dead_letters.resolve(first.letter_id, world.clock.now)
-    assert await _redriver(world).pending("failed") == [second.letter_id]
-    assert await _redriver(world).pending("unsafe") == []
+    assert await world.redriver().pending("failed") == [second.letter_id]
+    assert await world.redriver().pending("unsafe") == []
 
 
 async def test_a_plan_too_large_for_a_letter_is_left_out_and_the_reason_says_so(
@@ -244,4 +228,4 @@ async def test_a_plan_too_large_for_a_letter_is_left_out_and_the_reason_says_so(
     assert letter.plan is None
     assert letter.reason.endswith(" characters)")
     assert "(plan too large to store: " in letter.reason
-    assert (await _redriver(world).redrive(letter.letter_id)).verdict is Verdict.NOT_REDRIVABLE
+    assert (await world.redriver().redrive(letter.letter_id)).verdict is Verdict.NOT_REDRIVABLE

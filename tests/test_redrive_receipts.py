@@ -15,11 +15,10 @@ from reconciler.core.outcomes import Pending
 from reconciler.core.plan import key_hash
 from reconciler.core.records import StreamRecord, decode_record
 from reconciler.core.scope import S3Location
-from reconciler.execution import Executor
 from reconciler.ports import DeadLetter, ItemKey, Receipt, ReceiptCounts
 from reconciler.processing import Attempts, Origin
 from reconciler.receipts import ReceiptWriter, Targets
-from reconciler.redrive import Redriver, Verdict
+from reconciler.redrive import Verdict
 from reconciler.testing import FakeReceiptStore, stream_record
 
 ORIGIN = Origin("transcripts", "arn:aws:dynamodb:us-east-1:1:table/transcripts/stream/x", "shardId-1")
@@ -27,22 +26,6 @@ HASHED = key_hash("transcripts", {"transcript_id": "tr-1"})
 EVENT = f"{ORIGIN.stream_arn}#{ORIGIN.shard_id}#{1:021d}"
 EARLY = dt.datetime(2025, 11, 24, 15, 0, tzinfo=dt.UTC)
 AUDIO = S3Location("stt-uploads", "acct-1/tr-1/audio.wav")
-
-
-def _redriver(world: World, store: FakeReceiptStore, *, dry_run: bool = False) -> Redriver:
-    executor = world.executor
-    if dry_run:
-        executor = Executor(world.rules, world.artifacts, world.items, world.metrics, dry_run=True)
-    return Redriver(
-        rules=world.rules,
-        store=world.dead_letters,
-        executor=executor,
-        items=world.items,
-        metrics=world.metrics,
-        clock=world.clock,
-        dry_run=dry_run,
-        receipts=ReceiptWriter(store, world.artifacts, world.items, world.rules, world.metrics, world.clock),
-    )
 
 
 async def _failed_letter(world: World) -> DeadLetter:
@@ -91,7 +74,7 @@ async def test_a_redriven_letter_without_a_receipt_gets_one_saying_redriven_and_
     store = FakeReceiptStore()
     letter = await _failed_letter(world)
 
-    outcome = await _redriver(world, store).redrive(letter.letter_id)
+    outcome = await world.redriver(receipts=store).redrive(letter.letter_id)
 
     assert outcome.verdict is Verdict.RESOLVED
     receipt = store.receipts["transcripts", HASHED]
@@ -121,7 +104,7 @@ async def test_a_receipt_of_the_same_record_is_updated_counts_added_and_targets_
     letter = await _failed_letter(world)
     await store.put(_written_by_the_worker())
 
-    outcome = await _redriver(world, store).redrive(letter.letter_id)
+    outcome = await world.redriver(receipts=store).redrive(letter.letter_id)
 
     assert outcome.verdict is Verdict.RESOLVED
     receipt = store.receipts["transcripts", HASHED]
@@ -144,7 +127,7 @@ async def test_the_recheck_of_an_updated_receipt_covers_the_earlier_targets_too(
     await store.put(_written_by_the_worker(objects=(AUDIO, earlier)))
     world.artifacts.put(earlier.bucket, earlier.key)  # written back after the worker's deletion
 
-    assert (await _redriver(world, store).redrive(letter.letter_id)).verdict is Verdict.RESOLVED
+    assert (await world.redriver(receipts=store).redrive(letter.letter_id)).verdict is Verdict.RESOLVED
 
     receipt = store.receipts["transcripts", HASHED]
     assert (receipt.verification, receipt.leftover) == ("leftover", 1)
@@ -167,7 +150,7 @@ async def test_a_later_deletions_receipt_stays_and_the_letter_is_resolved(
     later = _written_by_the_worker(event=where, event_time=world.clock.now if after_first_attempt else EARLY)
     await store.put(later)
 
-    assert (await _redriver(world, store).redrive(letter.letter_id)).verdict is Verdict.RESOLVED
+    assert (await world.redriver(receipts=store).redrive(letter.letter_id)).verdict is Verdict.RESOLVED
 
     assert store.receipts["transcripts", HASHED] == later
 
@@ -178,12 +161,12 @@ async def test_a_receipt_that_cannot_be_written_leaves_the_letter_pending_until_
     store = FakeReceiptStore(fail=True)
     letter = await _failed_letter(world)
 
-    failed = await _redriver(world, store).redrive(letter.letter_id)
+    failed = await world.redriver(receipts=store).redrive(letter.letter_id)
 
     assert (failed.verdict, failed.detail) == (Verdict.FAILED, "left pending: its receipt was not written")
     assert world.dead_letters.letters[letter.letter_id].status == "pending"
     store.fail = False
-    assert (await _redriver(world, store).redrive(letter.letter_id)).verdict is Verdict.RESOLVED
+    assert (await world.redriver(receipts=store).redrive(letter.letter_id)).verdict is Verdict.RESOLVED
     assert store.receipts["transcripts", HASHED].dead_letter_status == "redriven"
 
 
@@ -191,7 +174,9 @@ async def test_a_dry_run_redrive_writes_no_receipt(world: World) -> None:
     store = FakeReceiptStore()
     letter = await _failed_letter(world)
 
-    assert (await _redriver(world, store, dry_run=True).redrive(letter.letter_id)).verdict is Verdict.PLANNED
+    assert (
+        await world.redriver(dry_run=True, receipts=store).redrive(letter.letter_id)
+    ).verdict is Verdict.PLANNED
 
     assert (store.writes, store.receipts) == (0, {})
 
@@ -210,6 +195,6 @@ async def test_a_refused_unsafe_letter_leaves_its_receipt_pending(world: World) 
     written = store.receipts["transcripts", HASHED]
     assert (written.dead_letter_id, written.dead_letter_status) == (letter.letter_id, "pending")
 
-    assert (await _redriver(world, store).redrive(letter.letter_id)).verdict is Verdict.REFUSED
+    assert (await world.redriver(receipts=store).redrive(letter.letter_id)).verdict is Verdict.REFUSED
 
     assert store.receipts["transcripts", HASHED] == written
