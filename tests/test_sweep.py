@@ -267,6 +267,7 @@ async def test_a_sweep_of_a_table_with_an_expiry_index_queries_each_partition_an
     report = await sweep.sweeper().sweep(asyncio.Event())
     assert (report.enforced, report.segments, sweep.found.scans) == (3, 3, 0)
     assert [sweep.present(f"old-{n}") for n in range(4)] == [False, False, False, True]
+    assert sweep_arn("transcripts", index) != sweep_arn("transcripts")  # a Scan's positions stay apart
     assert {key[1] for key in sweep.leases.rows if key[0] == sweep_arn("transcripts", index)} == {
         segment_id(n) for n in range(3)
     }
