@@ -91,8 +91,10 @@ class Holding:
     def lost(self) -> bool:
         return self._lost.is_set()
 
-    async def wait_lost(self) -> None:
-        await self._lost.wait()
+    @property
+    def lost_event(self) -> asyncio.Event:
+        """Set once the lease is lost."""
+        return self._lost
 
     @contextlib.asynccontextmanager
     async def renewing(self) -> AsyncIterator[None]:

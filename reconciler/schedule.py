@@ -34,6 +34,7 @@ from reconciler.errors import LeaseLostError, ReconcilerError
 from reconciler.observability.metrics import Metrics
 from reconciler.ports import LeaseStore, SweepPosition, SweepPositions
 from reconciler.settings import Settings
+from reconciler.waiting import wait_any
 
 log = structlog.get_logger("reconciler.schedule")
 
@@ -102,8 +103,7 @@ class Scheduler:
         while not stopping.is_set():
             self._wake.clear()
             await self.run_due(stopping)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(stopping, self._wake), self._settings.heartbeat_seconds)
+            await wait_any(stopping, self._wake, seconds=self._settings.heartbeat_seconds)
 
     async def run_due(self, stopping: asyncio.Event) -> list[str]:
         """One look at every job: run those due and free, one after another; the names of those run."""
@@ -157,9 +157,7 @@ class Scheduler:
         outcome = "succeeded"
         try:
             await job.run(halt)
-        except (
-            Exception
-        ) as exc:  # a job's failure, even a bug, must not stop the worker: tried when due again
+        except Exception as exc:  # a job's failure, even a bug, must not stop the worker: tried when due
             outcome = "failed"
             self._metrics.failures.labels("schedule", type(exc).__name__).inc()
             log.warning("schedule.run_failed", job=job.name, error_type=type(exc).__name__, exc_info=True)
@@ -195,19 +193,5 @@ class Scheduler:
 
 async def _set_on(halt: asyncio.Event, stopping: asyncio.Event, holding: Holding) -> None:
     """Set ``halt`` once the worker stops or the lease is lost."""
-    waiters = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(holding.wait_lost())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        halt.set()
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-async def _first(*events: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+    await wait_any(stopping, holding.lost_event)
+    halt.set()

@@ -35,6 +35,7 @@ from reconciler.processing import Origin, RecordProcessor
 from reconciler.schedule import Scheduler
 from reconciler.settings import Settings
 from reconciler.sweeper import Sweeper
+from reconciler.waiting import wait_any
 
 log = structlog.get_logger("reconciler.worker")
 SWEEPER = ("#sweep", "sweeper")  # the sweeper's task among the shard tasks
@@ -205,7 +206,7 @@ class Worker:
                 next_discovery = time.monotonic() + self._settings.discovery_seconds
             self._wake.clear()
             await self._coordinate(group)
-            await _wait_any(self._stopping, self._wake, seconds=self._settings.heartbeat_seconds)
+            await wait_any(self._stopping, self._wake, seconds=self._settings.heartbeat_seconds)
 
     async def _discover(self) -> None:
         """Each source on its own: one missing table or broken stream never keeps the others unread."""
@@ -258,7 +259,7 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - the next heartbeat tries; a lease period on it is lost
                 self._parts.metrics.failures.labels("lease", type(exc).__name__).inc()
                 log.warning("lease.heartbeat_failed", error_type=type(exc).__name__)
-            await _wait_any(self._released, seconds=self._settings.heartbeat_seconds)
+            await wait_any(self._released, seconds=self._settings.heartbeat_seconds)
 
     async def _count_letters(self, store: DeadLetterStore) -> None:
         """The pending gauge, by kind, until the worker stops: one ``Select=COUNT`` Query per kind, which
@@ -273,7 +274,7 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - a count must never stop the worker; the next one tries
                 self._parts.metrics.failures.labels("dead_letter_count", type(exc).__name__).inc()
                 log.warning("dead_letter.count_failed", error_type=type(exc).__name__)
-            await _wait_any(self._stopping, seconds=self._settings.dead_letter_count_seconds)
+            await wait_any(self._stopping, seconds=self._settings.dead_letter_count_seconds)
 
     @staticmethod
     async def _gaps(store: DeadLetterStore, scheduler: Scheduler) -> None:
@@ -356,12 +357,3 @@ class Worker:
             await asyncio.wait_for(self.coordinator.release_all(), timeout=self._settings.lease_seconds)
         except TimeoutError:
             log.warning("lease.release_timeout")
-
-
-async def _wait_any(*events: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
